@@ -1,0 +1,1 @@
+"""Models (flax linen), chosen by name."""

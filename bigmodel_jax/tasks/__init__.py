@@ -1,0 +1,1 @@
+"""Tasks: each owns its loss, metrics, batch layout and showcase."""

@@ -1,0 +1,1 @@
+"""Experiment files: each has get_config(arg) -> ml_collections.ConfigDict."""
