@@ -1,0 +1,18 @@
+"""Test setup: 8 fake CPU devices, set before jax is imported anywhere."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+import jax  # noqa: E402  (must come after XLA_FLAGS)
+
+# Tests compile many small programs; optimising them costs more than it saves.
+jax.config.update("jax_disable_most_optimizations", True)
