@@ -1,0 +1,167 @@
+"""Experiment configs: load by name, apply presets and `--config.a.b=v` overrides, validate.
+
+An experiment is `experiments/<name>.py` with `get_config(arg) -> ConfigDict`; the part after a
+colon in `--experiment=textgen:tiny` is `arg`. Presets are flat dicts of dotted keys, applied with the
+same checked machinery as command-line overrides, so a typo in a preset fails like a typo on the
+command line. Every error here is a one-line `UsageError` raised before anything is written.
+"""
+
+import ast
+import difflib
+import importlib
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+from bigmodel_jax.errors import UsageError
+
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
+
+
+def available_experiments() -> list[str]:
+  return sorted(
+      f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".py") and not f.startswith("_"))
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+  """`name` or `name:preset` -> the experiment's config (not yet locked)."""
+  if not spec:
+    raise UsageError(f"--experiment is required; one of: {', '.join(available_experiments())}")
+  name, _, arg = spec.partition(":")
+  if name not in available_experiments():
+    raise UsageError(f"unknown experiment {name!r}{_suggest(name, available_experiments())}; "
+                     f"valid: {', '.join(available_experiments())}")
+  module = importlib.import_module(f"experiments.{name}")
+  config = module.get_config(arg or None)
+  config.experiment = spec
+  return config
+
+
+def apply_preset(config: ml_collections.ConfigDict, arg: str | None,
+                 presets: Mapping[str, Mapping[str, Any]]) -> ml_collections.ConfigDict:
+  """Applies `presets[arg]` (a dict of dotted keys to values); arg None is the default preset."""
+  if arg is None:
+    return config
+  if arg not in presets:
+    raise UsageError(f"unknown preset {arg!r}{_suggest(arg, list(presets))}; "
+                     f"valid: {', '.join(sorted(presets))} (or none for the default)")
+  for key, value in presets[arg].items():
+    _set(config, key, value, source=f"preset {arg!r}")
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]):
+  """Applies command-line overrides {"model.num_layers": "2"}, parsing each by its field's type."""
+  for key, text in overrides.items():
+    current = _get(config, key, source=f"--config.{key}")
+    _set(config, key, _parse(key, text, current), source=f"--config.{key}")
+  return config
+
+
+def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += leaf_keys(v, f"{prefix}{k}.")
+    else:
+      keys.append(f"{prefix}{k}")
+  return keys
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks that hold for every experiment; tasks and models check their own fields."""
+  t = config.train
+  for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_every"):
+    if t[key] <= 0:
+      raise UsageError(f"train.{key}={t[key]} must be a positive integer")
+  if t.batch_size % t.grad_accum_steps:
+    raise UsageError(f"train.batch_size={t.batch_size} must be divisible by "
+                     f"train.grad_accum_steps={t.grad_accum_steps}")
+  for key in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip", "eval_batches"):
+    if t[key] < 0:
+      raise UsageError(f"train.{key}={t[key]} must be >= 0")
+  if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
+    raise UsageError("checkpoint.every_steps and checkpoint.keep must be positive integers")
+  if config.parallel.strategy not in ("pmap", "mesh"):
+    raise UsageError(f"parallel.strategy={config.parallel.strategy!r} is not valid; "
+                     "valid: pmap, mesh")
+  for axis in ("fsdp", "tensor"):
+    if config.parallel[axis] < 1 and config.parallel[axis] != -1:
+      raise UsageError(f"parallel.{axis}={config.parallel[axis]} must be >= 1, or -1 for all "
+                       "devices left after the other axes")
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+  close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+  return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _get(config, key: str, source: str):
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      keys = leaf_keys(config)
+      raise UsageError(f"{source}: unknown config key {key!r}{_suggest(key, keys)}")
+    node = node[part]
+  if isinstance(node, ml_collections.ConfigDict):
+    raise UsageError(f"{source}: {key!r} is a group, set one of its keys: "
+                     f"{', '.join(key + '.' + k for k in leaf_keys(node))}")
+  return node
+
+
+def _set(config, key: str, value: Any, source: str) -> None:
+  current = _get(config, key, source)
+  if current is not None and not _same_kind(current, value):
+    raise UsageError(f"{source}: {key} expects {type(current).__name__}, got {value!r}")
+  *parents, last = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  with node.ignore_type():
+    node[last] = float(value) if isinstance(current, float) else value
+
+
+def _same_kind(current, value) -> bool:
+  if isinstance(current, bool) or isinstance(value, bool):
+    return isinstance(current, bool) and isinstance(value, bool)
+  if isinstance(current, float):
+    return isinstance(value, (int, float))
+  if isinstance(current, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(current))
+
+
+def _parse(key: str, text: str, current: Any) -> Any:
+  """Parses a command-line string into the type of the field it replaces."""
+  kind = type(current).__name__
+  try:
+    if isinstance(current, bool):
+      lowered = text.lower()
+      if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError
+      return lowered in ("true", "1", "yes")
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, str):
+      return text
+    if isinstance(current, (tuple, list)):
+      value = ast.literal_eval(text) if text.strip()[:1] in "([" else tuple(
+          _literal(p) for p in text.split(",") if p.strip())
+      return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return _literal(text)
+  except (ValueError, SyntaxError):
+    raise UsageError(f"--config.{key}={text!r}: expected {kind} "
+                     f"(current value {current!r})") from None
+
+
+def _literal(text: str) -> Any:
+  try:
+    return ast.literal_eval(text.strip())
+  except (ValueError, SyntaxError):
+    return text.strip()

@@ -1,0 +1,128 @@
+"""Metrics: host-side reduction, metrics.jsonl + TensorBoard, the progress line, and MFU's peak."""
+
+import json
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense peak FLOP/s per chip by `device_kind`, bf16 unless noted. From the vendors' data sheets.
+PEAK_FLOPS = {
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def reduce(metrics: dict[str, tuple]) -> dict[str, float]:
+  """{name: (sum, count)} from the device -> {name: sum / count} on the host."""
+  metrics = jax.device_get(metrics)
+  return {k: float(np.sum(s)) / max(float(np.sum(n)), 1e-12) for k, (s, n) in metrics.items()}
+
+
+def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of a jitted f32 n x n matmul on the default device (the best of `repeats`)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+def peak_flops_per_device() -> tuple[float, str]:
+  """(peak FLOP/s of one device, where the number came from) for MFU."""
+  device = jax.devices()[0]
+  kind = device.device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if kind.startswith(name):
+      return flops, f"data-sheet bf16 peak for {kind!r}"
+  if device.platform == "cpu":
+    flops = measure_matmul_flops() / max(jax.local_device_count(), 1)
+    return flops, f"measured f32 1024x1024 matmul on the CPU, shared by {jax.local_device_count()} device(s)"
+  flops = measure_matmul_flops(4096)
+  return flops, f"measured f32 4096x4096 matmul on unknown device kind {kind!r}"
+
+
+class MetricWriter:
+  """Writes `metrics.jsonl` (one object per line: step, split, values) and TensorBoard events.
+
+  Only process 0 writes; other processes get a writer that does nothing.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, split: str, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+    self._jsonl.flush()
+    for k, v in values.items():
+      self._tb.add_scalar(f"{split}/{k}", v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Progress:
+  """Throughput and ETA over the steps since the last report."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total = total_steps
+    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._start_time = self._last_time
+    self._start_step = start_step
+
+  def update(self, step: int) -> tuple[float, float]:
+    """-> (seconds per step since the last update, ETA in seconds)."""
+    now = time.perf_counter()
+    per_step = (now - self._last_time) / max(step - self._last_step, 1)
+    self._last_step, self._last_time = step, now
+    return per_step, per_step * (self.total - step)
+
+  def line(self, step: int, values: dict[str, float], eta: float) -> str:
+    parts = [f"step {step}/{self.total} ({100 * step / self.total:.0f}%)"]
+    for key, fmt in (("loss", "{:.4f}"), ("lr", "{:.2e}"), ("grad_norm", "{:.3f}"),
+                     ("tokens_per_s", "{:,.0f}"), ("mfu", "{:.1%}")):
+      if key in values:
+        parts.append(f"{key} " + fmt.format(values[key]))
+    parts.append(f"ETA {_duration(eta)}")
+    return " | ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def log_eval(step: int, split: str, values: dict[str, float]) -> None:
+  shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+  logging.info("eval %s at step %d: %s", split, step, shown)

@@ -1,0 +1,150 @@
+"""Two ways to run the one pure train step: `pmap` (data parallel, replicated state) and `mesh`
+(`jax.jit` with NamedSharding over a data / fsdp / tensor Mesh, from logical axis names).
+
+Both expose the same small interface to the trainer: init_state, compile, put_batch, and the
+conversions a checkpoint needs (to_host_layout for saving, abstract/from_restored for restoring).
+"""
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bigmodel_jax.errors import UsageError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXIS = "batch"  # pmap's axis name, for lax.pmean/psum inside the train step
+
+# Logical axis name (on parameters and activations) -> mesh axes.
+LOGICAL_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("length", None),
+    ("norm", None),
+)
+
+
+def make(config):
+  """The strategy named by config.parallel.strategy, checked against the devices present."""
+  p, batch = config.parallel, config.train.batch_size
+  n = jax.device_count()
+  if p.strategy == "pmap":
+    if p.fsdp not in (1,) or p.tensor != 1:
+      raise UsageError(f"parallel.fsdp={p.fsdp} and parallel.tensor={p.tensor} need "
+                       "parallel.strategy=mesh; pmap is data parallel only (both must be 1)")
+    micro = batch // config.train.grad_accum_steps
+    if micro % n:
+      raise UsageError(f"train.batch_size={batch} (per micro-batch {micro}) does not divide over "
+                       f"{n} devices; use a multiple of {n * config.train.grad_accum_steps}")
+    return PmapStrategy()
+  return MeshStrategy(mesh_shape(n, p.fsdp, p.tensor), batch, config.train.grad_accum_steps)
+
+
+def mesh_shape(n: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes; an axis set to -1 takes all devices the others leave."""
+  if fsdp == -1:
+    fsdp = n // tensor
+  if tensor == -1:
+    tensor = n // fsdp
+  if fsdp * tensor == 0 or n % (fsdp * tensor):
+    raise UsageError(f"parallel.fsdp={fsdp} x parallel.tensor={tensor} does not divide the "
+                     f"{n} devices")
+  return n // (fsdp * tensor), fsdp, tensor
+
+
+class PmapStrategy:
+  """Replicated state on every local device; each device takes an equal slice of the batch."""
+
+  name = "pmap"
+  axis_name = BATCH_AXIS
+
+  def __init__(self):
+    self.num_devices = jax.local_device_count()
+
+  def init_state(self, init_fn, rng):
+    state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(rng)
+    return flax.jax_utils.replicate(state)
+
+  def compile(self, step_fn, *, train: bool = True):
+    """train: step_fn(state, batch, rng) -> (state, metrics), state donated; else -> metrics."""
+    return jax.pmap(step_fn, axis_name=BATCH_AXIS, donate_argnums=(0,) if train else (),
+                    in_axes=(0, 0, None))
+
+  def put_batch(self, batch):
+    n = self.num_devices
+    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+  def metrics_to_host(self, metrics):
+    return jax.tree.map(lambda x: x[0], metrics)
+
+  def to_host_layout(self, state):
+    """The single-copy state that checkpoints hold."""
+    return jax.tree.map(lambda x: x[0], state)
+
+  def abstract(self, init_fn, rng):
+    device = jax.local_devices()[0]
+    shapes = jax.eval_shape(lambda r: nn.meta.unbox(init_fn(r)), rng)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
+        s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(device)), shapes)
+
+  def place(self, state):
+    """A single-copy state (restored or built on the host) -> this strategy's layout."""
+    return flax.jax_utils.replicate(state)
+
+
+class MeshStrategy:
+  """`jax.jit` over a (data, fsdp, tensor) Mesh; parameters are sharded by their logical names."""
+
+  name = "mesh"
+  axis_name = None  # XLA's SPMD partitioner inserts the collectives
+
+  def __init__(self, shape: tuple[int, int, int], batch_size: int, accum: int):
+    self.mesh = jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    self.num_devices = self.mesh.size
+    shards = shape[0] * shape[1]
+    if (batch_size // accum) % shards:
+      raise UsageError(f"train.batch_size={batch_size} (per micro-batch {batch_size // accum}) "
+                       f"does not divide over the {shards} data x fsdp shards of mesh {shape}")
+    self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.state_sharding = None
+
+  def shardings(self, init_fn, rng):
+    specs = nn.get_partition_spec(jax.eval_shape(init_fn, rng))
+    return nn.logical_to_mesh_sharding(specs, self.mesh, LOGICAL_RULES)
+
+  def init_state(self, init_fn, rng):
+    self.state_sharding = self.shardings(init_fn, rng)
+    init = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=self.state_sharding)
+    return init(rng)
+
+  def compile(self, step_fn, *, train: bool = True):
+    """train: step_fn(state, batch, rng) -> (state, metrics), state donated; else -> metrics."""
+    return jax.jit(step_fn, donate_argnums=(0,) if train else (),
+                   in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+                   out_shardings=(self.state_sharding, self.replicated) if train else self.replicated)
+
+  def put_batch(self, batch):
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)), batch)
+
+  def metrics_to_host(self, metrics):
+    return metrics
+
+  def to_host_layout(self, state):
+    return state  # orbax writes sharded arrays directly
+
+  def abstract(self, init_fn, rng):
+    self.state_sharding = self.shardings(init_fn, rng)
+    shapes = jax.eval_shape(lambda r: nn.meta.unbox(init_fn(r)), rng)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.state_sharding)
+
+  def place(self, state):
+    """A single-copy state (restored or built on the host) -> this strategy's layout."""
+    return jax.device_put(state, self.state_sharding)

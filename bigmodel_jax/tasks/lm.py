@@ -1,0 +1,116 @@
+"""Language modelling: next-token prediction over a tokenized text corpus (textgen)."""
+
+import functools
+import math
+import os
+
+from absl import logging
+import jax
+import numpy as np
+import optax
+
+from bigmodel_jax import generate
+from bigmodel_jax.data import corpora, lm_pipeline, tokenizers
+from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.models import gpt
+
+TOKENIZER_DIR = "tokenizer"
+
+
+class Task:
+  """Batches are {"inputs": int32 (B, T), "targets": int32 (B, T)}; loss is mean token NLL."""
+
+  unit = "tokens"
+
+  def __init__(self, config):
+    self.config = config
+    if config.data.tokenizer not in tokenizers.NAMES:
+      raise UsageError(f"data.tokenizer={config.data.tokenizer!r} is not valid; "
+                       f"valid: {', '.join(tokenizers.NAMES)}")
+    self.units_per_example = config.model.block_size
+    self.modes = {"sample": self.sample}
+    self.tokenizer = None
+    # The model is built now (with the configured vocabulary) so that shape errors come early.
+    self.model = gpt.make(config.model, self._vocab_size())
+    self.flops_per_unit = gpt.flops_per_token(self.model)
+
+  def _vocab_size(self) -> int:
+    return self.tokenizer.vocab_size if self.tokenizer else (
+        256 if self.config.data.tokenizer == "byte" else self.config.data.vocab_size)
+
+  # --- data ---------------------------------------------------------------------------------
+
+  def setup(self, workdir: str, create: bool) -> None:
+    """Loads the run's tokenizer from the workdir, or (create) trains and saves one there."""
+    directory = os.path.join(workdir, TOKENIZER_DIR)
+    if os.path.exists(directory):
+      self.tokenizer = tokenizers.load_tokenizer(directory)
+    elif create:
+      self.tokenizer = tokenizers.build_tokenizer(
+          self.config.data.tokenizer, self._splits["train"], vocab_size=self.config.data.vocab_size,
+          model_type=self.config.data.spm_model_type, directory=directory)
+    else:
+      raise RunError(f"no tokenizer in {directory}; train first with "
+                     f"python run.py --experiment={self.config.experiment} --workdir={workdir}")
+    self.model = gpt.make(self.config.model, self._vocab_size())
+
+  @functools.cached_property
+  def _splits(self):
+    d = self.config.data
+    return corpora.load_text_splits(d.source, data_dir=d.tfds_data_dir,
+                                    val_percent=d.val_percent, text_key=d.text_key)
+
+  @functools.lru_cache(maxsize=2)
+  def _tokens(self, split: str) -> np.ndarray:
+    tokens = lm_pipeline.tokenize_corpus(self._splits[split], self.tokenizer)
+    logging.info("%s split: %s tokens", split, f"{len(tokens):,}")
+    return tokens
+
+  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
+    ds = lm_pipeline.train_dataset(
+        self._tokens("train"), seq_len=self.config.model.block_size, batch_size=batch_size,
+        seed=seed, process_index=process_index, process_count=process_count)
+    return iter(ds)
+
+  def eval_batches(self, batch_size: int):
+    return lm_pipeline.eval_batches(self._tokens("validation"), seq_len=self.config.model.block_size,
+                                    batch_size=batch_size,
+                                    num_batches=self.config.train.eval_batches)
+
+  # --- model and loss -----------------------------------------------------------------------
+
+  def init_variables(self, rng):
+    tokens = np.zeros((1, self.config.model.block_size), np.int32)
+    return self.model.init({"params": rng}, tokens, train=False)
+
+  def loss(self, params, model_state, batch, rng, train: bool):
+    logits = self.model.apply({"params": params, **model_state}, batch["inputs"], train=train,
+                              rngs={"dropout": rng})  # (B, T, V) float32
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    count = np.float32(token_loss.size)
+    correct = (logits.argmax(-1) == batch["targets"]).sum()
+    metrics = {"loss": (token_loss.sum(), count), "accuracy": (correct.astype(np.float32), count)}
+    return token_loss.mean(), (metrics, model_state)
+
+  def summarize(self, values: dict[str, float]) -> dict[str, float]:
+    if "loss" in values:
+      values["perplexity"] = math.exp(min(values["loss"], 50.0))
+    return values
+
+  # --- generation ---------------------------------------------------------------------------
+
+  def sample(self, params) -> list[str]:
+    """`--mode=sample`: generates from config.sample.prompt and prints the samples."""
+    s = self.config.sample
+    prompt = self.tokenizer.encode(s.prompt)
+    out = generate.generate(
+        self.model, params, prompt, max_new_tokens=s.max_new_tokens, rng=jax.random.key(s.seed),
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=s.num_samples)
+    texts = [self.tokenizer.decode(row) for row in np.asarray(out)]
+    for i, text in enumerate(texts):
+      print(f"--- sample {i + 1}/{len(texts)} (temperature {s.temperature}, top_k {s.top_k}, "
+            f"top_p {s.top_p}, seed {s.seed}) ---\n{text}\n", flush=True)
+    return texts
+
+  def showcase(self, params) -> None:
+    self.sample(params)

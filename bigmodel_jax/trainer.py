@@ -1,0 +1,262 @@
+"""The one trainer: `run(config, workdir, mode)`; every experiment goes through it.
+
+The task owns the loss, metrics and batch layout; this file knows nothing about any model. One pure
+`train_step(state, batch, rng) -> (state, metrics)` runs under either strategy of `parallel.py`.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bigmodel_jax import checkpoint, metrics as metrics_lib, optim, parallel, tasks
+from bigmodel_jax.errors import RunError, UsageError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  model_state: dict  # non-parameter collections, e.g. BatchNorm statistics
+
+
+def init_state(rng, *, task, tx) -> TrainState:
+  variables = dict(task.init_variables(rng))
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), model_state=variables)
+
+
+def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
+               axis_name: str | None):
+  """One optimizer update over `batch`, split into `accum` micro-batches; pure."""
+  rng = jax.random.fold_in(rng, state.step)
+  if axis_name:  # a different dropout mask on each pmap device
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  grad_fn = jax.grad(task.loss, has_aux=True)
+
+  def micro_step(carry, xs):
+    grads, model_state = carry
+    micro_batch, i = xs
+    g, (m, model_state) = grad_fn(state.params, model_state, micro_batch,
+                                  jax.random.fold_in(rng, i), True)
+    return (jax.tree.map(jnp.add, grads, g), model_state), m
+
+  micro_batches = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, model_state), metrics = jax.lax.scan(
+      micro_step, (zeros, state.model_state), (micro_batches, jnp.arange(accum)))
+  grads = jax.tree.map(lambda g: g / accum, grads)
+  metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+  if axis_name:
+    grads, model_state = jax.lax.pmean((grads, model_state), axis_name)
+    metrics = jax.lax.psum(metrics, axis_name)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  one = jnp.ones((), jnp.float32)
+  metrics.update(grad_norm=(optax.global_norm(grads), one),
+                 param_norm=(optax.global_norm(params), one),
+                 update_norm=(optax.global_norm(updates), one),
+                 lr=(schedule(state.step), one))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            model_state=model_state)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, rng, *, task, axis_name: str | None):
+  _, (metrics, _) = task.loss(state.params, state.model_state, batch, rng, False)
+  return jax.lax.psum(metrics, axis_name) if axis_name else metrics
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def run(config, workdir: str, mode: str = "train"):
+  """Validates everything it can, then trains (mode "train"), evaluates, or runs a task mode."""
+  task = tasks.get(config.task)(config)
+  valid = ["train", "eval", *task.modes]
+  if mode not in valid:
+    raise UsageError(f"--mode={mode!r} is not valid for {config.experiment}; valid: "
+                     f"{', '.join(valid)}")
+  strategy = parallel.make(config)
+  _check_workdir(workdir)
+  if mode == "train":
+    return train_and_evaluate(config, workdir, task, strategy)
+
+  task.setup(workdir, create=False)
+  tx, _ = optim.make_optimizer(config.train)
+  init_fn = functools.partial(init_state, task=task, tx=tx)
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+  step = ckpt.latest_step()
+  if step is None:
+    raise RunError(f"no checkpoint in {ckpt.directory}; train first with python run.py "
+                   f"--experiment={config.experiment} --workdir={workdir}")
+  abstract = strategy.abstract(init_fn, jax.random.key(config.seed))
+  state = strategy.place(ckpt.restore_state(step, abstract))
+  ckpt.close()
+  if mode == "eval":
+    values = evaluate(task, strategy, state, config)
+    metrics_lib.log_eval(step, "validation", values)
+    print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+    return values
+  return task.modes[mode](strategy.to_host_layout(state).params)
+
+
+def evaluate(task, strategy, state, config) -> dict[str, float]:
+  step_fn = getattr(strategy, "_eval_fn", None)
+  if step_fn is None:
+    step_fn = strategy._eval_fn = strategy.compile(
+        functools.partial(eval_step, task=task, axis_name=strategy.axis_name), train=False)
+  per_process = config.train.batch_size // jax.process_count()
+  totals = None
+  for batch in task.eval_batches(per_process):
+    m = strategy.metrics_to_host(step_fn(state, strategy.put_batch(batch), jax.random.key(0)))
+    totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+  return task.summarize(metrics_lib.reduce(totals))
+
+
+def train_and_evaluate(config, workdir: str, task, strategy):
+  primary = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  task.setup(workdir, create=primary)
+  tx, schedule = optim.make_optimizer(config.train)
+  init_fn = functools.partial(init_state, task=task, tx=tx)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  per_process = config.train.batch_size // jax.process_count()
+  data = task.train_iterator(per_process, config.seed, jax.process_index(), jax.process_count())
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+  best = checkpoint.Checkpointer(workdir, config.checkpoint, best=True) if (
+      config.checkpoint.best_metric) else None
+
+  # Restore order: (1) the latest checkpoint in this workdir (resume: state, data position and all);
+  # (2) config.init_from, another run's parameters (fine-tuning; fresh optimizer, step 0);
+  # (3) a fresh init.
+  start = ckpt.latest_step()
+  if start is not None:
+    state, _ = ckpt.restore(start, strategy.abstract(init_fn, init_rng), data)
+    state = strategy.place(state)
+    logging.info("Resumed from %s/%d", ckpt.directory, start)
+  elif config.init_from:
+    fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
+    abstract = jax.eval_shape(lambda: fresh.params)
+    params = checkpoint.params_from(config.init_from, abstract, fresh.params, config.init_reinit)
+    strategy.abstract(init_fn, init_rng)  # sets the mesh shardings
+    state = strategy.place(fresh.replace(params=params, opt_state=tx.init(params)))
+    start = 0
+  else:
+    state, start = strategy.init_state(init_fn, init_rng), 0
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  host_state = strategy.to_host_layout(state)
+  n_params = sum(x.size for x in jax.tree.leaves(host_state.params))
+  peak, peak_source = metrics_lib.peak_flops_per_device()
+  logging.info("Model: %s parameters; %s strategy on %d device(s); MFU peak %.3g FLOP/s per device "
+               "(%s)", f"{n_params:,}", strategy.name, strategy.num_devices, peak, peak_source)
+
+  step_fn = strategy.compile(functools.partial(
+      train_step, task=task, tx=tx, schedule=schedule, accum=config.train.grad_accum_steps,
+      axis_name=strategy.axis_name))
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+  progress = metrics_lib.Progress(config.train.steps, start)
+  stop = _StopOnSignal()
+  t = config.train
+  units_per_step = t.batch_size * task.units_per_example
+  pending = []
+  for step in range(start + 1, t.steps + 1):
+    batch = strategy.put_batch(next(data))
+    state, m = step_fn(state, batch, step_rng)
+    pending.append(m)
+    if step == start + 1:
+      jax.block_until_ready(state)
+      logging.info("First step (compile + run) took %.1f s", time.perf_counter() - progress._last_time)
+      progress.update(step)
+      pending = []
+    last = step == t.steps or stop.requested
+    if (step % t.log_every == 0 or last) and pending:
+      values = _reduce_pending(strategy, pending)
+      pending = []
+      if not np.isfinite(values["loss"]):
+        raise RunError(f"loss is {values['loss']} at step {step}; stopping without saving")
+      per_step, eta = progress.update(step)
+      values[f"{task.unit}_per_s"] = units_per_step / per_step
+      if task.flops_per_unit:
+        values["mfu"] = task.flops_per_unit * units_per_step / per_step / (
+            peak * strategy.num_devices)
+      task.summarize(values)
+      writer.write(step, "train", values)
+      if primary:
+        logging.info(progress.line(step, values, eta))
+    if step % t.eval_every == 0 or last:
+      values = evaluate(task, strategy, state, config)
+      writer.write(step, "validation", values)
+      metrics_lib.log_eval(step, "validation", values)
+      if best is not None:
+        _save_best(best, config, step, strategy.to_host_layout(state), data, values)
+    if step % config.checkpoint.every_steps == 0 or last:
+      ckpt.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True)
+    if stop.requested:
+      logging.warning("Stopping at step %d on %s; checkpoint saved", step, stop.requested)
+      break
+  ckpt.close()
+  if best is not None:
+    best.close()
+  writer.close()
+  if not stop.requested and primary:
+    task.showcase(strategy.to_host_layout(state).params)
+  return state
+
+
+def _reduce_pending(strategy, pending) -> dict[str, float]:
+  """Sums per-step metric sums; norms and lr (count 1 per step) average over the steps."""
+  total = jax.tree.map(lambda *xs: sum(xs), *[strategy.metrics_to_host(m) for m in pending])
+  return metrics_lib.reduce(total)
+
+
+def _save_best(best, config, step, state, data, values) -> None:
+  name = config.checkpoint.best_metric
+  if name not in values:
+    raise UsageError(f"checkpoint.best_metric={name!r} is not an eval metric; valid: "
+                     f"{', '.join(values)}")
+  better = min if name in ("loss", "perplexity") else max
+  previous = getattr(best, "best_value", None)
+  if previous is None or better(previous, values[name]) != previous:
+    best.best_value = values[name]
+    best.save(step, state, data, config.to_dict(), force=True)
+    logging.info("New best %s %.4f at step %d", name, values[name], step)
+
+
+def _check_workdir(workdir: str) -> None:
+  if os.path.isfile(workdir):
+    raise UsageError(f"--workdir={workdir} is a file; it must be a directory (or not exist yet)")
+  parent = workdir if os.path.isdir(workdir) else os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.access(parent, os.W_OK):
+    raise UsageError(f"--workdir={workdir} is not writable ({parent} denies writing)")
+
+
+class _StopOnSignal:
+  """SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, and exit cleanly."""
+
+  def __init__(self):
+    self.requested = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. some test runners)
+        pass
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signal.Signals(signum).name
