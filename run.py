@@ -11,6 +11,8 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
+import logging as std_logging
 
 from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import RunError, UsageError
@@ -49,7 +51,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   return positional
 
 
+def quiet_libraries() -> None:
+  """Keeps orbax's, grain's and TFDS's INFO chatter out of the log; their warnings still show."""
+  noisy = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
+
+
 def main(argv: list[str]) -> None:
+  quiet_libraries()
   if len(argv) > 1:
     _fail(UsageError(f"unexpected arguments {argv[1:]}; flags look like --experiment=textgen"))
   try:

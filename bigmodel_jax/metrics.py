@@ -106,6 +106,13 @@ class Progress:
     self._last_step, self._last_time = step, now
     return per_step, per_step * (self.total - step)
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves time spent outside training steps (eval, checkpoints) out of the throughput."""
+    self._last_time += seconds
+
+  def start_time(self) -> float:
+    return self._last_time
+
   def line(self, step: int, values: dict[str, float], eta: float) -> str:
     parts = [f"step {step}/{self.total} ({100 * step / self.total:.0f}%)"]
     for key, fmt in (("loss", "{:.4f}"), ("lr", "{:.2e}"), ("grad_norm", "{:.3f}"),

@@ -5,7 +5,6 @@ Both expose the same small interface to the trainer: init_state, compile, put_ba
 conversions a checkpoint needs (to_host_layout for saving, abstract/from_restored for restoring).
 """
 
-import flax
 import flax.linen as nn
 import jax
 import numpy as np
@@ -67,8 +66,7 @@ class PmapStrategy:
     self.num_devices = jax.local_device_count()
 
   def init_state(self, init_fn, rng):
-    state = jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(rng)
-    return flax.jax_utils.replicate(state)
+    return self.place(jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(rng))
 
   def compile(self, step_fn, *, train: bool = True):
     """train: step_fn(state, batch, rng) -> (state, metrics), state donated; else -> metrics."""
@@ -80,11 +78,11 @@ class PmapStrategy:
     return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
   def metrics_to_host(self, metrics):
-    return jax.tree.map(lambda x: x[0], metrics)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], metrics)
 
   def to_host_layout(self, state):
-    """The single-copy state that checkpoints hold."""
-    return jax.tree.map(lambda x: x[0], state)
+    """The single-copy state that checkpoints hold, as host numpy arrays (device 0's copy)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], state)
 
   def abstract(self, init_fn, rng):
     device = jax.local_devices()[0]
@@ -93,8 +91,19 @@ class PmapStrategy:
         s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(device)), shapes)
 
   def place(self, state):
-    """A single-copy state (restored or built on the host) -> this strategy's layout."""
-    return flax.jax_utils.replicate(state)
+    """A single-copy state (restored or built on the host) -> one copy per local device.
+
+    The copies get the sharding pmap gives its own outputs (a 1-D mesh named by the pmap axis);
+    with any other layout the train step would compile a second time at step 2.
+    """
+    devices = jax.local_devices()
+    sharding = NamedSharding(jax.sharding.Mesh(np.array(devices), (BATCH_AXIS,)), P(BATCH_AXIS))
+
+    def replicate(x):
+      x = np.asarray(x)
+      return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
+
+    return jax.tree.map(replicate, state)
 
 
 class MeshStrategy:

@@ -179,7 +179,8 @@ def train_and_evaluate(config, workdir: str, task, strategy):
     pending.append(m)
     if step == start + 1:
       jax.block_until_ready(state)
-      logging.info("First step (compile + run) took %.1f s", time.perf_counter() - progress._last_time)
+      logging.info("First step (compile + run) took %.1f s",
+                   time.perf_counter() - progress.start_time())
       progress.update(step)
       pending = []
     last = step == t.steps or stop.requested
@@ -197,6 +198,7 @@ def train_and_evaluate(config, workdir: str, task, strategy):
       writer.write(step, "train", values)
       if primary:
         logging.info(progress.line(step, values, eta))
+    paused = time.perf_counter()
     if step % t.eval_every == 0 or last:
       values = evaluate(task, strategy, state, config)
       writer.write(step, "validation", values)
@@ -205,6 +207,7 @@ def train_and_evaluate(config, workdir: str, task, strategy):
         _save_best(best, config, step, strategy.to_host_layout(state), data, values)
     if step % config.checkpoint.every_steps == 0 or last:
       ckpt.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True)
+    progress.exclude(time.perf_counter() - paused)
     if stop.requested:
       logging.warning("Stopping at step %d on %s; checkpoint saved", step, stop.requested)
       break

@@ -1,0 +1,388 @@
+"""Text corpora as TFDS array_record datasets, read without TensorFlow.
+
+`load_text_splits(source)` returns {"train": docs, "validation": docs}, where
+each value is a random-access sequence of document strings. Sources:
+
+  pystdlib           the Python standard library's own .py files (offline default)
+  text_files:<glob>  the user's UTF-8 text files (`**` recurses)
+  tfds:<name>        a prepared TFDS catalog dataset, e.g. `tfds:lm1b`,
+                     `tfds:tiny_shakespeare`, `tfds:name/config:1.0.0`
+
+Local corpora (pystdlib, text_files) are built once by our own TFDS builders into
+`<data_dir>/<builder>/<config>/<version>/` (data_dir defaults to
+`~/.cache/bigmodel_jax/tensorflow_datasets`). The config name is a fingerprint of
+the files (paths, sizes, mtimes) and of val_percent, so a changed corpus builds a
+new dataset and an unchanged one is reused.
+
+Train/validation split of local corpora is by file: a file goes to validation
+when crc32(its relative path) % 100 < val_percent, so the split is stable as
+files come and go. A single file is split by text instead (its last
+val_percent% of lines -> validation); with a few files, if the hash leaves one
+split empty, the file with the smallest (or largest) hash moves over to fill it.
+"""
+
+from collections.abc import Iterator, Sequence
+import difflib
+import glob
+import hashlib
+import os
+import sys
+import sysconfig
+import zlib
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from bigmodel_jax.errors import UsageError
+
+DEFAULT_DATA_DIR = "~/.cache/bigmodel_jax/tensorflow_datasets"
+SOURCES_HELP = "pystdlib, text_files:<glob>, tfds:<name>[/<config>][:<version>]"
+_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+
+
+def load_text_splits(
+    source: str,
+    *,
+    data_dir: str = "",
+    val_percent: int = 5,
+    text_key: str = "",
+) -> dict[str, Sequence[str]]:
+  """Returns {"train": docs, "validation": docs} for a corpus named by `source`.
+
+  Args:
+    source: `pystdlib`, `text_files:<glob>` or `tfds:<name>` (see module doc).
+    data_dir: TFDS data dir; for tfds:<name> where the prepared data lives (empty:
+      TFDS's default search path), for local corpora where they are built (empty:
+      ~/.cache/bigmodel_jax/tensorflow_datasets).
+    val_percent: share of the corpus held out for validation when the source
+      has no validation split of its own (1..99).
+    text_key: the text feature of a tfds dataset; empty means its only Text one.
+  """
+  if not 0 < val_percent < 100:
+    raise UsageError(f"data.val_percent={val_percent} must be in 1..99")
+  scheme, _, arg = source.partition(":")
+  if source == "pystdlib":
+    return _load_local(_pystdlib_files(), "pystdlib", data_dir, val_percent,
+                       builder_cls=PyStdlib)
+  if scheme == "text_files" and arg:
+    return _load_local(_glob_files(arg), source, data_dir, val_percent,
+                       builder_cls=TextFiles)
+  if scheme == "tfds" and arg:
+    return _load_tfds(arg, data_dir, val_percent, text_key)
+  raise UsageError(f"unknown data source {source!r}; valid: {SOURCES_HELP}")
+
+
+class TextSequence(Sequence[str]):
+  """Documents of one split of a TFDS data source, decoded to str on access."""
+
+  def __init__(self, data_source: Sequence[dict], key: str):
+    self._source = data_source
+    self._key = key
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f"document {index} out of range (0..{len(self) - 1})")
+    return _to_str(self._source[index][self._key])
+
+  def __iter__(self) -> Iterator[str]:
+    # ~50 us a record (mostly decoding); reading in blocks with __getitems__
+    # measured no faster, and tfds.testing.mock_data breaks __getitems__.
+    for i in range(len(self)):
+      yield _to_str(self._source[i][self._key])
+
+
+def _to_str(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ---------------------------------------------------------------------------
+# Choosing files
+# ---------------------------------------------------------------------------
+
+
+def _is_test_name(name: str) -> bool:
+  stem = os.path.splitext(name)[0]
+  return (stem in ("test", "tests") or stem.startswith("test_")
+          or stem.endswith(("_test", "_tests")))
+
+
+def _pystdlib_files(root: str = "") -> tuple[str, list[str]]:
+  """Returns (root, sorted relative paths) of the stdlib's own .py files.
+
+  Skipped: site-packages, dist-packages, __pycache__, and tests: any folder or
+  file whose name (without .py) is `test` or `tests`, starts with `test_` or
+  ends with `_test`/`_tests` (test/, lib2to3/tests/, idlelib/idle_test/, ...).
+  """
+  root = root or sysconfig.get_paths()["stdlib"]
+  paths = []
+  for folder, dirs, files in os.walk(root):
+    dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not _is_test_name(d)]
+    for name in files:
+      if name.endswith(".py") and not _is_test_name(name):
+        paths.append(os.path.relpath(os.path.join(folder, name), root))
+  return root, sorted(paths)
+
+
+def _glob_files(pattern: str) -> tuple[str, list[str]]:
+  """Returns (root, sorted paths relative to root) of the files matching."""
+  pattern = os.path.expanduser(pattern)
+  matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  if not matches:
+    raise UsageError(f"text_files:{pattern} matches no files; give a glob of "
+                     "UTF-8 text files, e.g. text_files:'data/**/*.txt'")
+  # The root is the pattern's leading folders without glob magic, so relative
+  # paths (and so the train/validation split) do not depend on where it lives.
+  parts = []
+  for part in pattern.split(os.sep)[:-1]:
+    if glob.has_magic(part):
+      break
+    parts.append(part)
+  root = os.sep.join(parts) or "."
+  if len(matches) == 1:
+    root = os.path.dirname(matches[0]) or "."
+  return root, [os.path.relpath(p, root) for p in matches]
+
+
+def _assign_splits(paths: list[str], val_percent: int) -> dict[str, list[str]]:
+  """Splits files by a stable hash of their relative paths (see module doc)."""
+  hashes = {p: zlib.crc32(p.encode("utf-8")) % 100 for p in paths}
+  val = [p for p in paths if hashes[p] < val_percent]
+  train = [p for p in paths if hashes[p] >= val_percent]
+  if len(paths) > 1 and not val:
+    moved = min(train, key=lambda p: (hashes[p], p))
+    train.remove(moved)
+    val = [moved]
+  elif len(paths) > 1 and not train:
+    moved = max(val, key=lambda p: (hashes[p], p))
+    val.remove(moved)
+    train = [moved]
+  return {"train": train, "validation": val}
+
+
+# ---------------------------------------------------------------------------
+# Our TFDS builders for local corpora
+# ---------------------------------------------------------------------------
+
+
+class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Documents {"text", "path"} from local files, in sorted path order."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First version."}
+
+  def __init__(self, *, root: str, paths: list[str], val_percent: int,
+               source: str, **kwargs):
+    self._root = root
+    self._paths = paths
+    self._val_percent = val_percent
+    self._source = source
+    super().__init__(**kwargs)
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    # No checksums file to find (we download nothing). TFDS 4.9.10's lookup
+    # also needs the `importlib_resources` backport for classes defined in a
+    # package, which Python >= 3.9 installs lack.
+    return None
+
+  def _create_builder_config(self, builder_config, version):
+    # Our configs are made per corpus (named by its fingerprint), never listed
+    # in BUILDER_CONFIGS; skip TFDS's "custom data configuration" warning.
+    return builder_config
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict(
+            {"text": tfds.features.Text(), "path": tfds.features.Text()}),
+        disable_shuffling=True,  # keep documents in sorted path order
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    if len(self._paths) == 1:
+      return {split: self._generate_examples(self._paths, split)
+              for split in ("train", "validation")}
+    splits = _assign_splits(self._paths, self._val_percent)
+    return {split: self._generate_examples(paths, split)
+            for split, paths in splits.items()}
+
+  def _generate_examples(self, paths: list[str], split: str):
+    for i, path in enumerate(paths):
+      text = self._read(path)
+      if text is None:
+        continue
+      if len(self._paths) == 1:
+        text = _split_text(text, self._val_percent)[split]
+      if text:
+        yield i, {"text": text, "path": path}
+
+  def _read(self, path: str) -> str | None:
+    with open(os.path.join(self._root, path), "rb") as f:
+      data = f.read()
+    try:
+      return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise UsageError(
+          f"{self._source}: {os.path.join(self._root, path)} is not UTF-8 "
+          f"({e.reason} at byte {e.start}); the text must be UTF-8") from None
+
+
+class PyStdlib(_LocalTextBuilder, skip_registration=True):
+  """The .py files of the Python standard library, tests excluded."""
+
+  name = "pystdlib"
+
+  def _read(self, path: str) -> str | None:
+    try:
+      return super()._read(path)
+    except UsageError:
+      logging.info("pystdlib: skipping %s (not UTF-8)", path)
+      return None
+
+
+class TextFiles(_LocalTextBuilder, skip_registration=True):
+  """UTF-8 text files chosen by a glob."""
+
+  name = "text_files"
+
+
+def _split_text(text: str, val_percent: int) -> dict[str, str]:
+  """Cuts one text at a line start near (100 - val_percent)% of its length."""
+  cut = len(text) * (100 - val_percent) // 100
+  line_start = text.rfind("\n", 0, cut) + 1
+  if line_start > 0:
+    cut = line_start
+  return {"train": text[:cut], "validation": text[cut:]}
+
+
+def _fingerprint(root: str, paths: list[str]) -> tuple[str, int]:
+  """Returns (hash of root and paths, sizes, mtimes; total size in bytes)."""
+  digest = hashlib.sha256(os.path.abspath(root).encode("utf-8"))
+  total = 0
+  for path in paths:
+    st = os.stat(os.path.join(root, path))
+    total += st.st_size
+    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8"))
+  return digest.hexdigest()[:16], total
+
+
+def _load_local(files, source, data_dir, val_percent, *, builder_cls):
+  root, paths = files
+  key, total = _fingerprint(root, paths)
+  if total == 0:
+    raise UsageError(f"{source}: all {len(paths)} matched files are empty; "
+                     "give files with text in them")
+  if builder_cls is PyStdlib:
+    prefix = f"py{sys.version_info.major}{sys.version_info.minor}"
+  else:
+    prefix = "files"
+  config = tfds.core.BuilderConfig(
+      name=f"{prefix}-{key}-val{val_percent}",
+      description=f"{source}: {len(paths)} files under {root}")
+  builder = builder_cls(
+      root=root, paths=paths, val_percent=val_percent, source=source,
+      config=config, data_dir=os.path.expanduser(data_dir or DEFAULT_DATA_DIR),
+      file_format="array_record")
+  if builder.is_prepared():
+    logging.info("%s: reusing %s", source, builder.data_dir)
+  else:
+    logging.info("%s: building %d files from %s into %s", source, len(paths),
+                 root, builder.data_dir)
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    except OSError:
+      # Another process finished the same build first (its rename won).
+      if not builder.is_prepared():
+        raise
+  return _read_splits(builder, source, {"train": "train",
+                                         "validation": "validation"}, "text")
+
+
+# ---------------------------------------------------------------------------
+# TFDS catalog datasets
+# ---------------------------------------------------------------------------
+
+
+def _load_tfds(name, data_dir, val_percent, text_key):
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    base = name.split("/")[0].split(":")[0]
+    close = difflib.get_close_matches(
+        base, sorted(set(tfds.list_builders(with_community_datasets=False))),
+        n=3)
+    hint = f"did you mean {', '.join('tfds:' + c for c in close)}? " if close else ""
+    raise UsageError(
+        f"unknown tfds dataset {base!r}; {hint}see "
+        "https://www.tensorflow.org/datasets/catalog (datasets whose code needs "
+        "TensorFlow are unavailable here)") from None
+  except ValueError as e:  # e.g. an unknown config or version
+    detail = " ".join(str(e).split())[:300]
+    raise UsageError(f"tfds:{name} cannot be opened: {detail}") from None
+  if not builder.is_prepared():
+    raise UsageError(
+        f"tfds:{name} is not prepared in {builder.data_dir} and cannot be "
+        "downloaded offline; prepare it on a machine with internet "
+        f"(`tfds build {name} --file_format=array_record`), copy the data_dir "
+        "here and pass --config.data.tfds_data_dir=<that data_dir>")
+  formats = builder.info.available_file_formats()
+  if tfds.core.FileFormat.ARRAY_RECORD not in formats:
+    raise UsageError(
+        f"tfds:{name} in {builder.data_dir} is stored as "
+        f"{', '.join(sorted(f.value for f in formats))}, which needs TensorFlow "
+        f"to read; rebuild it with `tfds build {name} --file_format=array_record`")
+
+  features = builder.info.features
+  if text_key:
+    if text_key not in features or not isinstance(features[text_key], tfds.features.Text):
+      raise UsageError(f"data.text_key={text_key!r} is not a text feature of "
+                       f"tfds:{name}; features: {_describe(features)}")
+  else:
+    texts = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
+    if len(texts) != 1:
+      raise UsageError(
+          f"tfds:{name} has {len(texts)} text features; set data.text_key to "
+          f"one of them; features: {_describe(features)}")
+    text_key = texts[0]
+
+  splits = set(builder.info.splits)
+  if "train" not in splits:
+    raise UsageError(f"tfds:{name} has no train split; its splits: "
+                     f"{', '.join(sorted(splits))}")
+  for val in ("validation", "test"):
+    if val in splits:
+      split_names = {"train": "train", "validation": val}
+      break
+  else:
+    keep = 100 - val_percent
+    split_names = {"train": f"train[:{keep}%]", "validation": f"train[{keep}%:]"}
+  return _read_splits(builder, f"tfds:{name}", split_names, text_key)
+
+
+def _describe(features) -> str:
+  return ", ".join(f"{k} ({type(f).__name__})" for k, f in sorted(features.items()))
+
+
+def _read_splits(builder, source, split_names, key) -> dict[str, Sequence[str]]:
+  out = {}
+  for split, tfds_split in split_names.items():
+    out[split] = TextSequence(builder.as_data_source(tfds_split), key)
+    try:
+      size = f", {builder.info.splits[tfds_split].num_bytes / 2**20:.1f} MiB"
+    except (KeyError, ValueError):
+      size = ""
+    name = split if split == tfds_split else f"{split} ({tfds_split})"
+    logging.info("%s: %s: %d documents%s, from %s", source, name,
+                 len(out[split]), size, builder.data_dir)
+  return out
