@@ -1,0 +1,298 @@
+"""GPT: a decoder-only Transformer in flax linen (pre-LayerNorm, tied embeddings).
+
+Read top to bottom: rotary helper, attention (with an optional KV cache), MLP, block, model, then
+`make` (config -> model), `param_count` and `flops_per_token`.
+
+Parameter tree (names are kept stable: checkpoints depend on them):
+
+  wte/embedding                      (vocab, embed)   token embedding, also the output head
+  wpe/embedding                      (length, embed)  learned positions only
+  h_{i}/ln_1/{scale,bias}            (norm,)
+  h_{i}/attn/{query,key,value}/kernel (embed, heads, kv), bias (heads, kv)
+  h_{i}/attn/out/kernel              (heads, kv, embed), bias (embed,)
+  h_{i}/ln_2/{scale,bias}            (norm,)
+  h_{i}/mlp/fc/kernel                (embed, mlp), bias (mlp,)
+  h_{i}/mlp/proj/kernel              (mlp, embed), bias (embed,)
+  ln_f/{scale,bias}                  (norm,)
+
+Decoding with a KV cache: clone the model with `decode=True` and initialise the "cache" collection
+from a (B, block_size) input; zeros of the right shapes are all it needs, so do it shape-first:
+
+  decoder = model.clone(decode=True, dropout=0.0)
+  shapes = jax.eval_shape(decoder.init, rng, jnp.zeros((B, decoder.block_size), jnp.int32))
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+  logits, upd = decoder.apply({"params": params, "cache": cache}, prompt, mutable=["cache"])
+  logits, upd = decoder.apply({"params": params, **upd}, next_token[:, None], mutable=["cache"])
+
+Each call with tokens (B, L) writes keys/values at positions [i, i+L) of the cache, where
+i = cache/cache_index, and advances the index by L. The caller keeps i + L <= block_size
+(`bigmodel_jax.generate` checks it); past that, the writes would be clamped and silently wrong.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from bigmodel_jax.errors import UsageError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+POSITIONS = ("learned", "rotary")
+ATTENTION_IMPLS = {"xla": None, "cudnn": "cudnn"}
+# "full" recomputes the whole block in the backward pass; "dots" keeps the weight matmuls' outputs
+# and recomputes the rest (attention scores, which are batched dots, included).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the layers need from GPT (a plain dataclass: a parent Module can't be a child's field)."""
+
+  embed_dim: int
+  num_heads: int
+  hidden_dim: int
+  dropout: float
+  positions: str
+  use_bias: bool
+  dtype: Any
+  param_dtype: Any
+  attention_impl: str | None
+  decode: bool
+  residual_std: float  # GPT-2: residual projections get 0.02 / sqrt(2 * num_layers)
+
+
+def _init(std, names):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _layer_norm(cfg, name):
+  return nn.LayerNorm(
+      epsilon=1e-5, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=_zeros(("norm",)), name=name)
+
+
+def apply_rotary(x, positions, base=10000.0):
+  """RoPE (half-split form) on x (B, T, H, D) at integer positions (T,)."""
+  half = x.shape[-1] // 2
+  freq = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)  # (D/2,)
+  angles = positions.astype(jnp.float32)[:, None] * freq[None, :]  # (T, D/2)
+  sin, cos = jnp.sin(angles)[None, :, None, :], jnp.cos(angles)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, T, H, D/2) each
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+  cfg: Settings
+
+  @nn.compact
+  def __call__(self, x, positions, *, train):  # x (B, T, C), positions (T,)
+    cfg = self.cfg
+    head_dim = cfg.embed_dim // cfg.num_heads
+    dense = lambda name: nn.DenseGeneral(  # noqa: E731
+        (cfg.num_heads, head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, kernel_init=_init(0.02, ("embed", "heads", "kv")),
+        bias_init=_zeros(("heads", "kv")), name=name)
+    q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, D) each
+    if cfg.positions == "rotary":
+      q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+
+    if not cfg.decode or not self.has_variable("cache", "cached_key"):
+      if cfg.decode:  # model.init(..., decode=True): the cache takes the init input's shapes
+        self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      y = jax.nn.dot_product_attention(
+          q, k, v, is_causal=True, implementation=cfg.attention_impl)  # (B, T, H, D)
+    else:
+      # Write this call's keys/values at [i, i+T); query j (at position i+j) sees keys <= i+j.
+      # cuDNN kernels target training shapes, so decoding steps (T = 1 against the cache) use XLA.
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      start = positions[0]
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+      k, v = cached_k.value, cached_v.value  # (B, S, H, D), S = block_size
+      mask = jnp.arange(k.shape[1])[None, :] <= positions[:, None]  # (T, S)
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])  # (B, T, H, D)
+
+    y = nn.DenseGeneral(
+        cfg.embed_dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, kernel_init=_init(cfg.residual_std, ("heads", "kv", "embed")),
+        bias_init=_zeros(("embed",)), name="out")(y)  # (B, T, C)
+    return nn.Dropout(cfg.dropout, deterministic=not train)(y)
+
+
+class MLP(nn.Module):
+  cfg: Settings
+
+  @nn.compact
+  def __call__(self, x, *, train):  # x (B, T, C)
+    cfg = self.cfg
+    h = nn.Dense(cfg.hidden_dim, use_bias=cfg.use_bias, dtype=cfg.dtype,
+                 param_dtype=cfg.param_dtype, kernel_init=_init(0.02, ("embed", "mlp")),
+                 bias_init=_zeros(("mlp",)), name="fc")(x)  # (B, T, M)
+    h = nn.gelu(h)
+    y = nn.Dense(cfg.embed_dim, use_bias=cfg.use_bias, dtype=cfg.dtype,
+                 param_dtype=cfg.param_dtype, kernel_init=_init(cfg.residual_std, ("mlp", "embed")),
+                 bias_init=_zeros(("embed",)), name="proj")(h)  # (B, T, C)
+    return nn.Dropout(cfg.dropout, deterministic=not train)(y)
+
+
+class Block(nn.Module):
+  cfg: Settings
+
+  @nn.compact
+  def __call__(self, x, positions, train):  # x (B, T, C); `train` is positional for nn.remat
+    x = x + CausalSelfAttention(self.cfg, name="attn")(
+        _layer_norm(self.cfg, "ln_1")(x), positions, train=train)
+    x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x), train=train)
+    return x  # (B, T, C)
+
+
+class GPT(nn.Module):
+  """Decoder-only Transformer: tokens int32 (B, T) -> logits float32 (B, T, vocab_size)."""
+
+  vocab_size: int
+  block_size: int  # context length
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  mlp_dim: int = 0  # 0 -> 4 * embed_dim
+  dropout: float = 0.0
+  positions: str = "learned"  # "learned" | "rotary"
+  use_bias: bool = True
+  dtype: Any = jnp.float32  # compute dtype
+  param_dtype: Any = jnp.float32  # weight dtype
+  attention_impl: str | None = None  # jax.nn.dot_product_attention(implementation=...)
+  remat: str = "none"  # "none" | "full" | "dots", see REMAT_POLICIES
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens, *, train: bool = False):
+    T = tokens.shape[1]  # tokens (B, T)
+    cfg = Settings(
+        embed_dim=self.embed_dim, num_heads=self.num_heads,
+        hidden_dim=self.mlp_dim or 4 * self.embed_dim, dropout=self.dropout,
+        positions=self.positions, use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, attention_impl=self.attention_impl, decode=self.decode,
+        residual_std=0.02 / np.sqrt(2 * self.num_layers))
+    wte = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+                   param_dtype=self.param_dtype, embedding_init=_init(0.02, ("vocab", "embed")),
+                   name="wte")
+
+    # Positions of this call's tokens: 0..T-1, or, decoding, cache_index..cache_index+T-1.
+    positions = jnp.arange(T, dtype=jnp.int32)
+    if self.decode:
+      initialized = self.has_variable("cache", "cache_index")
+      index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      if initialized:
+        positions = positions + index.value
+        index.value = index.value + T
+
+    x = wte(tokens)  # (B, T, C)
+    if self.positions == "learned":
+      wpe = nn.Embed(self.block_size, self.embed_dim, dtype=self.dtype,
+                     param_dtype=self.param_dtype,
+                     embedding_init=_init(0.02, ("length", "embed")), name="wpe")
+      x = x + wpe(positions)[None]  # (B, T, C)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+
+    block = Block
+    if REMAT_POLICIES.get(self.remat) is not None:
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], static_argnums=(3,))
+    for i in range(self.num_layers):
+      x = block(cfg, name=f"h_{i}")(x, positions, train)  # (B, T, C)
+    x = _layer_norm(cfg, "ln_f")(x)
+
+    # Tied output head, in float32 whatever the compute dtype.
+    logits = x.astype(jnp.float32) @ wte.embedding.astype(jnp.float32).T  # (B, T, V)
+    return logits
+
+
+def _name(cfg, key, default):
+  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def make(cfg, vocab_size: int) -> GPT:
+  """Builds a GPT from `config.model`; vocab is rounded up to a multiple of `vocab_multiple`."""
+  ints = {}
+  for key in ("num_layers", "num_heads", "embed_dim", "block_size"):
+    if _name(cfg, key, None) is None:
+      raise UsageError(f"model.{key} is missing; set it to a positive integer")
+    ints[key] = value = int(_name(cfg, key, None))
+    if value <= 0:
+      raise UsageError(f"model.{key}={value} must be a positive integer")
+  heads, width = ints["num_heads"], ints["embed_dim"]
+  if width % heads:
+    raise UsageError(f"model.embed_dim={width} must be divisible by model.num_heads={heads}")
+  positions = _name(cfg, "positions", "learned")
+  if positions not in POSITIONS:
+    raise UsageError(f"model.positions={positions!r} is unknown; valid: {', '.join(POSITIONS)}")
+  if positions == "rotary" and (width // heads) % 2:
+    raise UsageError(f"model.positions='rotary' needs an even head size, but model.embed_dim="
+                     f"{width} / model.num_heads={heads} = {width // heads}")
+  mlp_dim = int(_name(cfg, "mlp_dim", 0))
+  if mlp_dim < 0:
+    raise UsageError(f"model.mlp_dim={mlp_dim} must be >= 0 (0 means 4 * model.embed_dim)")
+  dropout = float(_name(cfg, "dropout", 0.0))
+  if not 0.0 <= dropout < 1.0:
+    raise UsageError(f"model.dropout={dropout} must be in [0, 1)")
+  dtypes = {}
+  for key in ("dtype", "param_dtype"):
+    name = _name(cfg, key, "float32")
+    if name not in DTYPES:
+      raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
+    dtypes[key] = DTYPES[name]
+  impl = _name(cfg, "attention_impl", "xla")
+  if impl not in ATTENTION_IMPLS:
+    raise UsageError(
+        f"model.attention_impl={impl!r} is unknown; valid: {', '.join(ATTENTION_IMPLS)}")
+  head_dim = width // heads
+  if impl == "cudnn" and (dtypes["dtype"] == jnp.float32 or head_dim % 8 or head_dim > 256):
+    raise UsageError(  # cuDNN's fused attention has no float32 kernel and fixed head sizes
+        f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 and a head size "
+        f"(model.embed_dim / model.num_heads = {head_dim}) that is a multiple of 8 and <= 256")
+  remat = _name(cfg, "remat", "none")
+  if remat not in REMAT_POLICIES:
+    raise UsageError(f"model.remat={remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
+  multiple = int(_name(cfg, "vocab_multiple", 1))
+  if multiple <= 0 or vocab_size <= 0:
+    raise UsageError(
+        f"vocab_size={vocab_size} and model.vocab_multiple={multiple} must be positive")
+  return GPT(
+      vocab_size=-(-vocab_size // multiple) * multiple, mlp_dim=mlp_dim, dropout=dropout,
+      positions=positions, use_bias=bool(_name(cfg, "use_bias", True)),
+      attention_impl=ATTENTION_IMPLS[impl], remat=remat, **ints, **dtypes)
+
+
+def param_count(params) -> int:
+  """Number of scalars in a params tree (arrays, ShapeDtypeStructs or boxed values)."""
+  return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(params)))
+
+
+def flops_per_token(model: GPT) -> float:
+  """Training FLOPs per token (forward + backward), as in the PaLM paper (appendix B):
+
+    6 * N + 12 * num_layers * block_size * embed_dim
+
+  where N = non-embedding parameters + vocab_size * embed_dim (the tied lm-head matmul; the
+  embedding lookups themselves cost nothing), and the second term is the attention scores and
+  weighted sum (QK^T and AV) over a full context.
+  """
+  shapes = jax.eval_shape(
+      model.clone(decode=False).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  embedding = param_count({k: v for k, v in shapes.items() if k in ("wte", "wpe")})
+  n = param_count(shapes) - embedding + model.vocab_size * model.embed_dim
+  return float(6 * n + 12 * model.num_layers * model.block_size * model.embed_dim)
