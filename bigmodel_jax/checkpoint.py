@@ -78,14 +78,11 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
   if step is None:
     raise RunError(f"config.init_from={path!r}: no checkpoint found in {directory}")
   logging.info("Initialising parameters from %s step %d", directory, step)
-  metadata = manager.item_metadata(step).state
-  target = {k: (abstract_params if k == "params" else v) for k, v in _tree_of(metadata).items()}
+  target = {"params": abstract_params}
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
-            partial_restore=True)))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, partial_restore=True,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))))
   except (ValueError, KeyError) as e:
     raise RunError(f"config.init_from={path!r}: its parameters do not fit this model "
                    f"({str(e).splitlines()[0][:300]})") from None
@@ -97,7 +94,3 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
     return new if any(p.search(name) for p in patterns) else old
 
   return jax.tree_util.tree_map_with_path(pick, params, fresh_params)
-
-
-def _tree_of(metadata):
-  return dict(metadata.tree if hasattr(metadata, "tree") else metadata)

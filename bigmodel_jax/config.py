@@ -46,9 +46,7 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str | None,
   if arg not in presets:
     raise UsageError(f"unknown preset {arg!r}{_suggest(arg, list(presets))}; "
                      f"valid: {', '.join(sorted(presets))} (or none for the default)")
-  for key, value in presets[arg].items():
-    _set(config, key, value, source=f"preset {arg!r}")
-  return config
+  return set_values(config, presets[arg], source=f"preset {arg!r}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]):
@@ -56,6 +54,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
   for key, text in overrides.items():
     current = _get(config, key, source=f"--config.{key}")
     _set(config, key, _parse(key, text, current), source=f"--config.{key}")
+  return config
+
+
+def set_values(config: ml_collections.ConfigDict, values: Mapping[str, Any], source: str):
+  """Sets typed values {"model.num_layers": 2}, checked like overrides (for code and tests)."""
+  for key, value in values.items():
+    _set(config, key, value, source=source)
   return config
 
 

@@ -34,7 +34,7 @@ def reduce(metrics: dict[str, tuple]) -> dict[str, float]:
   return {k: float(np.sum(s)) / max(float(np.sum(n)), 1e-12) for k, (s, n) in metrics.items()}
 
 
-def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+def measure_matmul_flops(n: int = 1024, repeats: int = 20) -> float:
   """FLOP/s of a jitted f32 n x n matmul on the default device (the best of `repeats`)."""
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)

@@ -31,7 +31,10 @@ LOGICAL_RULES = (
 def make(config):
   """The strategy named by config.parallel.strategy, checked against the devices present."""
   p, batch = config.parallel, config.train.batch_size
-  n = jax.device_count()
+  n = p.num_devices or jax.device_count()
+  if n > jax.device_count() or n < 0:
+    raise UsageError(f"parallel.num_devices={p.num_devices} but there are {jax.device_count()} "
+                     "devices; use 0 for all of them")
   if p.strategy == "pmap":
     if p.fsdp not in (1,) or p.tensor != 1:
       raise UsageError(f"parallel.fsdp={p.fsdp} and parallel.tensor={p.tensor} need "
@@ -40,8 +43,9 @@ def make(config):
     if micro % n:
       raise UsageError(f"train.batch_size={batch} (per micro-batch {micro}) does not divide over "
                        f"{n} devices; use a multiple of {n * config.train.grad_accum_steps}")
-    return PmapStrategy()
-  return MeshStrategy(mesh_shape(n, p.fsdp, p.tensor), batch, config.train.grad_accum_steps)
+    return PmapStrategy(jax.local_devices()[:n])
+  return MeshStrategy(mesh_shape(n, p.fsdp, p.tensor), batch, config.train.grad_accum_steps,
+                      jax.devices()[:n])
 
 
 def mesh_shape(n: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
@@ -62,8 +66,9 @@ class PmapStrategy:
   name = "pmap"
   axis_name = BATCH_AXIS
 
-  def __init__(self):
-    self.num_devices = jax.local_device_count()
+  def __init__(self, devices):
+    self.devices = devices
+    self.num_devices = len(devices)
 
   def init_state(self, init_fn, rng):
     return self.place(jax.jit(lambda r: nn.meta.unbox(init_fn(r)))(rng))
@@ -71,7 +76,7 @@ class PmapStrategy:
   def compile(self, step_fn, *, train: bool = True):
     """train: step_fn(state, batch, rng) -> (state, metrics), state donated; else -> metrics."""
     return jax.pmap(step_fn, axis_name=BATCH_AXIS, donate_argnums=(0,) if train else (),
-                    in_axes=(0, 0, None))
+                    in_axes=(0, 0, None), devices=self.devices)
 
   def put_batch(self, batch):
     n = self.num_devices
@@ -85,7 +90,7 @@ class PmapStrategy:
     return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], state)
 
   def abstract(self, init_fn, rng):
-    device = jax.local_devices()[0]
+    device = self.devices[0]
     shapes = jax.eval_shape(lambda r: nn.meta.unbox(init_fn(r)), rng)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
         s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(device)), shapes)
@@ -96,7 +101,7 @@ class PmapStrategy:
     The copies get the sharding pmap gives its own outputs (a 1-D mesh named by the pmap axis);
     with any other layout the train step would compile a second time at step 2.
     """
-    devices = jax.local_devices()
+    devices = self.devices
     sharding = NamedSharding(jax.sharding.Mesh(np.array(devices), (BATCH_AXIS,)), P(BATCH_AXIS))
 
     def replicate(x):
@@ -112,8 +117,9 @@ class MeshStrategy:
   name = "mesh"
   axis_name = None  # XLA's SPMD partitioner inserts the collectives
 
-  def __init__(self, shape: tuple[int, int, int], batch_size: int, accum: int):
-    self.mesh = jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  def __init__(self, shape: tuple[int, int, int], batch_size: int, accum: int, devices):
+    self.mesh = jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                              devices=devices)
     self.num_devices = self.mesh.size
     shards = shape[0] * shape[1]
     if (batch_size // accum) % shards:

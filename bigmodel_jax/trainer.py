@@ -64,9 +64,9 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   one = jnp.ones((), jnp.float32)
-  metrics.update(grad_norm=(optax.global_norm(grads), one),
-                 param_norm=(optax.global_norm(params), one),
-                 update_norm=(optax.global_norm(updates), one),
+  metrics.update(grad_norm=(optax.tree.norm(grads), one),
+                 param_norm=(optax.tree.norm(params), one),
+                 update_norm=(optax.tree.norm(updates), one),
                  lr=(schedule(state.step), one))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=model_state)
@@ -81,8 +81,11 @@ def eval_step(state: TrainState, batch, rng, *, task, axis_name: str | None):
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def run(config, workdir: str, mode: str = "train"):
-  """Validates everything it can, then trains (mode "train"), evaluates, or runs a task mode."""
+def run(config, workdir: str, mode: str = "train", *, stop_after: int | None = None):
+  """Validates everything it can, then trains (mode "train"), evaluates, or runs a task mode.
+
+  stop_after: stop training at that step as if interrupted (tests and benchmarks).
+  """
   task = tasks.get(config.task)(config)
   valid = ["train", "eval", *task.modes]
   if mode not in valid:
@@ -91,7 +94,7 @@ def run(config, workdir: str, mode: str = "train"):
   strategy = parallel.make(config)
   _check_workdir(workdir)
   if mode == "train":
-    return train_and_evaluate(config, workdir, task, strategy)
+    return train_and_evaluate(config, workdir, task, strategy, stop_after=stop_after)
 
   task.setup(workdir, create=False)
   tx, _ = optim.make_optimizer(config.train)
@@ -125,7 +128,7 @@ def evaluate(task, strategy, state, config) -> dict[str, float]:
   return task.summarize(metrics_lib.reduce(totals))
 
 
-def train_and_evaluate(config, workdir: str, task, strategy):
+def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int | None = None):
   primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   task.setup(workdir, create=primary)
@@ -181,8 +184,9 @@ def train_and_evaluate(config, workdir: str, task, strategy):
       jax.block_until_ready(state)
       logging.info("First step (compile + run) took %.1f s",
                    time.perf_counter() - progress.start_time())
-      progress.update(step)
-      pending = []
+      progress.update(step)  # throughput from here on leaves compilation out
+    if step == stop_after:
+      stop.requested = f"stop_after={stop_after}"
     last = step == t.steps or stop.requested
     if (step % t.log_every == 0 or last) and pending:
       values = _reduce_pending(strategy, pending)

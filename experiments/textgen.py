@@ -79,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "pmap"  # | mesh
+  c.parallel.num_devices = 0    # 0 -> all devices
   c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
   c.parallel.tensor = 1
 

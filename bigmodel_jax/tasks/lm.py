@@ -103,8 +103,14 @@ class Task:
     """`--mode=sample`: generates from config.sample.prompt and prints the samples."""
     s = self.config.sample
     prompt = self.tokenizer.encode(s.prompt)
+    max_new = s.max_new_tokens
+    if 0 < len(prompt) < self.model.block_size < len(prompt) + max_new:
+      max_new = self.model.block_size - len(prompt)
+      logging.warning("sample.max_new_tokens=%d does not fit the context (model.block_size=%d) "
+                      "after the %d-token prompt; generating %d", s.max_new_tokens,
+                      self.model.block_size, len(prompt), max_new)
     out = generate.generate(
-        self.model, params, prompt, max_new_tokens=s.max_new_tokens, rng=jax.random.key(s.seed),
+        self.model, params, prompt, max_new_tokens=max_new, rng=jax.random.key(s.seed),
         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=s.num_samples)
     texts = [self.tokenizer.decode(row) for row in np.asarray(out)]
     for i, text in enumerate(texts):
@@ -113,4 +119,5 @@ class Task:
     return texts
 
   def showcase(self, params) -> None:
-    self.sample(params)
+    if self.config.sample.num_samples > 0:
+      self.sample(params)
