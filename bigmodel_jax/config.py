@@ -38,6 +38,48 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
+def base_config(task: str) -> ml_collections.ConfigDict:
+  """The sections every experiment shares (seed, init_from, train, checkpoint, parallel), with
+  defaults; an experiment file adds its data/model sections and changes what it needs."""
+  c = ml_collections.ConfigDict()
+  c.experiment = ""
+  c.task = task
+  c.seed = 0
+  # Another run's workdir (or its checkpoints/ folder) to start from, e.g. for fine-tuning; parameter
+  # paths matching any regex in init_reinit keep their fresh initialisation.
+  c.init_from = ""
+  c.init_reinit = ()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 32      # global, over all devices and micro-batches
+  c.train.grad_accum_steps = 1
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 100
+  c.train.min_lr_ratio = 0.1
+  c.train.weight_decay = 0.1
+  c.train.decay_embeddings = False
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.grad_clip = 1.0
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.eval_batches = 0     # 0 -> the whole validation split
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 250
+  c.checkpoint.keep = 3
+  c.checkpoint.best_metric = ""  # e.g. "loss": also keep the best checkpoint by eval loss
+  c.checkpoint.async_save = True
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.strategy = "pmap"  # | mesh
+  c.parallel.num_devices = 0    # 0 -> all devices
+  c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
+  c.parallel.tensor = 1         # (-1 on either: all devices the other leaves)
+  return c
+
+
 def apply_preset(config: ml_collections.ConfigDict, arg: str | None,
                  presets: Mapping[str, Mapping[str, Any]]) -> ml_collections.ConfigDict:
   """Applies `presets[arg]` (a dict of dotted keys to values); arg None is the default preset."""

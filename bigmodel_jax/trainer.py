@@ -112,7 +112,7 @@ def run(config, workdir: str, mode: str = "train", *, stop_after: int | None = N
     metrics_lib.log_eval(step, "validation", values)
     print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
     return values
-  return task.modes[mode](strategy.to_host_layout(state).params)
+  return task.modes[mode](_variables(strategy.to_host_layout(state)))
 
 
 def evaluate(task, strategy, state, config) -> dict[str, float]:
@@ -220,8 +220,13 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
     best.close()
   writer.close()
   if not stop.requested and primary:
-    task.showcase(strategy.to_host_layout(state).params)
+    task.showcase(_variables(strategy.to_host_layout(state)))
   return state
+
+
+def _variables(state: TrainState) -> dict:
+  """What a model's apply takes: {"params": ..., other collections (e.g. batch_stats)}."""
+  return {"params": state.params, **state.model_state}
 
 
 def _reduce_pending(strategy, pending) -> dict[str, float]:

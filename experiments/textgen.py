@@ -21,14 +21,7 @@ from bigmodel_jax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "textgen"
-  c.task = "lm"
-  c.seed = 0
-  # Another run's workdir (or its checkpoints/ folder) to start from, e.g. for fine-tuning; parameter
-  # paths matching any regex in init_reinit keep their fresh initialisation.
-  c.init_from = ""
-  c.init_reinit = ()
+  c = config_lib.base_config(task="lm")
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "pystdlib"  # | text_files:<glob> | tfds:<name>
@@ -43,9 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = "gpt"
   c.model.num_layers = 4
   c.model.num_heads = 4
-  c.model.embed_dim = 192
+  c.model.embed_dim = 128
   c.model.mlp_dim = 0          # 0 -> 4 * embed_dim
-  c.model.block_size = 128     # context length in tokens
+  c.model.block_size = 256     # context length in tokens
   c.model.dropout = 0.0
   c.model.positions = "learned"  # | rotary
   c.model.use_bias = True
@@ -55,33 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.remat = "none"
   c.model.vocab_multiple = 64  # pad the embedding table for faster matmuls
 
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 2500
-  c.train.batch_size = 32      # global, over all devices and micro-batches
-  c.train.grad_accum_steps = 1
+  c.train.steps = 1000
+  c.train.batch_size = 16
   c.train.learning_rate = 2e-3
-  c.train.warmup_steps = 100
-  c.train.min_lr_ratio = 0.1
-  c.train.weight_decay = 0.1
-  c.train.decay_embeddings = False
-  c.train.b1 = 0.9
-  c.train.b2 = 0.99
-  c.train.grad_clip = 1.0
-  c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.eval_batches = 20    # 0 -> the whole validation split
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 500
-  c.checkpoint.keep = 3
-  c.checkpoint.best_metric = ""  # e.g. "loss": also keep the best checkpoint by eval loss
-  c.checkpoint.async_save = True
-
-  c.parallel = ml_collections.ConfigDict()
-  c.parallel.strategy = "pmap"  # | mesh
-  c.parallel.num_devices = 0    # 0 -> all devices
-  c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
-  c.parallel.tensor = 1
+  c.train.eval_batches = 20
+  c.checkpoint.every_steps = 250
 
   c.sample = ml_collections.ConfigDict()
   c.sample.prompt = "def "

@@ -3,7 +3,8 @@
 A task is the class `Task` in `bigmodel_jax/tasks/<name>.py`. The trainer calls:
 
   Task(config)                       validates the task's config; writes nothing
-  task.modes                         {mode name: fn(params)} beyond train/eval, e.g. "sample"
+  task.modes                         {mode name: fn(variables)} beyond train/eval, e.g. "sample";
+                                     variables = {"params": ..., **model_state} on the host
   task.setup(workdir, create)        loads (or, when create, builds and saves) tokenizers etc.
   task.init_variables(rng)           boxed flax variables: {"params": ..., other collections}
   task.loss(params, model_state, batch, rng, train)
@@ -14,7 +15,7 @@ A task is the class `Task` in `bigmodel_jax/tasks/<name>.py`. The trainer calls:
   task.units_per_example, task.unit  throughput unit (e.g. 256 "tokens" per example)
   task.flops_per_unit                training FLOPs per unit, for MFU (0 if unknown)
   task.summarize(values)             host-side derived metrics (e.g. perplexity)
-  task.showcase(params)              what a person sees at the end of training
+  task.showcase(variables)           what a person sees at the end of training
 """
 
 import importlib

@@ -99,7 +99,7 @@ class Task:
 
   # --- generation ---------------------------------------------------------------------------
 
-  def sample(self, params) -> list[str]:
+  def sample(self, variables) -> list[str]:
     """`--mode=sample`: generates from config.sample.prompt and prints the samples."""
     s = self.config.sample
     prompt = self.tokenizer.encode(s.prompt)
@@ -110,7 +110,7 @@ class Task:
                       "after the %d-token prompt; generating %d", s.max_new_tokens,
                       self.model.block_size, len(prompt), max_new)
     out = generate.generate(
-        self.model, params, prompt, max_new_tokens=max_new, rng=jax.random.key(s.seed),
+        self.model, variables["params"], prompt, max_new_tokens=max_new, rng=jax.random.key(s.seed),
         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=s.num_samples)
     texts = [self.tokenizer.decode(row) for row in np.asarray(out)]
     for i, text in enumerate(texts):
@@ -118,6 +118,6 @@ class Task:
             f"top_p {s.top_p}, seed {s.seed}) ---\n{text}\n", flush=True)
     return texts
 
-  def showcase(self, params) -> None:
+  def showcase(self, variables) -> None:
     if self.config.sample.num_samples > 0:
-      self.sample(params)
+      self.sample(variables)
