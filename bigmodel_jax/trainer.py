@@ -108,14 +108,16 @@ def run(config, workdir: str, mode: str = "train", *, stop_after: int | None = N
   state = strategy.place(ckpt.restore_state(step, abstract))
   ckpt.close()
   if mode == "eval":
-    values = evaluate(task, strategy, state, config)
+    values = evaluate(task, strategy, state, config, final=True)
     metrics_lib.log_eval(step, "validation", values)
     print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
     return values
   return task.modes[mode](_variables(strategy.to_host_layout(state)))
 
 
-def evaluate(task, strategy, state, config) -> dict[str, float]:
+def evaluate(task, strategy, state, config, final: bool = False) -> dict[str, float]:
+  """Sums the task's metrics over its eval batches; at the end of training (final), adds the
+  task's host-side metrics (`task.final_metrics(variables)`, e.g. BLEU from decoding), if any."""
   step_fn = getattr(strategy, "_eval_fn", None)
   if step_fn is None:
     step_fn = strategy._eval_fn = strategy.compile(
@@ -125,7 +127,10 @@ def evaluate(task, strategy, state, config) -> dict[str, float]:
   for batch in task.eval_batches(per_process):
     m = strategy.metrics_to_host(step_fn(state, strategy.put_batch(batch), jax.random.key(0)))
     totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
-  return task.summarize(metrics_lib.reduce(totals))
+  values = task.summarize(metrics_lib.reduce(totals))
+  if final and hasattr(task, "final_metrics"):
+    values.update(task.final_metrics(_variables(strategy.to_host_layout(state))))
+  return values
 
 
 def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int | None = None):
@@ -204,7 +209,7 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
         logging.info(progress.line(step, values, eta))
     paused = time.perf_counter()
     if step % t.eval_every == 0 or last:
-      values = evaluate(task, strategy, state, config)
+      values = evaluate(task, strategy, state, config, final=step == t.steps)
       writer.write(step, "validation", values)
       metrics_lib.log_eval(step, "validation", values)
       if best is not None:

@@ -3,6 +3,8 @@
 import json
 import os
 
+import tensorflow_datasets as tfds
+
 from bigmodel_jax import config as config_lib
 
 
@@ -25,3 +27,21 @@ def read_metrics(workdir: str, split: str = "train") -> dict[int, dict]:
       if record["split"] == split:
         out[record["step"]] = record
   return out
+
+
+def prepared_tfds_metadata(data_dir, name, splits):
+  """Writes the dataset_info.json a prepared array_record dataset would have.
+
+  `mock_data`'s default policy (USE_CODE) reports no splits and an unprepared
+  dataset, so real split selection is tested with USE_FILES and this metadata.
+  """
+  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=builder.data_path, dataset_name=builder.name,
+      filetype_suffix="array_record")
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0,
+                          filename_template=template)
+      for s, n in splits.items()]))
+  builder.data_path.mkdir(parents=True)
+  builder.info.write_to_directory(builder.data_path)

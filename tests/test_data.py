@@ -13,6 +13,7 @@ from bigmodel_jax.data import corpora
 from bigmodel_jax.data import lm_pipeline
 from bigmodel_jax.data import tokenizers
 from bigmodel_jax.errors import UsageError
+from tests.helpers import prepared_tfds_metadata
 
 tfds.disable_progress_bar()
 
@@ -160,31 +161,13 @@ def test_local_source_errors_are_one_line(tmp_path, source, files, match):
 # ---------------------------------------------------------------------------
 
 
-def _prepared_metadata(data_dir, name, splits):
-  """Writes the dataset_info.json a prepared array_record dataset would have.
-
-  `mock_data`'s default policy (USE_CODE) reports no splits and an unprepared
-  dataset, so real split selection is tested with USE_FILES and this metadata.
-  """
-  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  template = tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_path, dataset_name=builder.name,
-      filetype_suffix="array_record")
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0,
-                          filename_template=template)
-      for s, n in splits.items()]))
-  builder.data_path.mkdir(parents=True)
-  builder.info.write_to_directory(builder.data_path)
-
-
 @pytest.fixture
 def mock_tfds(tmp_path):
   data_dir = str(tmp_path / "tfds_meta")
-  _prepared_metadata(data_dir, "tiny_shakespeare",
+  prepared_tfds_metadata(data_dir, "tiny_shakespeare",
                      {"train": 1, "validation": 1, "test": 1})
-  _prepared_metadata(data_dir, "lm1b", {"train": 30, "test": 1})
-  _prepared_metadata(data_dir, "ag_news_subset", {"train": 10, "test": 1})
+  prepared_tfds_metadata(data_dir, "lm1b", {"train": 30, "test": 1})
+  prepared_tfds_metadata(data_dir, "ag_news_subset", {"train": 10, "test": 1})
   with tfds.testing.mock_data(num_examples=7, data_dir=data_dir,
                               policy=tfds.testing.MockPolicy.USE_FILES):
     yield
@@ -210,7 +193,7 @@ def test_tfds_text_datasets_pick_their_validation_split(
 
 def test_tfds_without_validation_split_carves_it_from_train(tmp_path):
   data_dir = str(tmp_path / "meta")
-  _prepared_metadata(data_dir, "tiny_shakespeare", {"train": 100})
+  prepared_tfds_metadata(data_dir, "tiny_shakespeare", {"train": 100})
   with tfds.testing.mock_data(num_examples=5, data_dir=data_dir,
                               policy=tfds.testing.MockPolicy.USE_FILES):
     builder = tfds.builder("tiny_shakespeare")

@@ -15,6 +15,8 @@ A task is the class `Task` in `bigmodel_jax/tasks/<name>.py`. The trainer calls:
   task.units_per_example, task.unit  throughput unit (e.g. 256 "tokens" per example)
   task.flops_per_unit                training FLOPs per unit, for MFU (0 if unknown)
   task.summarize(values)             host-side derived metrics (e.g. perplexity)
+  task.final_metrics(variables)      optional: host-side eval metrics computed once at the end of
+                                     training and in --mode=eval (e.g. BLEU from beam search)
   task.showcase(variables)           what a person sees at the end of training
 """
 

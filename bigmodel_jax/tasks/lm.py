@@ -12,6 +12,7 @@ import optax
 from bigmodel_jax import generate
 from bigmodel_jax.data import corpora, lm_pipeline, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax import models
 from bigmodel_jax.models import gpt
 
 TOKENIZER_DIR = "tokenizer"
@@ -31,7 +32,7 @@ class Task:
     self.modes = {"sample": self.sample}
     self.tokenizer = None
     # The model is built now (with the configured vocabulary) so that shape errors come early.
-    self.model = gpt.make(config.model, self._vocab_size())
+    self.model = models.make(config.model, ("gpt",), vocab_size=self._vocab_size())
     self.flops_per_unit = gpt.flops_per_token(self.model)
 
   def _vocab_size(self) -> int:
@@ -52,7 +53,7 @@ class Task:
     else:
       raise RunError(f"no tokenizer in {directory}; train first with "
                      f"python run.py --experiment={self.config.experiment} --workdir={workdir}")
-    self.model = gpt.make(self.config.model, self._vocab_size())
+    self.model = models.make(self.config.model, ("gpt",), vocab_size=self._vocab_size())
 
   @functools.cached_property
   def _splits(self):
