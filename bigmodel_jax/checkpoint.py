@@ -5,8 +5,10 @@ Layout under the workdir:
   best_checkpoint/<step>/...               with checkpoint.best_metric: the best eval so far
 """
 
+import json
 import os
 import re
+import time
 
 from absl import logging
 import grain
@@ -17,49 +19,170 @@ import orbax.checkpoint as ocp
 from bigmodel_jax.errors import RunError
 
 
+DIRECTORY = "checkpoints"
+MANIFEST = "manifest.bigmodel.json"
+ITEMS = ("state", "data", "config")
+# Model settings that change how a model runs, not the parameters a checkpoint holds.
+RUNTIME_MODEL_KEYS = ("dropout", "dtype", "attention_impl", "remat")
+
+
+def has_steps(directory: str) -> bool:
+  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+
+
 class Checkpointer:
-  """Saves and restores {state, data, config} items with an orbax CheckpointManager."""
+  """Saves and restores {state, data, config} items with an orbax CheckpointManager.
+
+  Saves are async. orbax writes each into a temporary folder and renames it once committed, so an
+  interrupted save never becomes the latest checkpoint, and it deletes old checkpoints only after a
+  newer one has committed. Once a save has committed we add a manifest of its files and sizes, so a
+  later restore can tell a torn or damaged checkpoint from a good one before reading it.
+  """
 
   def __init__(self, workdir: str, cfg, *, best: bool = False):
-    self.directory = os.path.abspath(os.path.join(workdir, "best_checkpoint" if best else "checkpoints"))
+    self.directory = os.path.abspath(
+        os.path.join(workdir, "best_checkpoint" if best else DIRECTORY))
+    self.on_corrupt = cfg.on_corrupt
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1 if best else cfg.keep,
         enable_async_checkpointing=cfg.async_save,
+        cleanup_tmp_directories=True,  # leftovers of saves killed half-way
         create=True)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data", "config"))
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False) -> bool:
-    """Starts an (async) save; orbax writes to a temporary folder and renames it when committed,
-    so an interrupted save never becomes the latest checkpoint, and older ones are deleted only
-    after a newer one has committed."""
-    return self._manager.save(step, force=force, args=ocp.args.Composite(
+    saved = self._manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config)))
+    self._write_manifests(exclude=step)  # orbax has waited for the earlier saves to commit
+    return saved
 
-  def restore(self, step: int, abstract_state, data_iterator):
-    """-> (state, config dict) for `step`; the data iterator is moved to its saved position."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator),
-        config=ocp.args.JsonRestore()))
-    return restored.state, restored.config
+  def restore_latest(self, abstract_state, data_iterator, config):
+    """-> (state, step) from the newest valid checkpoint, or None if there is none at all.
 
-  def restore_state(self, step: int, abstract_state):
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    return restored.state
+    A damaged newest checkpoint stops the run with what is wrong, or, with
+    checkpoint.on_corrupt=fallback, is skipped (loudly) for the next older one. A checkpoint
+    written for another experiment, model shape or tokenizer is an error naming the differences.
+    data_iterator None restores the state only (eval, sampling).
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      problem = damage(path)
+      if problem is None:
+        check_compatible(path, abstract_state, config)
+        try:
+          return self._restore(step, abstract_state, data_iterator), step
+        except Exception as e:  # orbax/tensorstore raise many kinds; all mean "unreadable"
+          problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+      if self.on_corrupt != "fallback":
+        raise RunError(f"checkpoint {path} is damaged: {problem}. Move it away, or set "
+                       "--config.checkpoint.on_corrupt=fallback to restore the newest valid one")
+      aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints", str(step))
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(path, aside if not os.path.exists(aside) else f"{aside}.{int(time.time())}")
+      self._manager.reload()
+      logging.warning("Checkpoint %s is damaged (%s); moved it to %s and fell back to an older "
+                      "one", path, problem, aside)
+    if steps:
+      raise RunError(f"no valid checkpoint in {self.directory} (all {len(steps)} damaged); "
+                     "refusing to start over in a workdir that has checkpoints")
+    return None
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+  def _restore(self, step, abstract_state, data_iterator):
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+
+  def _write_manifests(self, exclude: int | None = None) -> None:
+    if jax.process_index() != 0:
+      return
+    for step in self._manager.all_steps():
+      path = os.path.join(self.directory, str(step))
+      if step != exclude and os.path.isdir(path) and not os.path.exists(
+          os.path.join(path, MANIFEST)):
+        files = {os.path.relpath(os.path.join(root, f), path): os.path.getsize(os.path.join(root, f))
+                 for root, _, names in os.walk(path) for f in names}
+        with open(os.path.join(path, MANIFEST + ".tmp"), "w") as f:
+          json.dump(files, f)
+        os.replace(os.path.join(path, MANIFEST + ".tmp"), os.path.join(path, MANIFEST))
 
   def close(self) -> None:
     self._manager.wait_until_finished()
+    self._write_manifests()
     self._manager.close()
+
+
+def damage(path: str) -> str | None:
+  """What is wrong with the checkpoint folder `path` (None if nothing we can see)."""
+  manifest = os.path.join(path, MANIFEST)
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      files = json.load(f)
+    for name, size in sorted(files.items()):
+      full = os.path.join(path, name)
+      if not os.path.exists(full):
+        return f"{name} is missing"
+      if os.path.getsize(full) != size:
+        return f"{name} is {os.path.getsize(full)} bytes, {size} when saved (truncated?)"
+    return None
+  # No manifest yet (the run was killed right after this save committed): check the structure.
+  for item in ITEMS:
+    if not os.path.exists(os.path.join(path, item, "commit_success.txt")):
+      return f"item {item!r} was never committed (half-written folder)"
+  for name in ("state/_METADATA", "state/manifest.ocdbt"):
+    if not os.path.exists(os.path.join(path, name)):
+      return f"{name} is missing"
+  if not any(n.startswith("process_") for n in os.listdir(os.path.join(path, "data"))):
+    return "the data-iterator state is missing"
+  return None
+
+
+def check_compatible(path: str, abstract_state, config) -> None:
+  """Raises RunError naming what differs between the checkpoint at `path` and this run."""
+  with open(os.path.join(path, "config", "metadata")) as f:
+    saved = json.load(f)
+  current = config.to_dict()
+  keys = ["task", "data.tokenizer", "data.vocab_size"] + [
+      f"model.{k}" for k in current.get("model", {}) if k not in RUNTIME_MODEL_KEYS]
+  diffs = [f"{k}: checkpoint {_get(saved, k)!r}, now {_get(current, k)!r}" for k in keys
+           if _get(saved, k) != _get(current, k)]
+  base = lambda c: str(c.get("experiment", "")).split(":")[0]
+  if base(saved) != base(current):
+    diffs.insert(0, f"experiment: checkpoint {base(saved)!r}, now {base(current)!r}")
+  if not diffs:  # same settings; still compare parameter shapes (e.g. a retrained tokenizer)
+    saved_shapes = _shapes(ocp.StandardCheckpointer().metadata(os.path.join(path, "state")))
+    now_shapes = _shapes(abstract_state)
+    diffs = [f"{k}: checkpoint {saved_shapes.get(k)}, now {now_shapes.get(k)}"
+             for k in sorted(set(saved_shapes) | set(now_shapes))
+             if k.startswith("params") and saved_shapes.get(k) != now_shapes.get(k)]
+  if diffs:
+    raise RunError(f"checkpoint {path} does not fit this run: {'; '.join(diffs[:6])}"
+                   f"{' ...' if len(diffs) > 6 else ''}. Use another --workdir, or the same "
+                   "settings")
+
+
+def _get(tree: dict, dotted: str):
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return list(tree) if isinstance(tree, tuple) else tree
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    out[name] = tuple(getattr(leaf, "shape", ()))
+  return out
 
 
 def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...]):

@@ -65,12 +65,15 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.eval_every = 250
   c.train.eval_batches = 0     # 0 -> the whole validation split
+  c.train.on_nan = "stop"      # | skip: reject non-finite updates, up to max_nan_skips in a row
+  c.train.max_nan_skips = 10
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 250
   c.checkpoint.keep = 3
   c.checkpoint.best_metric = ""  # e.g. "loss": also keep the best checkpoint by eval loss
   c.checkpoint.async_save = True
+  c.checkpoint.on_corrupt = "stop"  # | fallback: restore the newest valid checkpoint instead
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "pmap"  # | mesh
@@ -130,6 +133,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UsageError(f"train.{key}={t[key]} must be >= 0")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise UsageError("checkpoint.every_steps and checkpoint.keep must be positive integers")
+  if t.on_nan not in ("stop", "skip"):
+    raise UsageError(f"train.on_nan={t.on_nan!r} is not valid; valid: stop, skip")
+  if config.checkpoint.on_corrupt not in ("stop", "fallback"):
+    raise UsageError(f"checkpoint.on_corrupt={config.checkpoint.on_corrupt!r} is not valid; "
+                     "valid: stop, fallback")
   if config.parallel.strategy not in ("pmap", "mesh"):
     raise UsageError(f"parallel.strategy={config.parallel.strategy!r} is not valid; "
                      "valid: pmap, mesh")

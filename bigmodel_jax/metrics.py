@@ -64,15 +64,24 @@ def peak_flops_per_device() -> tuple[float, str]:
 class MetricWriter:
   """Writes `metrics.jsonl` (one object per line: step, split, values) and TensorBoard events.
 
-  Only process 0 writes; other processes get a writer that does nothing.
+  Only process 0 writes; other processes get a writer that does nothing. On a resume from step
+  `resume_step`, lines written after that step by the interrupted run are dropped, so the file
+  reads as one run.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # writes event files without TensorFlow
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= resume_step]
+      with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(path + ".tmp", path)
+    self._jsonl = open(path, "a")
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, values: dict[str, float]) -> None:
@@ -121,6 +130,13 @@ class Progress:
         parts.append(f"{key} " + fmt.format(values[key]))
     parts.append(f"ETA {_duration(eta)}")
     return " | ".join(parts)
+
+
+def _step_of(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None  # a torn last line from a killed run
 
 
 def _duration(seconds: float) -> str:

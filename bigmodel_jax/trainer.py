@@ -5,19 +5,16 @@ The task owns the loss, metrics and batch layout; this file knows nothing about 
 """
 
 import functools
-import json
 import os
-import signal
 import time
 
 from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from bigmodel_jax import checkpoint, metrics as metrics_lib, optim, parallel, tasks
+from bigmodel_jax import checkpoint, metrics as metrics_lib, optim, parallel, safety, tasks
 from bigmodel_jax.errors import RunError, UsageError
 
 
@@ -37,8 +34,13 @@ def init_state(rng, *, task, tx) -> TrainState:
 
 
 def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
-               axis_name: str | None):
-  """One optimizer update over `batch`, split into `accum` micro-batches; pure."""
+               axis_name: str | None, poison_steps: tuple[int, ...] = ()):
+  """One optimizer update over `batch`, split into `accum` micro-batches; pure.
+
+  An update whose loss or gradients are not finite is not applied (the step still counts, as its
+  batch was consumed); `finite` in the returned flags tells the host. `poison_steps` makes those
+  steps' gradients NaN: a test-only fault injection.
+  """
   rng = jax.random.fold_in(rng, state.step)
   if axis_name:  # a different dropout mask on each pmap device
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -57,20 +59,26 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
       micro_step, (zeros, state.model_state), (micro_batches, jnp.arange(accum)))
   grads = jax.tree.map(lambda g: g / accum, grads)
   metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+  if poison_steps:
+    poison = jnp.where(jnp.isin(state.step + 1, jnp.array(poison_steps)), jnp.nan, 1.0)
+    grads = jax.tree.map(lambda g: g * poison, grads)
   if axis_name:
     grads, model_state = jax.lax.pmean((grads, model_state), axis_name)
     metrics = jax.lax.psum(metrics, axis_name)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  flags = {"loss": jnp.isfinite(metrics["loss"][0]), "gradients": jnp.isfinite(grad_norm)}
+  finite = flags["loss"] & flags["gradients"]
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   one = jnp.ones((), jnp.float32)
-  metrics.update(grad_norm=(optax.tree.norm(grads), one),
-                 param_norm=(optax.tree.norm(params), one),
-                 update_norm=(optax.tree.norm(updates), one),
-                 lr=(schedule(state.step), one))
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            model_state=model_state)
-  return new_state, metrics
+  metrics.update(grad_norm=(grad_norm, one), param_norm=(optax.tree.norm(params), one),
+                 update_norm=(optax.tree.norm(updates), one), lr=(schedule(state.step), one))
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state),
+                            model_state=keep(model_state, state.model_state))
+  return new_state, (metrics, flags)
 
 
 def eval_step(state: TrainState, batch, rng, *, task, axis_name: str | None):
@@ -81,10 +89,11 @@ def eval_step(state: TrainState, batch, rng, *, task, axis_name: str | None):
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def run(config, workdir: str, mode: str = "train", *, stop_after: int | None = None):
+def run(config, workdir: str, mode: str = "train", **test_hooks):
   """Validates everything it can, then trains (mode "train"), evaluates, or runs a task mode.
 
-  stop_after: stop training at that step as if interrupted (tests and benchmarks).
+  test_hooks (tests only): stop_after=N stops training at step N as if interrupted;
+  poison_steps=(N, ...) makes those steps' gradients NaN.
   """
   task = tasks.get(config.task)(config)
   valid = ["train", "eval", *task.modes]
@@ -92,21 +101,23 @@ def run(config, workdir: str, mode: str = "train", *, stop_after: int | None = N
     raise UsageError(f"--mode={mode!r} is not valid for {config.experiment}; valid: "
                      f"{', '.join(valid)}")
   strategy = parallel.make(config)
-  _check_workdir(workdir)
+  safety.check_workdir(workdir)
   if mode == "train":
-    return train_and_evaluate(config, workdir, task, strategy, stop_after=stop_after)
+    ckpt_dir = os.path.join(workdir, checkpoint.DIRECTORY)
+    with safety.RemoveIfFailed(workdir, lambda: checkpoint.has_steps(ckpt_dir)):
+      return train_and_evaluate(config, workdir, task, strategy, **test_hooks)
 
   task.setup(workdir, create=False)
   tx, _ = optim.make_optimizer(config.train)
   init_fn = functools.partial(init_state, task=task, tx=tx)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
-  step = ckpt.latest_step()
-  if step is None:
+  restored = ckpt.restore_latest(strategy.abstract(init_fn, jax.random.key(config.seed)),
+                                 None, config)
+  ckpt.close()
+  if restored is None:
     raise RunError(f"no checkpoint in {ckpt.directory}; train first with python run.py "
                    f"--experiment={config.experiment} --workdir={workdir}")
-  abstract = strategy.abstract(init_fn, jax.random.key(config.seed))
-  state = strategy.place(ckpt.restore_state(step, abstract))
-  ckpt.close()
+  state, step = strategy.place(restored[0]), restored[1]
   if mode == "eval":
     values = evaluate(task, strategy, state, config, final=True)
     metrics_lib.log_eval(step, "validation", values)
@@ -133,7 +144,8 @@ def evaluate(task, strategy, state, config, final: bool = False) -> dict[str, fl
   return values
 
 
-def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int | None = None):
+def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int | None = None,
+                       poison_steps: tuple[int, ...] = ()):
   primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   task.setup(workdir, create=primary)
@@ -145,88 +157,94 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
   best = checkpoint.Checkpointer(workdir, config.checkpoint, best=True) if (
       config.checkpoint.best_metric) else None
-
-  # Restore order: (1) the latest checkpoint in this workdir (resume: state, data position and all);
-  # (2) config.init_from, another run's parameters (fine-tuning; fresh optimizer, step 0);
-  # (3) a fresh init.
-  start = ckpt.latest_step()
-  if start is not None:
-    state, _ = ckpt.restore(start, strategy.abstract(init_fn, init_rng), data)
-    state = strategy.place(state)
-    logging.info("Resumed from %s/%d", ckpt.directory, start)
-  elif config.init_from:
-    fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
-    abstract = jax.eval_shape(lambda: fresh.params)
-    params = checkpoint.params_from(config.init_from, abstract, fresh.params, config.init_reinit)
-    strategy.abstract(init_fn, init_rng)  # sets the mesh shardings
-    state = strategy.place(fresh.replace(params=params, opt_state=tx.init(params)))
-    start = 0
-  else:
-    state, start = strategy.init_state(init_fn, init_rng), 0
+  state, start = _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx)
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  host_state = strategy.to_host_layout(state)
-  n_params = sum(x.size for x in jax.tree.leaves(host_state.params))
+  n_params = sum(x.size for x in jax.tree.leaves(strategy.to_host_layout(state).params))
   peak, peak_source = metrics_lib.peak_flops_per_device()
   logging.info("Model: %s parameters; %s strategy on %d device(s); MFU peak %.3g FLOP/s per device "
                "(%s)", f"{n_params:,}", strategy.name, strategy.num_devices, peak, peak_source)
 
   step_fn = strategy.compile(functools.partial(
       train_step, task=task, tx=tx, schedule=schedule, accum=config.train.grad_accum_steps,
-      axis_name=strategy.axis_name))
-  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+      axis_name=strategy.axis_name, poison_steps=tuple(poison_steps)))
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start)
   progress = metrics_lib.Progress(config.train.steps, start)
-  stop = _StopOnSignal()
+  guard = safety.NanGuard(config.train.on_nan, config.train.max_nan_skips)
+  stop = safety.StopOnSignal()
   t = config.train
   units_per_step = t.batch_size * task.units_per_example
   pending = []
-  for step in range(start + 1, t.steps + 1):
-    batch = strategy.put_batch(next(data))
-    state, m = step_fn(state, batch, step_rng)
-    pending.append(m)
-    if step == start + 1:
-      jax.block_until_ready(state)
-      logging.info("First step (compile + run) took %.1f s",
-                   time.perf_counter() - progress.start_time())
-      progress.update(step)  # throughput from here on leaves compilation out
-    if step == stop_after:
-      stop.requested = f"stop_after={stop_after}"
-    last = step == t.steps or stop.requested
-    if (step % t.log_every == 0 or last) and pending:
-      values = _reduce_pending(strategy, pending)
-      pending = []
-      if not np.isfinite(values["loss"]):
-        raise RunError(f"loss is {values['loss']} at step {step}; stopping without saving")
-      per_step, eta = progress.update(step)
-      values[f"{task.unit}_per_s"] = units_per_step / per_step
-      if task.flops_per_unit:
-        values["mfu"] = task.flops_per_unit * units_per_step / per_step / (
-            peak * strategy.num_devices)
-      task.summarize(values)
-      writer.write(step, "train", values)
-      if primary:
-        logging.info(progress.line(step, values, eta))
-    paused = time.perf_counter()
-    if step % t.eval_every == 0 or last:
-      values = evaluate(task, strategy, state, config, final=step == t.steps)
-      writer.write(step, "validation", values)
-      metrics_lib.log_eval(step, "validation", values)
-      if best is not None:
-        _save_best(best, config, step, strategy.to_host_layout(state), data, values)
-    if step % config.checkpoint.every_steps == 0 or last:
-      ckpt.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True)
-    progress.exclude(time.perf_counter() - paused)
-    if stop.requested:
-      logging.warning("Stopping at step %d on %s; checkpoint saved", step, stop.requested)
-      break
-  ckpt.close()
-  if best is not None:
-    best.close()
-  writer.close()
+  try:
+    for step in range(start + 1, t.steps + 1):
+      state, (m, flags) = step_fn(state, strategy.put_batch(next(data)), step_rng)
+      pending.append(m)
+      guard.add(step, flags)
+      if step == start + 1:
+        jax.block_until_ready(state)
+        logging.info("First step (compile + run) took %.1f s",
+                     time.perf_counter() - progress.start_time())
+        progress.update(step)  # throughput from here on leaves compilation out
+      if step == stop_after:
+        stop.requested = f"stop_after={stop_after}"
+      last = step == t.steps or bool(stop.requested)
+      if step % t.log_every == 0 or last:
+        guard.check()
+        values = _reduce_pending(strategy, pending)
+        pending = []
+        per_step, eta = progress.update(step)
+        values[f"{task.unit}_per_s"] = units_per_step / per_step
+        if task.flops_per_unit:
+          values["mfu"] = task.flops_per_unit * units_per_step / per_step / (
+              peak * strategy.num_devices)
+        values["skipped_steps"] = guard.skipped_total
+        writer.write(step, "train", task.summarize(values))
+        if primary:
+          logging.info(progress.line(step, values, eta))
+      paused = time.perf_counter()
+      if step % t.eval_every == 0 or last:
+        guard.check()
+        values = evaluate(task, strategy, state, config, final=step == t.steps)
+        writer.write(step, "validation", values)
+        metrics_lib.log_eval(step, "validation", values)
+        if best is not None:
+          _save_best(best, config, step, strategy.to_host_layout(state), data, values)
+      if step % config.checkpoint.every_steps == 0 or last:
+        guard.check()  # never save a step after a NaN that is meant to stop the run
+        ckpt.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True)
+      progress.exclude(time.perf_counter() - paused)
+      if stop.requested:
+        logging.warning("Stopped at step %d on %s; checkpoint saved", step, stop.requested)
+        break
+  finally:
+    stop.restore()
+    ckpt.close()  # waits for async saves to commit
+    if best is not None:
+      best.close()
+    writer.close()
+  if start == t.steps:
+    logging.info("Already trained to train.steps=%d; raise it to train further", t.steps)
   if not stop.requested and primary:
     task.showcase(_variables(strategy.to_host_layout(state)))
   return state
+
+
+def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx):
+  """-> (state in the strategy's layout, its step)."""
+  # Restore order: (1) the latest valid checkpoint in this workdir (resume: state, data position
+  # and all); (2) config.init_from, another run's parameters (fine-tuning; fresh optimizer, step
+  # 0); (3) a fresh init.
+  restored = ckpt.restore_latest(strategy.abstract(init_fn, init_rng), data, config)
+  if restored is not None:
+    logging.info("Resumed from %s/%d", ckpt.directory, restored[1])
+    return strategy.place(restored[0]), restored[1]
+  if config.init_from:
+    fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
+    abstract = jax.eval_shape(lambda: fresh.params)
+    params = checkpoint.params_from(config.init_from, abstract, fresh.params, config.init_reinit)
+    return strategy.place(fresh.replace(params=params, opt_state=tx.init(params))), 0
+  return strategy.init_state(init_fn, init_rng), 0
 
 
 def _variables(state: TrainState) -> dict:
@@ -251,29 +269,3 @@ def _save_best(best, config, step, state, data, values) -> None:
     best.best_value = values[name]
     best.save(step, state, data, config.to_dict(), force=True)
     logging.info("New best %s %.4f at step %d", name, values[name], step)
-
-
-def _check_workdir(workdir: str) -> None:
-  if os.path.isfile(workdir):
-    raise UsageError(f"--workdir={workdir} is a file; it must be a directory (or not exist yet)")
-  parent = workdir if os.path.isdir(workdir) else os.path.dirname(os.path.abspath(workdir))
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.access(parent, os.W_OK):
-    raise UsageError(f"--workdir={workdir} is not writable ({parent} denies writing)")
-
-
-class _StopOnSignal:
-  """SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, and exit cleanly."""
-
-  def __init__(self):
-    self.requested = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread (e.g. some test runners)
-        pass
-
-  def _handle(self, signum, frame):
-    del frame
-    self.requested = signal.Signals(signum).name

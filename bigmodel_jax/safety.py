@@ -1,0 +1,113 @@
+"""What keeps a long run from losing work: workdir checks, preemption signals, the NaN guard."""
+
+import os
+import shutil
+import signal
+import tempfile
+
+from absl import logging
+import numpy as np
+
+from bigmodel_jax.errors import RunError, UsageError
+
+ON_NAN = ("stop", "skip")
+
+
+def check_workdir(workdir: str) -> None:
+  """A usable --workdir: a directory, or a path we can create; probed by writing, not by mode bits
+  (root passes os.access everywhere, and read-only mounts don't show in mode bits)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UsageError(f"--workdir={workdir} is a file; it must be a directory (or not exist yet)")
+  parent = os.path.abspath(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UsageError(f"--workdir={workdir}: {parent} is a file, so the workdir cannot be created")
+  try:
+    with tempfile.TemporaryFile(dir=parent):
+      pass
+  except OSError as e:
+    raise UsageError(f"--workdir={workdir} is not writable ({parent}: {e.strerror})") from None
+
+
+class RemoveIfFailed:
+  """Removes a workdir this run created if the run fails before its first checkpoint, so a bad
+  input leaves nothing behind; a workdir that existed before is never touched."""
+
+  def __init__(self, workdir: str, has_checkpoint):
+    self.workdir, self.has_checkpoint = workdir, has_checkpoint
+    self.created = not os.path.exists(workdir)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None and self.created and not self.has_checkpoint():
+      shutil.rmtree(self.workdir, ignore_errors=True)
+    return False
+
+
+class StopOnSignal:
+  """SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, and exit cleanly.
+
+  A second signal while stopping aborts at once (exit 130): nothing is written, and the last
+  committed checkpoint stays the latest.
+  """
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. some test runners)
+        pass
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested:
+      os._exit(130)
+    self.requested = signal.Signals(signum).name
+    logging.warning("%s received: stopping after this step and saving a checkpoint",
+                    self.requested)
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class NanGuard:
+  """Host side of the NaN guard. The train step already refuses non-finite updates (the state is
+  never poisoned); here the per-step `finite` flags are read, lazily, before anything is logged or
+  saved, so the error names the exact step and metric without a sync every step."""
+
+  def __init__(self, on_nan: str, max_skips_in_a_row: int):
+    self.on_nan, self.max_in_a_row = on_nan, max_skips_in_a_row
+    self.skipped_total, self.in_a_row = 0, 0
+    self._pending = []
+
+  def add(self, step: int, flags) -> None:
+    self._pending.append((step, flags))
+
+  def check(self) -> None:
+    """Raises RunError per train.on_nan; call before logging, evaluating or saving."""
+    for step, flags in self._pending:
+      flags = {k: bool(np.asarray(v).reshape(-1)[0]) for k, v in flags.items()}
+      bad = [k for k, ok in flags.items() if not ok]
+      if not bad:
+        self.in_a_row = 0
+        continue
+      what = " and ".join(bad)
+      if self.on_nan == "stop":
+        self._pending = []
+        raise RunError(f"{what} not finite (NaN or Inf) at step {step}; stopped without saving "
+                       "(train.on_nan=stop; train.on_nan=skip rejects such updates instead)")
+      self.skipped_total += 1
+      self.in_a_row += 1
+      logging.warning("step %d: %s not finite; update skipped (%d in a row)", step, what,
+                      self.in_a_row)
+      if self.in_a_row > self.max_in_a_row:
+        self._pending = []
+        raise RunError(f"{what} not finite for {self.in_a_row} steps in a row (up to step {step});"
+                       f" stopping (train.max_nan_skips={self.max_in_a_row})")
+    self._pending = []
