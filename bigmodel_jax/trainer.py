@@ -175,7 +175,7 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
   stop = safety.StopOnSignal()
   t = config.train
   units_per_step = t.batch_size * task.units_per_example
-  pending = []
+  pending, stopping = [], None
   try:
     for step in range(start + 1, t.steps + 1):
       state, (m, flags) = step_fn(state, strategy.put_batch(next(data)), step_rng)
@@ -188,7 +188,8 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
         progress.update(step)  # throughput from here on leaves compilation out
       if step == stop_after:
         stop.requested = f"stop_after={stop_after}"
-      last = step == t.steps or bool(stop.requested)
+      stopping = stop.requested  # read once: a signal may land anywhere below
+      last = step == t.steps or bool(stopping)
       if step % t.log_every == 0 or last:
         guard.check()
         values = _reduce_pending(strategy, pending)
@@ -214,8 +215,8 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
         guard.check()  # never save a step after a NaN that is meant to stop the run
         ckpt.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True)
       progress.exclude(time.perf_counter() - paused)
-      if stop.requested:
-        logging.warning("Stopped at step %d on %s; checkpoint saved", step, stop.requested)
+      if stopping:
+        logging.warning("Stopped at step %d on %s; checkpoint saved", step, stopping)
         break
   finally:
     stop.restore()
@@ -225,7 +226,7 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
     writer.close()
   if start == t.steps:
     logging.info("Already trained to train.steps=%d; raise it to train further", t.steps)
-  if not stop.requested and primary:
+  if not stopping and primary:
     task.showcase(_variables(strategy.to_host_layout(state)))
   return state
 

@@ -1,0 +1,1 @@
+"""Command-line tools that drive run.py: robustness checks and benchmarks."""

@@ -1,0 +1,147 @@
+"""Surviving kill -9, SIGTERM, damaged checkpoints, mismatched configs and NaNs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bigmodel_jax import trainer
+from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.tools import kill_resume
+from tests.helpers import read_metrics, tiny_config
+
+REPO = kill_resume.REPO
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_kill_9_at_several_points_resumes_bit_for_bit(data_dir, tmp_path):
+  overrides = [f"--config.data.tfds_data_dir={data_dir}", "--config.checkpoint.every_steps=5"]
+  reference = str(tmp_path / "reference")
+  _, duration = kill_resume.train(reference, "textgen:tiny", overrides)
+  expected = kill_resume.state_digest(reference)
+  assert expected[0] == 40
+  for fraction in (0.45, 0.8):  # mid-compile/early steps, and late (saves every 5 steps)
+    workdir = str(tmp_path / f"killed{fraction}")
+    code, _ = kill_resume.train(workdir, "textgen:tiny", overrides, kill_after=fraction * duration)
+    kill_resume.train(workdir, "textgen:tiny", overrides)
+    assert kill_resume.state_digest(workdir) == expected, (fraction, code)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "run.py", "--experiment=textgen:tiny", f"--workdir={workdir}",
+         f"--config.data.tfds_data_dir={data_dir}", "--config.train.steps=100000",
+         "--config.train.log_every=5", "--config.checkpoint.every_steps=100000",
+         "--config.train.eval_every=100000"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if "step 10/" in line:
+      break
+  sent = time.perf_counter()
+  proc.send_signal(signal.SIGTERM)
+  rest = proc.stderr.read()
+  proc.wait(timeout=60)
+  assert proc.returncode == 0, rest[-2000:]
+  assert time.perf_counter() - sent < 30
+  assert "Stopped at step" in rest and "on SIGTERM" in rest
+  steps = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert len(steps) == 1 and steps[0] >= 10
+  assert max(read_metrics(str(workdir))) == steps[0]
+
+
+@pytest.fixture
+def trained(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.run(tiny_config(data_dir), workdir)  # checkpoints at 20 and 40
+  return workdir
+
+
+def _one_file(directory):
+  for root, _, names in os.walk(directory):
+    for name in names:
+      if "/d/" in os.path.join(root, name) or root.endswith("/d"):
+        return os.path.join(root, name)
+  raise AssertionError(f"no data file under {directory}")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "bytes, "),
+    ("delete", "is missing"),
+    ("half_written", "never committed"),
+])
+def test_damaged_latest_checkpoint_stops_or_falls_back(data_dir, trained, damage, message):
+  latest = os.path.join(trained, "checkpoints", "40")
+  if damage == "truncate":
+    os.truncate(_one_file(os.path.join(latest, "state")), 10)
+  elif damage == "delete":
+    os.remove(os.path.join(latest, "data", "process_0-of-1.json"))
+  else:  # a folder copied or written without orbax's commit markers
+    for root, _, names in os.walk(latest):
+      for name in names:
+        if name in ("commit_success.txt", "manifest.bigmodel.json"):
+          os.remove(os.path.join(root, name))
+  config = tiny_config(data_dir, train__steps=50)
+  with pytest.raises(RunError, match=f"checkpoints/40 is damaged: .*{message}"):
+    trainer.run(config, trained)
+  with pytest.raises(RunError, match="is damaged"):
+    trainer.run(config, trained, "eval")
+  config.checkpoint.on_corrupt = "fallback"
+  trainer.run(config, trained)
+  assert read_metrics(trained)[50]["loss"] > 0
+  assert os.path.isdir(os.path.join(trained, "damaged_checkpoints", "40"))
+
+
+def test_all_checkpoints_damaged_never_restarts_silently(data_dir, trained):
+  for step in ("20", "40"):
+    os.remove(os.path.join(trained, "checkpoints", step, "data", "process_0-of-1.json"))
+  config = tiny_config(data_dir, checkpoint__on_corrupt="fallback")
+  with pytest.raises(RunError, match="no valid checkpoint .* refusing to start over"):
+    trainer.run(config, trained)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model__num_layers": 3}, "model.num_layers: checkpoint 2, now 3"),
+    ({"model__embed_dim": 64}, "model.embed_dim: checkpoint 32, now 64"),
+    ({"model__positions": "rotary"}, "model.positions: checkpoint 'learned', now 'rotary'"),
+    ({"experiment": "forked_textgen:tiny"},
+     "experiment: checkpoint 'textgen', now 'forked_textgen'"),
+])
+def test_checkpoint_from_other_settings_names_the_mismatch(data_dir, trained, overrides, message):
+  config = tiny_config(data_dir, **{k: v for k, v in overrides.items() if k != "experiment"})
+  config.experiment = overrides.get("experiment", config.experiment)
+  with pytest.raises(RunError, match=f"does not fit this run: .*{message}"):
+    trainer.run(config, trained)
+
+
+def test_other_tokenizer_is_refused(data_dir, trained):
+  config = tiny_config(data_dir, data__tokenizer="sentencepiece", data__vocab_size=300)
+  with pytest.raises(RunError, match="data.tokenizer: checkpoint 'byte', now 'sentencepiece'"):
+    trainer.run(config, trained)
+
+
+def test_nan_stops_at_its_step_without_saving(data_dir, tmp_path):
+  workdir = str(tmp_path / "nan")
+  config = tiny_config(data_dir, checkpoint__every_steps=4, train__log_every=10)
+  with pytest.raises(RunError, match="gradients not finite .* at step 6; stopped without saving"):
+    trainer.run(config, workdir, poison_steps=(6,))
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps == [4]
+
+
+def test_nan_skip_rejects_updates_and_stops_after_too_many(data_dir, tmp_path):
+  workdir = str(tmp_path / "skip")
+  config = tiny_config(data_dir, train__on_nan="skip", train__log_every=5)
+  trainer.run(config, workdir, poison_steps=(6, 7))
+  train = read_metrics(workdir)
+  assert train[5]["skipped_steps"] == 0 and train[10]["skipped_steps"] == 2
+  assert train[40]["loss"] < train[5]["loss"]
+  config = tiny_config(data_dir, train__on_nan="skip", train__max_nan_skips=2)
+  with pytest.raises(RunError, match="not finite for 3 steps in a row"):
+    trainer.run(config, str(tmp_path / "many"), poison_steps=(3, 4, 5))
