@@ -31,7 +31,7 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
       key, eq, value = arg[len("--config."):].partition("=")
       if not eq:
         value = next(args, None)
-        if value is None:
+        if value is None or value.startswith("--"):
           raise UsageError(f"--config.{key} needs a value: --config.{key}=VALUE")
       overrides[key] = value
     else:

@@ -39,15 +39,16 @@ class Checkpointer:
   later restore can tell a torn or damaged checkpoint from a good one before reading it.
   """
 
-  def __init__(self, workdir: str, cfg, *, best: bool = False):
+  def __init__(self, workdir: str, cfg, *, best: bool = False, read_only: bool = False):
     self.directory = os.path.abspath(
         os.path.join(workdir, "best_checkpoint" if best else DIRECTORY))
     self.on_corrupt = cfg.on_corrupt
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1 if best else cfg.keep,
         enable_async_checkpointing=cfg.async_save,
-        cleanup_tmp_directories=True,  # leftovers of saves killed half-way
-        create=True)
+        cleanup_tmp_directories=not read_only,  # leftovers of saves killed half-way
+        read_only=read_only,
+        create=not read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def latest_step(self) -> int | None:

@@ -110,7 +110,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   task.setup(workdir, create=False)
   tx, _ = optim.make_optimizer(config.train)
   init_fn = functools.partial(init_state, task=task, tx=tx)
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   restored = ckpt.restore_latest(strategy.abstract(init_fn, jax.random.key(config.seed)),
                                  None, config)
   ckpt.close()

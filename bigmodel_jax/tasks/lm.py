@@ -28,6 +28,13 @@ class Task:
     if config.data.tokenizer not in tokenizers.NAMES:
       raise UsageError(f"data.tokenizer={config.data.tokenizer!r} is not valid; "
                        f"valid: {', '.join(tokenizers.NAMES)}")
+    s = config.sample
+    if s.temperature < 0 or not 0 < s.top_p <= 1 or s.top_k < 0 or s.max_new_tokens < 0 or (
+        s.num_samples < 0):
+      raise UsageError(
+          f"sample settings out of range: temperature={s.temperature} (>= 0; 0 is greedy), "
+          f"top_p={s.top_p} (in (0, 1]), top_k={s.top_k} (>= 0), max_new_tokens="
+          f"{s.max_new_tokens} (>= 0), num_samples={s.num_samples} (>= 0); see config.sample")
     self.units_per_example = config.model.block_size
     self.modes = {"sample": self.sample}
     self.tokenizer = None

@@ -1,0 +1,112 @@
+"""The bad-input catalogue: each case is one line on stderr, no traceback, the right exit code
+(2 usage, 1 runtime), and the workdir exactly as it was."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bigmodel_jax import trainer
+from tests.helpers import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--experiment=textgen:tiny"
+
+CASES = [
+    # (id, args, exit code, part of the message); {tmp} is a scratch folder, {trained} a trained
+    # workdir, {data} the test's TFDS cache.
+    ("unknown experiment", ["--experiment=textgem"], 2, "unknown experiment 'textgem'"),
+    ("unknown preset", ["--experiment=textgen:huge"], 2, "unknown preset 'huge'"),
+    ("no experiment", [], 2, "--experiment is required"),
+    ("unknown config key", [TINY, "--config.model.layers=2"], 2, "unknown config key"),
+    ("config group", [TINY, "--config.train=1"], 2, "'train' is a group"),
+    ("wrong type", [TINY, "--config.train.steps=ten"], 2, "expected int"),
+    ("bool type", [TINY, "--config.model.use_bias=perhaps"], 2, "expected bool"),
+    ("override without value", [TINY, "--config.train.steps"], 2, "needs a value"),
+    ("negative steps", [TINY, "--config.train.steps=-3"], 2, "train.steps=-3 must be a positive"),
+    ("zero steps", [TINY, "--config.train.steps=0"], 2, "train.steps=0 must be a positive"),
+    ("batch not divisible by devices", [TINY, "--config.train.batch_size=12"], 2,
+     "does not divide over 8 devices"),
+    ("fsdp with pmap", [TINY, "--config.parallel.fsdp=2"], 2, "need parallel.strategy=mesh"),
+    ("unknown strategy", [TINY, "--config.parallel.strategy=ddp"], 2, "valid: pmap, mesh"),
+    ("mesh does not divide", [TINY, "--config.parallel.strategy=mesh",
+                              "--config.parallel.fsdp=3"], 2, "does not divide the 8 devices"),
+    ("heads do not divide width", [TINY, "--config.model.num_heads=3"], 2,
+     "must be divisible by model.num_heads=3"),
+    ("unknown tokenizer", [TINY, "--config.data.tokenizer=wordpiece"], 2, "data.tokenizer"),
+    ("sentencepiece vocabulary too small", [TINY, "--config.data.tokenizer=sentencepiece",
+                                            "--config.data.vocab_size=10"], 2, "data.vocab_size"),
+    ("unknown on_nan", [TINY, "--config.train.on_nan=ignore"], 2, "valid: stop, skip"),
+    ("unknown data scheme", [TINY, "--config.data.source=s3://bucket"], 2, "pystdlib"),
+    ("missing data file", [TINY, "--config.data.source=text_files:{tmp}/nope.txt"], 2, "nope.txt"),
+    ("glob matching nothing", [TINY, "--config.data.source=text_files:{tmp}/*.md"], 2, "*.md"),
+    ("empty corpus", [TINY, "--config.data.source=text_files:{tmp}/empty/*.txt"], 2, "empty"),
+    ("corpus shorter than a sequence", [TINY, "--config.data.source=text_files:{tmp}/short/*"], 2,
+     "block_size"),
+    ("non-UTF-8 text", [TINY, "--config.data.source=text_files:{tmp}/binary/*"], 2, "UTF-8"),
+    ("unknown tfds dataset", [TINY, "--config.data.source=tfds:tiny_shakespear"], 2,
+     "unknown tfds dataset"),
+    ("tfds dataset not prepared", [TINY, "--config.data.source=tfds:tiny_shakespeare",
+                                   "--config.data.tfds_data_dir={tmp}/no_tfds"], 2,
+     "not prepared"),
+    ("workdir not writable", [TINY, "--workdir=/sys/bigmodel_jax_test"], 2, "not writable"),
+    ("workdir is a file", [TINY, "--workdir={tmp}/a_file"], 2, "is a file"),
+    ("init_from pointing nowhere", [TINY, "--config.init_from={tmp}/nowhere"], 1,
+     "config.init_from"),
+    ("unknown mode", [TINY, "--mode=serve"], 2, "--mode='serve' is not valid"),
+    ("unknown flag", [TINY, "--epochs=3"], 2, "Unknown command line flag 'epochs'"),
+    ("stray argument", [TINY, "train"], 2, "unexpected arguments"),
+    ("sampling with no checkpoint", [TINY, "--mode=sample"], 1, "train first"),
+    ("eval with no checkpoint", [TINY, "--mode=eval"], 1, "train first"),
+    ("prompt longer than the context", [TINY, "--workdir={trained}", "--mode=sample",
+                                        "--config.sample.prompt=" + "x" * 40], 2,
+     "model.block_size"),
+    ("temperature below zero", [TINY, "--workdir={trained}", "--mode=sample",
+                                "--config.sample.temperature=-0.5"], 2, "temperature=-0.5"),
+    ("top_p above one", [TINY, "--workdir={trained}", "--mode=sample",
+                         "--config.sample.top_p=1.5"], 2, "top_p=1.5"),
+]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("bad_input")
+  for folder, content in (("empty", b""), ("short", b"def f():\n"), ("binary", b"\xff\xfe\x00a")):
+    (tmp / folder).mkdir()
+    (tmp / folder / "a.txt").write_bytes(content)
+  (tmp / "a_file").write_text("not a directory")
+  data = str(tmp / "tfds")
+  trained = str(tmp / "trained")
+  trainer.run(tiny_config(data, train__steps=2), trained)
+  return tmp, trained, data
+
+
+def _listing(path: str):
+  if not os.path.exists(path):
+    return None
+  return sorted((os.path.relpath(os.path.join(r, f), path), os.path.getsize(os.path.join(r, f)))
+                for r, _, fs in os.walk(path) for f in fs) if os.path.isdir(path) else "file"
+
+
+@pytest.mark.parametrize("args, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(scratch, args, code, message):
+  tmp, trained, data = scratch
+  args = [a.format(tmp=tmp, trained=trained) for a in args]
+  if not any(a.startswith("--workdir=") for a in args):
+    args.append(f"--workdir={tmp}/workdir")
+  workdir = next(a for a in args if a.startswith("--workdir="))[len("--workdir="):]
+  if not any("tfds_data_dir" in a for a in args):
+    args.append(f"--config.data.tfds_data_dir={data}")
+  before = _listing(workdir)
+  result = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == code, result.stderr[-2000:]
+  assert lines and lines[-1].startswith("error: ") and message in lines[-1], lines[-1:]
+  assert "Traceback" not in result.stderr
+  assert sum(line.startswith("error: ") for line in lines) == 1
+  assert _listing(workdir) == before
+  if before is None and os.path.exists(workdir):
+    shutil.rmtree(workdir)
