@@ -80,6 +80,16 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.parallel.num_devices = 0    # 0 -> all devices
   c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
   c.parallel.tensor = 1         # (-1 on either: all devices the other leaves)
+
+  # Multi-process runs (see README): explicit coordinator, or auto-detection on TPU/SLURM/...
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ""  # "host:port" of process 0
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.auto = False
+
+  # Persistent XLA compilation cache: a restarted run skips compiling ("" -> off).
+  c.compile_cache_dir = "~/.cache/bigmodel_jax/xla"
   return c
 
 

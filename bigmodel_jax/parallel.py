@@ -28,6 +28,26 @@ LOGICAL_RULES = (
 )
 
 
+def initialize_distributed(cfg) -> None:
+  """Starts JAX's multi-process runtime when config.distributed asks for it.
+
+  `coordinator` "host:port" with `num_processes` and `process_id` starts it explicitly (each
+  process of the job runs the same command with its own process_id); `auto` lets JAX detect the
+  cluster (Cloud TPU, SLURM, Kubernetes, MPI). On CPU the collectives go through gloo.
+  """
+  if not (cfg.coordinator or cfg.auto):
+    return
+  if cfg.coordinator and not (cfg.num_processes > 0 and 0 <= cfg.process_id < cfg.num_processes):
+    raise UsageError(f"distributed.coordinator={cfg.coordinator!r} needs distributed.num_processes"
+                     f" > 0 and 0 <= distributed.process_id < num_processes (got "
+                     f"{cfg.num_processes} and {cfg.process_id})")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if cfg.coordinator:
+    jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+  else:
+    jax.distributed.initialize()
+
+
 def make(config):
   """The strategy named by config.parallel.strategy, checked against the devices present."""
   p, batch = config.parallel, config.train.batch_size

@@ -12,6 +12,7 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import optax
 
 from bigmodel_jax import checkpoint, metrics as metrics_lib, optim, parallel, safety, tasks
@@ -95,12 +96,21 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   test_hooks (tests only): stop_after=N stops training at step N as if interrupted;
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
+  parallel.initialize_distributed(config.distributed)  # before anything touches a device
   task = tasks.get(config.task)(config)
-  valid = ["train", "eval", *task.modes]
+  valid = ["train", "eval", "plan", *task.modes]
   if mode not in valid:
     raise UsageError(f"--mode={mode!r} is not valid for {config.experiment}; valid: "
                      f"{', '.join(valid)}")
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # one process speaks for the job
+  if config.compile_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compile_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   strategy = parallel.make(config)
+  if mode == "plan":
+    from bigmodel_jax import plan  # pylint: disable=g-import-not-at-top (plan imports trainer)
+    return plan.plan(config, task)
   safety.check_workdir(workdir)
   if mode == "train":
     ckpt_dir = os.path.join(workdir, checkpoint.DIRECTORY)
@@ -148,7 +158,13 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
                        poison_steps: tuple[int, ...] = ()):
   primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  task.setup(workdir, create=primary)
+  # Process 0 builds what the run saves (e.g. trains the tokenizer); the others then load it.
+  if primary:
+    task.setup(workdir, create=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("task setup")
+    if not primary:
+      task.setup(workdir, create=False)
   tx, schedule = optim.make_optimizer(config.train)
   init_fn = functools.partial(init_state, task=task, tx=tx)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))

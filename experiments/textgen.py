@@ -13,6 +13,7 @@ Presets (`--experiment=textgen:<preset>`):
   gpt2_124m  GPT-2 small shapes (12 x 768, context 1024, 50257-piece BPE), bf16 compute with f32
              weights, for one GPU/TPU VM
   1b         ~1.0B parameters (18 x 2048, context 2048), meant for parallel.strategy=mesh with fsdp
+  7b         6.6B parameters (32 x 4096, context 2048), mesh with fsdp over all devices
 """
 
 import ml_collections
@@ -88,6 +89,16 @@ PRESETS = {
         "model.mlp_dim": 8192, "model.block_size": 2048, "model.positions": "rotary",
         "model.use_bias": False, "model.dtype": "bfloat16", "model.vocab_multiple": 128,
         "model.remat": "full", "train.steps": 50000, "train.batch_size": 256,
+        "train.learning_rate": 3e-4, "train.warmup_steps": 2000, "train.b2": 0.95,
+        "train.eval_every": 1000, "train.log_every": 100, "checkpoint.every_steps": 1000,
+        "parallel.strategy": "mesh", "parallel.fsdp": -1,
+    },
+    "7b": {  # Llama-7B-like depth and width, with a 4x GELU MLP: 6.6B parameters
+        "data.tokenizer": "sentencepiece", "data.vocab_size": 50257,
+        "model.num_layers": 32, "model.num_heads": 32, "model.embed_dim": 4096,
+        "model.mlp_dim": 16384, "model.block_size": 2048, "model.positions": "rotary",
+        "model.use_bias": False, "model.dtype": "bfloat16", "model.vocab_multiple": 128,
+        "model.remat": "full", "train.steps": 100000, "train.batch_size": 512,
         "train.learning_rate": 3e-4, "train.warmup_steps": 2000, "train.b2": 0.95,
         "train.eval_every": 1000, "train.log_every": 100, "checkpoint.every_steps": 1000,
         "parallel.strategy": "mesh", "parallel.fsdp": -1,

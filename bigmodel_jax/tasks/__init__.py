@@ -12,6 +12,7 @@ A task is the class `Task` in `bigmodel_jax/tasks/<name>.py`. The trainer calls:
   task.train_iterator(batch_size, seed, process_index, process_count)
                                      a checkpointable grain iterator of host batches
   task.eval_batches(batch_size)      a list of host batches
+  task.batch_spec(batch_size)        optional: {name: jax.ShapeDtypeStruct}, for --mode=plan
   task.units_per_example, task.unit  throughput unit (e.g. 256 "tokens" per example)
   task.flops_per_unit                training FLOPs per unit, for MFU (0 if unknown)
   task.summarize(values)             host-side derived metrics (e.g. perplexity)

@@ -87,6 +87,11 @@ class Task:
 
   # --- model and loss -----------------------------------------------------------------------
 
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    shape = (batch_size, self.config.model.block_size)
+    return {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
+            "targets": jax.ShapeDtypeStruct(shape, np.int32)}
+
   def init_variables(self, rng):
     tokens = np.zeros((1, self.config.model.block_size), np.int32)
     return self.model.init({"params": rng}, tokens, train=False)

@@ -1,0 +1,82 @@
+"""`--mode=plan`: compile the train step ahead of time for the configured mesh, run nothing, and
+report per-device memory and FLOPs, so a user knows before renting 64 GPUs whether it fits.
+
+On a CPU it plans for however many (fake) devices JAX sees, e.g. with
+XLA_FLAGS=--xla_force_host_platform_device_count=8. The pmap strategy is planned as the equivalent
+data-parallel mesh (replicated state, the batch split over all devices).
+"""
+
+import functools
+import math
+import time
+
+import jax
+import numpy as np
+
+from bigmodel_jax import optim, parallel, trainer
+from bigmodel_jax.errors import UsageError
+
+
+def shard_bytes(tree) -> int:
+  """Bytes one device holds of `tree` (ShapeDtypeStructs or arrays with shardings)."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def plan(config, task) -> dict[str, float]:
+  if not hasattr(task, "batch_spec"):
+    raise UsageError(f"--mode=plan needs the task {config.task!r} to describe its batch "
+                     "(task.batch_spec); it does not yet")
+  p, t = config.parallel, config.train
+  n = p.num_devices or jax.device_count()
+  shape = parallel.mesh_shape(n, p.fsdp, p.tensor) if p.strategy == "mesh" else (n, 1, 1)
+  strategy = parallel.MeshStrategy(shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n])
+  tx, schedule = optim.make_optimizer(t)
+  init_fn = functools.partial(trainer.init_state, task=task, tx=tx)
+  rng = jax.random.key(config.seed)
+  state = strategy.abstract(init_fn, rng)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=strategy.batch_sharding)
+           for k, v in task.batch_spec(t.batch_size).items()}
+  step_fn = strategy.compile(functools.partial(
+      trainer.train_step, task=task, tx=tx, schedule=schedule, accum=t.grad_accum_steps,
+      axis_name=None))
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  report = {
+      "devices": n,
+      "mesh_data": shape[0], "mesh_fsdp": shape[1], "mesh_tensor": shape[2],
+      "parameters": sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
+      "param_bytes_per_device": shard_bytes(state.params),
+      "optimizer_bytes_per_device": shard_bytes(state.opt_state),
+      "batch_bytes_per_device": shard_bytes(batch),
+      "activation_bytes_per_device": memory.temp_size_in_bytes,
+      "total_bytes_per_device": (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+      "flops_per_step_per_device": float(cost.get("flops", 0.0)),
+      "compile_seconds": compile_s,
+  }
+  _print(config, report)
+  return report
+
+
+def _print(config, r) -> None:
+  gib = lambda b: f"{b / 2**30:,.3f} GiB"
+  print(f"plan for {config.experiment}: {r['parameters']:,} parameters on {r['devices']} devices, "
+        f"mesh data={r['mesh_data']} fsdp={r['mesh_fsdp']} tensor={r['mesh_tensor']}, global "
+        f"batch {config.train.batch_size} (accumulation {config.train.grad_accum_steps})")
+  rows = [("parameters", gib(r["param_bytes_per_device"])),
+          ("optimizer state", gib(r["optimizer_bytes_per_device"])),
+          ("batch", gib(r["batch_bytes_per_device"])),
+          ("activations and temporaries", gib(r["activation_bytes_per_device"])),
+          ("total (XLA's buffer assignment)", gib(r["total_bytes_per_device"])),
+          ("FLOPs per step", f"{r['flops_per_step_per_device']:.4g}"),
+          ("compile time", f"{r['compile_seconds']:.1f} s")]
+  for name, value in rows:
+    print(f"  per device  {name:<32} {value:>16}")

@@ -1,0 +1,96 @@
+"""Scale-out: two processes (gloo on 127.0.0.1), --mode=plan, and elastic resume onto fewer devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bigmodel_jax import trainer
+from tests.helpers import read_metrics, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _losses(workdir, upto=None):
+  return np.array([r["loss"] for s, r in sorted(read_metrics(workdir).items())
+                   if upto is None or s <= upto])
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, data_dir, steps):
+  """One run of 2 processes x 2 CPU devices, as two VMs would run it."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  common = ["--experiment=textgen:tiny", f"--workdir={workdir}", "--config.parallel.strategy=mesh",
+            f"--config.train.steps={steps}", "--config.train.log_every=1",
+            "--config.sample.num_samples=0", f"--config.data.tfds_data_dir={data_dir}",
+            f"--config.distributed.coordinator=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2"]
+  procs = [subprocess.Popen([sys.executable, "run.py", *common,
+                             f"--config.distributed.process_id={i}"],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  errors = [p.communicate(timeout=600)[1] for p in procs]
+  for p, err in zip(procs, errors):
+    assert p.returncode == 0, err[-3000:]
+  return errors
+
+
+def test_two_processes_match_one_process_and_resume(data_dir, tmp_path):
+  one = str(tmp_path / "one")
+  for steps in (4, 8):  # train to 4, then resume to 8
+    trainer.run(tiny_config(data_dir, parallel__strategy="mesh", parallel__num_devices=4,
+                            train__steps=steps, train__log_every=1), one)
+  two = str(tmp_path / "two")
+  _two_processes(two, data_dir, 4)
+  errors = _two_processes(two, data_dir, 8)
+  assert "Resumed from" in errors[0]
+  np.testing.assert_allclose(_losses(two), _losses(one), rtol=2e-5)
+  assert len(_losses(two)) == 8
+
+
+def _plan(data_dir, **parallel):
+  config = tiny_config(data_dir, **{f"parallel__{k}": v for k, v in parallel.items()})
+  return trainer.run(config, "/nonexistent/never/written", "plan")
+
+
+def test_plan_shows_fsdp_dividing_parameter_memory(data_dir, capsys):
+  data8 = _plan(data_dir, strategy="mesh", fsdp=1)
+  fsdp8 = _plan(data_dir, strategy="mesh", fsdp=8)
+  assert data8["mesh_data"] == 8 and fsdp8["mesh_fsdp"] == 8
+  ratio = data8["param_bytes_per_device"] / fsdp8["param_bytes_per_device"]
+  assert 6 < ratio <= 8
+  assert data8["optimizer_bytes_per_device"] / fsdp8["optimizer_bytes_per_device"] > 6
+  assert fsdp8["flops_per_step_per_device"] > 0 and fsdp8["total_bytes_per_device"] > 0
+  assert "per device  parameters" in capsys.readouterr().out
+  assert not os.path.exists("/nonexistent/never/written")
+
+
+@pytest.mark.parametrize("before, after", [
+    ({"strategy": "mesh", "fsdp": 8}, {"strategy": "mesh", "fsdp": 2, "tensor": 2,
+                                        "num_devices": 4}),
+    ({"strategy": "pmap"}, {"strategy": "pmap", "num_devices": 4}),
+])
+def test_elastic_resume_onto_fewer_devices(data_dir, tmp_path, before, after):
+  settings = lambda p: {f"parallel__{k}": v for k, v in p.items()}
+  whole = str(tmp_path / "whole")
+  trainer.run(tiny_config(data_dir, train__log_every=5, **settings(before)), whole)
+  elastic = str(tmp_path / "elastic")
+  trainer.run(tiny_config(data_dir, train__log_every=5, **settings(before)), elastic,
+              stop_after=20)
+  trainer.run(tiny_config(data_dir, train__log_every=5, **settings(after)), elastic)
+  np.testing.assert_allclose(_losses(elastic), _losses(whole), rtol=2e-5)
