@@ -1,0 +1,264 @@
+"""Benchmarks: `python -m bigmodel_jax.bench [--presets=baby,default] [--out=bench.json]`.
+
+Prints a table and writes JSON with:
+  matmul      the device's measured dense matmul peak (f32; bf16 on accelerators)
+  train       train-step tokens/s, MFU and first-step compile time per preset (median over
+              repeats of timed chunks of steps, after warm-up)
+  pipeline    input-pipeline batches/s as a multiple of what the train step consumes
+  checkpoint  how long the loop is blocked by an (async) checkpoint save
+  generate    generation tokens/s with the KV cache vs full recomputation at 512 new tokens
+  scaling     tokens/s and step time as batch, context, width and depth double
+Compare numbers as ratios within one run: a shared machine varies +-15% between runs.
+
+Presets are textgen's (`default`, `tiny`, `gpt2_124m`, ...) plus `baby`: the "baby GPT" shape
+(4 layers, 4 heads, width 128, context 64, batch 12, f32, no biases, vocabulary 65) that the
+PyTorch reference is measured at.
+"""
+
+import functools
+import json
+import os
+import statistics
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigmodel_jax import checkpoint, config as config_lib, generate, metrics, optim, parallel
+from bigmodel_jax import trainer
+from bigmodel_jax.tasks import lm
+
+_PRESETS = flags.DEFINE_list("presets", ["baby", "default"], "textgen presets to time.")
+_SECTIONS = flags.DEFINE_list(
+    "sections", ["matmul", "train", "pipeline", "checkpoint", "generate", "scaling"],
+    "Which benchmarks to run.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed chunks per measurement (median taken).")
+_CHUNK = flags.DEFINE_integer("chunk", 10, "Steps per timed chunk.")
+_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
+_OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE applied to every preset.")
+
+BABY = {"model.num_layers": 4, "model.num_heads": 4, "model.embed_dim": 128,
+        "model.block_size": 64, "model.use_bias": False, "train.batch_size": 12,
+        "model.vocab_multiple": 1}
+BABY_VOCAB = 65
+
+
+def preset_config(name: str):
+  config = config_lib.load_experiment("textgen" if name in ("default", "baby") else
+                                      f"textgen:{name}")
+  if name == "baby":
+    config_lib.set_values(config, BABY, "bench")
+  config_lib.set_values(config, {"parallel.num_devices": 1}, "bench")
+  for item in _OVERRIDES.value:
+    key, _, value = item.partition("=")
+    config_lib.apply_overrides(config, {key: value})
+  return config
+
+
+class Trainable:
+  """A task, its jitted train step and a state on one device, fed synthetic token batches."""
+
+  def __init__(self, config, vocab_size: int):
+    self.config = config
+    self.task = lm.Task(config)
+    self.task.model = self.task.model.clone(vocab_size=vocab_size)
+    self.vocab = vocab_size
+    self.strategy = parallel.make(config)
+    tx, schedule = optim.make_optimizer(config.train)
+    init_fn = functools.partial(trainer.init_state, task=self.task, tx=tx)
+    self.state = self.strategy.init_state(init_fn, jax.random.key(0))
+    self.step_fn = self.strategy.compile(functools.partial(
+        trainer.train_step, task=self.task, tx=tx, schedule=schedule,
+        accum=config.train.grad_accum_steps, axis_name=self.strategy.axis_name))
+    self.tokens_per_step = config.train.batch_size * config.model.block_size
+    rng = np.random.default_rng(0)
+    shape = (config.train.batch_size, config.model.block_size)
+    self.batch = self.strategy.put_batch({
+        "inputs": rng.integers(0, vocab_size, shape, dtype=np.int32),
+        "targets": rng.integers(0, vocab_size, shape, dtype=np.int32)})
+
+  def compile_seconds(self) -> float:
+    start = time.perf_counter()
+    self.state, m = self.step_fn(self.state, self.batch, jax.random.key(1))
+    jax.block_until_ready((self.state, m))
+    return time.perf_counter() - start
+
+  def seconds_per_step(self, repeats: int, chunk: int) -> float:
+    """Median over `repeats` chunks of `chunk` back-to-back steps (one sync per chunk)."""
+    times = []
+    for _ in range(repeats + 1):  # the first chunk is warm-up
+      start = time.perf_counter()
+      for _ in range(chunk):
+        self.state, m = self.step_fn(self.state, self.batch, jax.random.key(1))
+      jax.block_until_ready((self.state, m))
+      times.append((time.perf_counter() - start) / chunk)
+    return statistics.median(times[1:])
+
+
+def bench_matmul() -> dict:
+  out = {"f32_flops": metrics.measure_matmul_flops(1024, 20)}
+  if jax.devices()[0].platform != "cpu":
+    n = 8192
+    a = jnp.ones((n, n), jnp.bfloat16)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(10):
+      r = f(a)
+    r.block_until_ready()
+    out["bf16_flops"] = 10 * 2 * n**3 / (time.perf_counter() - start)
+  return out
+
+
+def bench_train(name: str, peak: float) -> dict:
+  config = preset_config(name)
+  t = Trainable(config, BABY_VOCAB if name == "baby" else 256)
+  compile_s = t.compile_seconds()
+  per_step = t.seconds_per_step(_REPEATS.value, _CHUNK.value)
+  tokens_per_s = t.tokens_per_step / per_step
+  return {"preset": name, "compile_s": compile_s, "step_ms": per_step * 1e3,
+          "tokens_per_s": tokens_per_s,
+          "mfu": t.task.flops_per_unit * tokens_per_s / peak,
+          "model_flops_per_s": t.task.flops_per_unit * tokens_per_s}
+
+
+def bench_pipeline(train_step_per_s: float) -> dict:
+  """Batches/s the real textgen input pipeline delivers, over what the default train step eats."""
+  config = preset_config("default")
+  task = lm.Task(config)
+  with tempfile.TemporaryDirectory() as workdir:
+    task.setup(workdir, create=True)
+    it = task.train_iterator(config.train.batch_size, 0, 0, 1)
+    next(it)
+    n, start = 200, time.perf_counter()
+    for _ in range(n):
+      next(it)
+    batches_per_s = n / (time.perf_counter() - start)
+  return {"batches_per_s": batches_per_s, "train_steps_per_s": train_step_per_s,
+          "headroom": batches_per_s / train_step_per_s}
+
+
+def bench_checkpoint(name: str) -> dict:
+  config = preset_config(name)
+  t = Trainable(config, 256)
+  with tempfile.TemporaryDirectory() as workdir:
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+    data = _Position()  # stands in for the data iterator
+    blocked = []
+    for step in range(1, 4):
+      start = time.perf_counter()
+      ckpt.save(step, t.strategy.to_host_layout(t.state), data, config.to_dict(), force=True)
+      blocked.append(time.perf_counter() - start)
+      t.seconds_per_step(1, 3)  # train a little while the save finishes in the background
+    start = time.perf_counter()
+    ckpt.close()
+    return {"preset": name, "blocked_s": statistics.median(blocked),
+            "final_wait_s": time.perf_counter() - start,
+            "state_mib": sum(x.nbytes for x in jax.tree.leaves(
+                t.strategy.to_host_layout(t.state))) / 2**20}
+
+
+class _Position:
+  """A minimal checkpointable iterator (grain's protocol) for the checkpoint benchmark."""
+
+  def get_state(self):
+    return {"next_index": 0}
+
+  def set_state(self, state):
+    del state
+
+
+def bench_generate(new_tokens: int = 512) -> dict:
+  config = preset_config("default")
+  config_lib.set_values(config, {"model.block_size": max(config.model.block_size, new_tokens + 16)},
+                        "bench")
+  task = lm.Task(config)
+  params = task.model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
+  prompt = np.arange(8, dtype=np.int32)
+  out = {}
+  for kind, fn in (("kv_cache", generate.generate), ("recompute", generate.generate_without_cache)):
+    run = lambda: fn(task.model, params, prompt, max_new_tokens=new_tokens,
+                     rng=jax.random.key(0), temperature=1.0)
+    run()  # compile
+    times = []
+    for _ in range(3):
+      start = time.perf_counter()
+      np.asarray(run())
+      times.append(time.perf_counter() - start)
+    out[f"{kind}_tokens_per_s"] = new_tokens / statistics.median(times)
+  out["speedup"] = out["kv_cache_tokens_per_s"] / out["recompute_tokens_per_s"]
+  out["new_tokens"], out["block_size"] = new_tokens, config.model.block_size
+  return out
+
+
+def bench_scaling(peak: float) -> list[dict]:
+  base = preset_config("default")
+  rows = []
+  variants = [("base", {}), ("batch x2", {"train.batch_size": base.train.batch_size * 2}),
+              ("context x2", {"model.block_size": base.model.block_size * 2}),
+              ("width x2", {"model.embed_dim": base.model.embed_dim * 2}),
+              ("depth x2", {"model.num_layers": base.model.num_layers * 2})]
+  for label, change in variants:
+    config = preset_config("default")
+    config_lib.set_values(config, change, "bench")
+    t = Trainable(config, 256)
+    t.compile_seconds()
+    per_step = t.seconds_per_step(max(3, _REPEATS.value // 2), max(3, _CHUNK.value // 2))
+    rows.append({"variant": label, "step_ms": per_step * 1e3,
+                 "tokens_per_s": t.tokens_per_step / per_step,
+                 "mfu": t.task.flops_per_unit * t.tokens_per_step / per_step / peak})
+  return rows
+
+
+def main(argv):
+  del argv
+  sections = set(_SECTIONS.value)
+  results = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+  peak, source = metrics.peak_flops_per_device()
+  results["mfu_peak"] = {"flops": peak, "source": source}
+  if "matmul" in sections:
+    results["matmul"] = bench_matmul()
+    print(f"matmul peak: f32 {results['matmul']['f32_flops'] / 1e9:,.1f} GFLOP/s" + (
+        f", bf16 {results['matmul']['bf16_flops'] / 1e12:,.1f} TFLOP/s"
+        if "bf16_flops" in results["matmul"] else ""), flush=True)
+  if "train" in sections:
+    results["train"] = [bench_train(name, peak) for name in _PRESETS.value]
+    print(f"{'preset':<12}{'compile s':>10}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}")
+    for r in results["train"]:
+      print(f"{r['preset']:<12}{r['compile_s']:>10.1f}{r['step_ms']:>10.2f}"
+            f"{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}", flush=True)
+  if "pipeline" in sections:
+    default = next((r for r in results.get("train", []) if r["preset"] == "default"), None)
+    steps_per_s = 1e3 / default["step_ms"] if default else 1e3 / bench_train(
+        "default", peak)["step_ms"]
+    results["pipeline"] = bench_pipeline(steps_per_s)
+    print(f"input pipeline: {results['pipeline']['batches_per_s']:,.0f} batches/s = "
+          f"{results['pipeline']['headroom']:.1f}x what the default train step consumes",
+          flush=True)
+  if "checkpoint" in sections:
+    results["checkpoint"] = bench_checkpoint("default")
+    c = results["checkpoint"]
+    print(f"checkpoint: loop blocked {c['blocked_s'] * 1e3:.0f} ms per async save of "
+          f"{c['state_mib']:.1f} MiB (final wait {c['final_wait_s'] * 1e3:.0f} ms)", flush=True)
+  if "generate" in sections:
+    results["generate"] = g = bench_generate()
+    print(f"generation, {g['new_tokens']} new tokens: KV cache {g['kv_cache_tokens_per_s']:,.0f} "
+          f"tok/s, recompute {g['recompute_tokens_per_s']:,.0f} tok/s: {g['speedup']:.1f}x",
+          flush=True)
+  if "scaling" in sections:
+    results["scaling"] = bench_scaling(peak)
+    print(f"{'scaling':<12}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}")
+    for r in results["scaling"]:
+      print(f"{r['variant']:<12}{r['step_ms']:>10.2f}{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}",
+            flush=True)
+  with open(_OUT.value, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"wrote {os.path.abspath(_OUT.value)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
