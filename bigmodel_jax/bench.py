@@ -165,8 +165,8 @@ def bench_checkpoint(name: str) -> dict:
 class _Position:
   """A minimal checkpointable iterator (grain's protocol) for the checkpoint benchmark."""
 
-  def get_state(self):
-    return {"next_index": 0}
+  def get_state(self) -> bytes:
+    return b'{"next_index": 0}'
 
   def set_state(self, state):
     del state
