@@ -1,0 +1,300 @@
+"""Translation with an encoder-decoder Transformer (experiments/translate.py).
+
+Data (`config.data.source`):
+  dates                           offline default: dates written many ways -> ISO 8601
+                                  (`bigmodel_jax.data.dates`); validation and test splits come
+                                  from other seeds and share no source string with train
+  tfds:<name>                     a prepared TFDS dataset with a Translation feature, e.g.
+                                  tfds:ted_hrlr_translate/pt_to_en (train/validation/test) or
+                                  tfds:opus/medical (de-en, train only: validation and test are
+                                  the last 2 x data.holdout_percent % of train)
+
+Tokens: each side's tokenizer (`byte` by default, or `sentencepiece` trained on the training split
+and saved under <workdir>/tokenizer; one for both sides with data.shared_vocab, else
+tokenizer/source and tokenizer/target) gives ids 0..V-1, followed by three specials: PAD = V,
+BOS = V + 1, EOS = V + 2 (`models.seq2seq.special_ids`). Batches are {"inputs": (B, S) source
++ EOS, "targets": (B, T) target + EOS}, PAD-filled; the decoder reads BOS + targets[:, :-1]
+(teacher forcing). Over-long training pairs are dropped; validation/test pairs are truncated
+(BLEU and exact match still compare against the full reference text).
+"""
+
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import sacrebleu
+import tensorflow_datasets as tfds
+
+from bigmodel_jax import beam_search, models
+from bigmodel_jax.data import arrays, dates, tokenizers
+from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.models import seq2seq
+
+TOKENIZER_DIR = "tokenizer"
+SOURCES_HELP = "dates, tfds:<name>[/<config>] with a Translation feature"
+
+
+class Task:
+  """Batches are {"inputs": int32 (B, S), "targets": int32 (B, T)}; loss is mean token NLL."""
+
+  unit = "examples"
+  units_per_example = 1
+  flops_per_unit = 0
+
+  def __init__(self, config):
+    self.config = config
+    self._validate(config)
+    self._builder = self._languages = None
+    if config.data.source.startswith("tfds:"):
+      self._builder = _open_builder(config.data.source[5:], config.data.tfds_data_dir)
+      self._languages = _languages(self._builder, config.data)
+    self.modes = {"translate": self.translate}
+    self.src_tok = self.tgt_tok = None
+    self._final = None
+    self.model = self._make_model()
+
+  @staticmethod
+  def _validate(config):
+    d, dec = config.data, config.decode
+    if d.source != "dates" and not (d.source.startswith("tfds:") and len(d.source) > 5):
+      raise UsageError(f"data.source={d.source!r} is not valid; valid: {SOURCES_HELP}")
+    if d.tokenizer not in tokenizers.NAMES:
+      raise UsageError(f"data.tokenizer={d.tokenizer!r} is not valid; "
+                       f"valid: {', '.join(tokenizers.NAMES)}")
+    if d.tokenizer == "sentencepiece" and d.vocab_size < 260:
+      raise UsageError(f"data.vocab_size={d.vocab_size} is too small for sentencepiece; use at "
+                       "least 260, typically 4000..32000")
+    at_least = {"data.max_source_len": 2, "data.max_target_len": 2, "decode.beam_size": 1,
+                "decode.max_len": 1, "decode.batch_size": 1, "decode.eval_examples": 0,
+                "decode.show": 0, "data.train_examples": 0, "data.eval_examples": 0}
+    if d.source == "dates":  # how many to generate; for tfds, 0 means the whole split
+      at_least.update({"data.train_examples": 1, "data.eval_examples": 1})
+    for key, low in at_least.items():
+      section, name = key.split(".")
+      if config[section][name] < low:
+        raise UsageError(f"{key}={config[section][name]} must be >= {low}")
+    if not 1 <= d.holdout_percent <= 33:
+      raise UsageError(f"data.holdout_percent={d.holdout_percent} must be in 1..33")
+    if dec.length_penalty < 0:
+      raise UsageError(f"decode.length_penalty={dec.length_penalty} must be >= 0 (0 = off)")
+    if not 0 <= config.train.label_smoothing < 1:
+      raise UsageError(f"train.label_smoothing={config.train.label_smoothing} must be in [0, 1)")
+
+  def _make_model(self):
+    d = self.config.data
+    guess = 256 if d.tokenizer == "byte" else d.vocab_size
+    src, tgt = (t.vocab_size if t else guess for t in (self.src_tok, self.tgt_tok))
+    return models.make(self.config.model, ("seq2seq",), src_vocab_size=src + seq2seq.NUM_SPECIAL,
+                       tgt_vocab_size=tgt + seq2seq.NUM_SPECIAL, share_embeddings=d.shared_vocab)
+
+  # --- data ---------------------------------------------------------------------------------
+
+  def setup(self, workdir: str, create: bool) -> None:
+    """Loads the run's tokenizer(s) from the workdir, or (create) trains and saves them there."""
+    d = self.config.data
+    root = os.path.join(workdir, TOKENIZER_DIR)
+    dirs = [root] if d.shared_vocab else [os.path.join(root, side) for side in ("source", "target")]
+    if not create and not all(os.path.exists(os.path.join(p, "tokenizer.json")) for p in dirs):
+      raise RunError(f"no tokenizer in {root}; train first with python run.py "
+                     f"--experiment={self.config.experiment} --workdir={workdir}")
+    src, tgt = self._texts["train"]
+    texts = [list(src) + list(tgt)] if d.shared_vocab else [src, tgt]
+    toks = [tokenizers.build_tokenizer(d.tokenizer, t, vocab_size=d.vocab_size,
+                                       model_type=d.spm_model_type, directory=p)
+            for t, p in zip(texts, dirs)]
+    self.src_tok, self.tgt_tok = toks[0], toks[-1]
+    self.model = self._make_model()
+
+  @functools.cached_property
+  def _texts(self) -> dict[str, tuple[list[str], list[str]]]:
+    d = self.config.data
+    if self._builder is None:
+      return dates.make_splits(d.train_examples, d.eval_examples, d.seed)
+    return _read_pairs(self._builder, d, *self._languages)
+
+  def _encode(self, tok, texts, length: int):
+    """Texts -> (N, length) int32 ids + EOS, PAD-filled, cut to fit; and which ones fitted."""
+    pad, _, eos = seq2seq.special_ids(tok.vocab_size + seq2seq.NUM_SPECIAL)
+    out = np.full((len(texts), length), pad, np.int32)
+    fits = np.ones(len(texts), bool)
+    for i, ids in enumerate(tok.encode_many(list(texts))):
+      fits[i] = len(ids) < length
+      ids = np.append(ids[:length - 1], eos)
+      out[i, :len(ids)] = ids
+    return out, fits
+
+  @functools.lru_cache(maxsize=3)
+  def _arrays(self, split: str) -> dict[str, np.ndarray]:
+    d = self.config.data
+    src, tgt = self._texts[split]
+    inputs, ok_src = self._encode(self.src_tok, src, d.max_source_len)
+    targets, ok_tgt = self._encode(self.tgt_tok, tgt, d.max_target_len)
+    keep = ok_src & ok_tgt if split == "train" else np.ones(len(src), bool)
+    logging.info("%s split: %d pairs (%d too long%s)", split, keep.sum(),
+                 len(src) - (ok_src & ok_tgt).sum(), ", dropped" if split == "train" else ", cut")
+    if not keep.any():
+      raise UsageError(f"no {split} pair fits data.max_source_len={d.max_source_len} and "
+                       f"data.max_target_len={d.max_target_len} tokens")
+    return {"inputs": inputs[keep], "targets": targets[keep]}
+
+  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
+    return iter(arrays.train_dataset(self._arrays("train"), batch_size=batch_size, seed=seed,
+                                     process_index=process_index, process_count=process_count))
+
+  def eval_batches(self, batch_size: int):
+    return arrays.eval_batches(self._arrays("validation"), batch_size=batch_size,
+                               max_batches=self.config.train.eval_batches)
+
+  # --- model and loss -----------------------------------------------------------------------
+
+  def init_variables(self, rng):
+    d = self.config.data
+    src = jnp.zeros((1, d.max_source_len), jnp.int32)
+    return self.model.init({"params": rng}, src, jnp.zeros((1, d.max_target_len), jnp.int32))
+
+  def loss(self, params, model_state, batch, rng, train: bool):
+    src, tgt = batch["inputs"], batch["targets"]  # (B, S), (B, T)
+    pad, bos, _ = self.model.tgt_specials
+    tgt_in = jnp.concatenate([jnp.full_like(tgt[:, :1], bos), tgt[:, :-1]], axis=1)
+    logits = self.model.apply({"params": params, **model_state}, src, tgt_in, train=train,
+                              rngs={"dropout": rng})  # (B, T, V) float32
+    rows = batch.get("weight", jnp.ones(src.shape[0], jnp.float32))  # (B,)
+    mask = (tgt != pad) & (rows[:, None] > 0)  # (B, T)
+    nll = jnp.where(mask, optax.softmax_cross_entropy_with_integer_labels(logits, tgt), 0.0)
+    smoothing = self.config.train.label_smoothing
+    objective = nll
+    if smoothing:
+      labels = optax.smooth_labels(jax.nn.one_hot(tgt, logits.shape[-1]), smoothing)
+      objective = jnp.where(mask, optax.softmax_cross_entropy(logits, labels), 0.0)
+    count = mask.sum().astype(jnp.float32)
+    correct = (logits.argmax(-1) == tgt) & mask
+    exact = jnp.all(correct | ~mask, axis=1) & (rows > 0)
+    metrics = {"loss": (nll.sum(), count), "accuracy": (correct.sum().astype(jnp.float32), count),
+               "sequence_accuracy": (exact.sum().astype(jnp.float32), rows.sum())}
+    return objective.sum() / jnp.maximum(count, 1.0), (metrics, model_state)
+
+  def summarize(self, values: dict[str, float]) -> dict[str, float]:
+    return values
+
+  # --- decoding -----------------------------------------------------------------------------
+
+  def _translate(self, params, texts: list[str]) -> list[str]:
+    """Decodes texts on the host with the configured search, in fixed-size (padded) batches."""
+    dec = self.config.decode
+    src, _ = self._encode(self.src_tok, texts, self.config.data.max_source_len)
+    size = min(dec.batch_size, len(texts))
+    eos = self.model.tgt_specials[2]
+    out = []
+    for start in range(0, len(texts), size):
+      chunk = src[start:start + size]
+      rows = len(chunk)
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - rows, 0)])
+      tokens = beam_search.decode(self.model, params, chunk, dec.max_len, dec.beam_size,
+                                  dec.length_penalty)[:rows]
+      out += [self.tgt_tok.decode(ids) for ids in beam_search.strip(tokens, eos)]
+    return out
+
+  def final_metrics(self, variables) -> dict[str, float]:
+    """BLEU (sacrebleu) and exact match of the test split, decoded with the configured search."""
+    src, refs = self._texts["test"]
+    n = self.config.decode.eval_examples or len(src)
+    src, refs = list(src[:n]), list(refs[:n])
+    hyps = self._translate(variables["params"], src)
+    values = {"test_bleu": float(sacrebleu.corpus_bleu(hyps, [refs]).score),
+              "test_exact_match": float(np.mean([h.strip() == r.strip()
+                                                 for h, r in zip(hyps, refs)]))}
+    self._final = (src, refs, hyps, values)
+    return values
+
+  def translate(self, variables) -> list[str]:
+    """`--mode=translate`: decode.input, or the first decode.show test sources."""
+    dec = self.config.decode
+    texts = [dec.input] if dec.input else list(self._texts["test"][0][:max(dec.show, 1)])
+    hyps = self._translate(variables["params"], texts)
+    for text, hyp in zip(texts, hyps):
+      print(f"{text}\n  -> {hyp}", flush=True)
+    return hyps
+
+  def showcase(self, variables) -> None:
+    if self._final is None:
+      self.final_metrics(variables)
+    src, refs, hyps, values = self._final
+    dec = self.config.decode
+    print(f"--- test: BLEU {values['test_bleu']:.2f}, exact match "
+          f"{100 * values['test_exact_match']:.1f}% over {len(src)} examples (beam "
+          f"{dec.beam_size}, length penalty {dec.length_penalty}) ---", flush=True)
+    wrong = [i for i in range(len(src)) if hyps[i].strip() != refs[i].strip()]
+    shown = list(range(min(dec.show, len(src))))
+    for i in shown + [i for i in wrong if i not in shown][:3]:
+      mark = "ok" if i not in wrong else "WRONG"
+      print(f"source:     {src[i]}\nreference:  {refs[i]}\nhypothesis: {hyps[i]}  [{mark}]\n",
+            flush=True)
+
+
+# --- TFDS translation datasets -----------------------------------------------------------------
+
+
+def _open_builder(name: str, data_dir: str):
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UsageError(f"unknown tfds dataset {name!r} (data.source); see "
+                     "https://www.tensorflow.org/datasets/catalog") from None
+  except ValueError as e:  # e.g. an unknown config or version
+    raise UsageError(f"tfds:{name} cannot be opened: {' '.join(str(e).split())[:300]}") from None
+  if not builder.is_prepared():
+    raise UsageError(
+        f"tfds:{name} is not prepared in {builder.data_dir} and cannot be downloaded offline; "
+        f"prepare it on a machine with internet (`tfds build {name} --file_format=array_record`), "
+        "copy the data_dir here and pass --config.data.tfds_data_dir=<that data_dir>")
+  if tfds.core.FileFormat.ARRAY_RECORD not in builder.info.available_file_formats():
+    raise UsageError(f"tfds:{name} in {builder.data_dir} is not stored as array_record, which "
+                     f"reading without TensorFlow needs; rebuild it with `tfds build {name} "
+                     "--file_format=array_record`")
+  if not isinstance(builder.info.features, tfds.features.Translation):
+    raise UsageError(f"tfds:{name} has no Translation feature (data.source); valid: "
+                     f"{SOURCES_HELP}")
+  return builder
+
+
+def _languages(builder, d) -> tuple[str, str]:
+  """(source, target) language features: data.source_lang/target_lang, or supervised_keys."""
+  languages = list(builder.info.features.keys())
+  keys = builder.info.supervised_keys or ("", "")
+  src_lang, tgt_lang = d.source_lang or keys[0], d.target_lang or keys[1]
+  for key, lang in (("data.source_lang", src_lang), ("data.target_lang", tgt_lang)):
+    if lang not in languages:
+      raise UsageError(f"{key}={lang!r} is not a language of {d.source}; valid: "
+                       f"{', '.join(languages)}")
+  return src_lang, tgt_lang
+
+
+def _read_pairs(builder, d, src_lang: str, tgt_lang: str) -> dict[str, tuple[list, list]]:
+  """{"train", "validation", "test"}: (sources, targets) of a Translation dataset."""
+  splits, p = set(builder.info.splits), d.holdout_percent
+  carved = [s for s in ("validation", "test") if s not in splits]
+  start = 100 - p * len(carved)
+  names = {"train": f"train[:{start}%]" if carved else "train"}
+  for split in ("validation", "test"):
+    if split not in carved:
+      names[split] = split
+    else:
+      names[split], start = f"train[{start}%:{start + p}%]", start + p
+  out = {}
+  for split, tfds_split in names.items():
+    source = builder.as_data_source(tfds_split)
+    cap = d.train_examples if split == "train" else d.eval_examples
+    n = min(cap, len(source)) if cap else len(source)
+    rows = [source[i] for i in range(n)]
+    out[split] = ([_to_str(r[src_lang]) for r in rows], [_to_str(r[tgt_lang]) for r in rows])
+    logging.info("%s: %s (%s): %d pairs %s -> %s", d.source, split, tfds_split, n, src_lang,
+                 tgt_lang)
+  return out
+
+
+def _to_str(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
