@@ -54,12 +54,15 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
                                   jax.random.fold_in(rng, i), True)
     return (jax.tree.map(jnp.add, grads, g), model_state), m
 
-  micro_batches = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
-  (grads, model_state), metrics = jax.lax.scan(
-      micro_step, (zeros, state.model_state), (micro_batches, jnp.arange(accum)))
-  grads = jax.tree.map(lambda g: g / accum, grads)
-  metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+  if accum == 1:  # no scan: XLA:CPU runs some ops (conv weight gradients) far slower inside one
+    grads, (metrics, model_state) = grad_fn(state.params, state.model_state, batch, rng, True)
+  else:
+    micro_batches = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, model_state), metrics = jax.lax.scan(
+        micro_step, (zeros, state.model_state), (micro_batches, jnp.arange(accum)))
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    metrics = jax.tree.map(lambda m: m.sum(0), metrics)
   if poison_steps:
     poison = jnp.where(jnp.isin(state.step + 1, jnp.array(poison_steps)), jnp.nan, 1.0)
     grads = jax.tree.map(lambda g: g * poison, grads)

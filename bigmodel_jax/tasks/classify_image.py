@@ -1,0 +1,170 @@
+"""Image classification (imagecls): a CNN or ResNet over labelled images, with augmentation.
+
+Batches are {"image": uint8 (B, H, W, C), "label": int32 (B,)} (eval batches add "weight"). The
+task normalises on the device with the training split's per-channel mean and standard deviation,
+saved with the run (`dataset.json`: image shape, class names, mean/std), so eval and predict use
+exactly what training used. The eval split is the dataset's test split.
+"""
+
+import functools
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigmodel_jax import classification, models
+from bigmodel_jax.data import arrays, images
+from bigmodel_jax.errors import RunError, UsageError
+
+DATASET_FILE = "dataset.json"
+INVERT = ("auto", "yes", "no")
+
+
+class Task:
+  """Cross-entropy over classes; metrics loss and accuracy (top-1)."""
+
+  unit = "examples"
+  units_per_example = 1
+  flops_per_unit = 0
+
+  def __init__(self, config):
+    self.config = config
+    d, a, p = config.data, config.augment, config.predict
+    if not 0 < d.test_fraction < 1:
+      raise UsageError(f"data.test_fraction={d.test_fraction} must be in (0, 1)")
+    if a.crop_padding < 0 or a.cutout < 0:
+      raise UsageError(f"augment.crop_padding={a.crop_padding} and augment.cutout={a.cutout} "
+                       "must be >= 0 (pixels; 0 turns them off)")
+    if p.top_k < 1 or p.invert not in INVERT:
+      raise UsageError(f"predict.top_k={p.top_k} must be >= 1 and predict.invert={p.invert!r} one "
+                       f"of {', '.join(INVERT)}")
+    self.info = images.info(d.source, d.tfds_data_dir)  # checks the source; reads no images
+    self.model = models.make(config.model, ("cnn", "resnet"), num_classes=self.info.num_classes)
+    # {"mean": [...], "std": [...], "dark_background": bool, ...}: measured or loaded by setup;
+    # neutral until then (enough for --mode=plan, which compiles without data).
+    channels = self.info.shape[-1]
+    self.stats = {"mean": [0.0] * channels, "std": [1.0] * channels, "dark_background": False}
+    self.modes = {"predict": self.predict}
+
+  # --- data ---------------------------------------------------------------------------------
+
+  def setup(self, workdir: str, create: bool) -> None:
+    """Loads the run's dataset facts from the workdir, or (create) measures and saves them."""
+    path = os.path.join(workdir, DATASET_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        saved = json.load(f)
+      self.info = images.Info(tuple(saved["shape"]), saved["class_names"])
+      self.stats = saved
+    elif create:
+      train = self._split("train")["image"]
+      mean, std = images.channel_stats(train)
+      self.stats = {"source": self.config.data.source, "shape": list(self.info.shape),
+                    "class_names": self.info.class_names, "mean": mean, "std": std,
+                    "dark_background": images.border_mean(train.mean(0)) < 0.25}
+      with open(path, "w") as f:
+        json.dump(self.stats, f, indent=2)
+    else:
+      raise RunError(f"no {DATASET_FILE} in {workdir}; train first with python run.py "
+                     f"--experiment={self.config.experiment} --workdir={workdir}")
+    self.model = models.make(self.config.model, num_classes=self.info.num_classes)
+
+  @functools.lru_cache(maxsize=2)
+  def _split(self, split: str) -> dict[str, np.ndarray]:
+    d = self.config.data
+    if self.stats.get("source", d.source) != d.source:
+      raise RunError(f"this run was trained on {self.stats['source']} (its {DATASET_FILE}) but "
+                     f"data.source={d.source}; pass --config.data.source={self.stats['source']} "
+                     "or use a new --workdir")
+    return images.load(d.source, data_dir=d.tfds_data_dir, test_fraction=d.test_fraction,
+                       split_seed=d.split_seed, splits=(split,))[split]
+
+  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
+    a = self.config.augment
+    fill = tuple(round(m * 255) for m in self.stats["mean"])
+    augment = images.make_augment(crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout,
+                                  fill=fill)
+    return iter(arrays.train_dataset(self._split("train"), batch_size=batch_size, seed=seed,
+                                     process_index=process_index, process_count=process_count,
+                                     augment=augment))
+
+  def eval_batches(self, batch_size: int):
+    return arrays.eval_batches(self._split("test"), batch_size=batch_size,
+                               max_batches=self.config.train.eval_batches)
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {"image": jax.ShapeDtypeStruct((batch_size, *self.info.shape), np.uint8),
+            "label": jax.ShapeDtypeStruct((batch_size,), np.int32)}
+
+  # --- model and loss -----------------------------------------------------------------------
+
+  def _normalize(self, image):  # uint8 (B, H, W, C) -> float32, zero mean and unit variance
+    mean, std = np.float32(self.stats["mean"]), np.float32(self.stats["std"])
+    return (image.astype(jnp.float32) / 255.0 - mean) / std
+
+  def init_variables(self, rng):
+    image = np.zeros((1, *self.info.shape), np.float32)
+    return self.model.init({"params": rng, "dropout": rng}, image, train=False)
+
+  def loss(self, params, model_state, batch, rng, train: bool):
+    variables = {"params": params, **model_state}
+    x = self._normalize(batch["image"])
+    if train and model_state:  # BatchNorm: batch statistics, and new running averages
+      logits, updates = self.model.apply(variables, x, train=True, rngs={"dropout": rng},
+                                         mutable=list(model_state))
+      model_state = {**model_state, **updates}
+    else:
+      logits = self.model.apply(variables, x, train=train, rngs={"dropout": rng})
+    loss, metrics = classification.softmax_loss(logits, batch)
+    return loss, (metrics, model_state)
+
+  def summarize(self, values: dict[str, float]) -> dict[str, float]:
+    return values
+
+  def probabilities(self, variables, image: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) -> (N, classes) class probabilities, in batches on the host's device."""
+    fn = lambda v, x: jax.nn.softmax(self.model.apply(v, self._normalize(x), train=False))
+    return classification.predict(fn, variables, image, batch_size=self.config.train.batch_size)
+
+  # --- what a person sees -------------------------------------------------------------------
+
+  def showcase(self, variables) -> dict:
+    """Top-1 test accuracy, accuracy per class, and the most frequent confusions."""
+    test = self._split("test")
+    predicted = self.probabilities(variables, test["image"]).argmax(-1)
+    names = self.info.class_names
+    m = classification.confusion_matrix(test["label"], predicted, len(names))
+    correct, total = np.trace(m), m.sum()
+    rows = [[name, int(m[i].sum()), int(m[i, i]), f"{100 * m[i, i] / max(m[i].sum(), 1):.1f}%"]
+            for i, name in enumerate(names)]
+    print(f"\n{self.config.data.source}: top-1 test accuracy {100 * correct / total:.2f}% "
+          f"({correct}/{total})\n" + classification.format_table(
+              ["class", "test images", "correct", "accuracy"], rows), flush=True)
+    off = m - np.diag(np.diag(m))
+    worst = [(off[i, j], i, j) for i, j in zip(*np.nonzero(off))]
+    if worst:
+      print("  most confused: " + ", ".join(f"{names[i]} taken for {names[j]} ({n}x)" for n, i, j
+                                             in sorted(worst, reverse=True)[:5]), flush=True)
+    return {"accuracy": correct / total, "per_class": {r[0]: r[2] / max(r[1], 1) for r in rows}}
+
+  def predict(self, variables) -> list[tuple[str, float]]:
+    """`--mode=predict --config.predict.input=<image>`: prints the top classes of one image."""
+    p = self.config.predict
+    if not p.input:
+      raise UsageError("--mode=predict needs --config.predict.input=<image file> (PNG, JPEG, ...)")
+    image = images.read_image(p.input, self.info.shape)
+    # Digits and MNIST are light ink on black; a drawing is usually dark ink on white.
+    invert = p.invert == "yes" or (p.invert == "auto" and self.stats["dark_background"]
+                                   and images.border_mean(image) > 0.5)
+    if invert:
+      image = 255 - image
+      logging.info("predict: inverted %s to light-on-dark like the training images", p.input)
+    probs = self.probabilities(variables, image[None])[0]
+    top = np.argsort(-probs)[:p.top_k]
+    result = [(self.info.class_names[i], float(probs[i])) for i in top]
+    print(f"{p.input}{' (inverted)' if invert else ''}:\n" + classification.format_table(
+        ["class", "probability"], [[n, f"{q:.4f}"] for n, q in result]), flush=True)
+    return result

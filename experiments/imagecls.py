@@ -1,0 +1,97 @@
+"""imagecls: image classification with a small CNN or a ResNet, and data augmentation.
+
+  python run.py --experiment=imagecls                  # CPU, about 1.5 minutes on 2 cores
+  python run.py --experiment=imagecls --mode=eval
+  python run.py --experiment=imagecls --mode=predict --config.predict.input=digit.png
+  python run.py --experiment=imagecls:resnet           # ResNet with BatchNorm, same data
+  python run.py --experiment=imagecls:cifar10 --config.data.tfds_data_dir=DIR
+
+Offline default: scikit-learn's bundled 8x8 handwritten digits (1,797 real scans; 1,437 train /
+360 test, a fixed stratified split; see bigmodel_jax/data/images.py for why). Expect about 99% top-1
+test accuracy from the default CNN (98.9% with seed 0; 98.9-99.2% over seeds 0-2), printed at the
+end with a per-class table. The resnet preset reaches about the same (99.4%), many times slower on
+a CPU. Predict reads a PNG/JPEG, resizes it to the dataset's size and channels, and inverts a light
+background to match the training images (predict.invert=auto|yes|no).
+
+Data (`data.source`): digits | tfds:mnist | tfds:fashion_mnist | tfds:cifar10 (any prepared TFDS
+dataset with "image" and "label" features and train/test splits). Augmentation on training batches
+only: random crop from an image padded by augment.crop_padding pixels, horizontal flip
+(augment.flip; off for digits), cutout of an augment.cutout-pixel square.
+
+Presets (`--experiment=imagecls:<preset>`):
+  tiny           a few seconds; used by tests
+  resnet         a ResNet (3 stages of 2 basic blocks, BatchNorm) on the digits
+  mnist          tfds:mnist, CNN, crop padding 2 (needs the prepared dataset)
+  fashion_mnist  tfds:fashion_mnist, ResNet, crop padding 2, flip
+  cifar10        tfds:cifar10, ResNet-20 widths, crop padding 4, flip, cutout 8 (for a GPU)
+"""
+
+import ml_collections
+
+from bigmodel_jax import config as config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = config_lib.base_config(task="classify_image")
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "digits"    # | tfds:mnist | tfds:fashion_mnist | tfds:cifar10
+  c.data.tfds_data_dir = ""   # where tfds:<name> is prepared ("" -> TFDS's default)
+  c.data.test_fraction = 0.2  # digits only: the held-out share of the fixed stratified split
+  c.data.split_seed = 0       # digits only
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_padding = 1  # pixels of zero padding to crop back from; 0 = off
+  c.augment.flip = False      # random horizontal flips (not for digits)
+  c.augment.cutout = 0        # side of a square set to the mean pixel; 0 = off
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "cnn"        # | resnet
+  c.model.widths = (32, 64)   # channels per stage
+  c.model.stage_sizes = (1, 1)  # convs (cnn) or basic blocks (resnet) per stage
+  c.model.hidden = 128        # cnn only: the dense layer before the classifier
+  c.model.dropout = 0.0       # cnn only
+
+  c.train.steps = 1000
+  c.train.batch_size = 64
+  c.train.learning_rate = 3e-3
+  c.train.warmup_steps = 100
+  c.train.min_lr_ratio = 0.01
+  c.train.weight_decay = 0.05
+  c.train.log_every = 100
+  c.train.eval_every = 500
+  c.checkpoint.every_steps = 500
+
+  c.predict = ml_collections.ConfigDict()
+  c.predict.input = ""        # an image file for --mode=predict
+  c.predict.top_k = 3
+  c.predict.invert = "auto"   # auto: invert a light-background image for dark-background data
+  return config_lib.apply_preset(c, arg, PRESETS)
+
+
+_RESNET = {"model.name": "resnet", "model.widths": (16, 32, 64), "model.stage_sizes": (2, 2, 2)}
+
+PRESETS = {
+    "tiny": {
+        "model.widths": (8, 16), "model.hidden": 32, "train.steps": 30, "train.batch_size": 32,
+        "train.warmup_steps": 5, "train.log_every": 10, "train.eval_every": 15,
+        "checkpoint.every_steps": 15,
+    },
+    "resnet": {**_RESNET, "train.steps": 1500},
+    "mnist": {
+        "data.source": "tfds:mnist", "augment.crop_padding": 2, "model.dropout": 0.25,
+        "train.steps": 5000, "train.batch_size": 128, "train.eval_every": 1000,
+        "checkpoint.every_steps": 1000,
+    },
+    "fashion_mnist": {
+        **_RESNET, "data.source": "tfds:fashion_mnist", "augment.crop_padding": 2,
+        "augment.flip": True, "train.steps": 10000, "train.batch_size": 128,
+        "train.eval_every": 1000, "checkpoint.every_steps": 1000,
+    },
+    "cifar10": {
+        **_RESNET, "data.source": "tfds:cifar10", "model.stage_sizes": (3, 3, 3),
+        "augment.crop_padding": 4, "augment.flip": True, "augment.cutout": 8,
+        "train.steps": 30000, "train.batch_size": 128, "train.learning_rate": 2e-3,
+        "train.warmup_steps": 500, "train.eval_every": 2000, "checkpoint.every_steps": 2000,
+    },
+}
