@@ -65,6 +65,11 @@ CASES = [
      "model.block_size"),
     ("temperature below zero", [TINY, "--workdir={trained}", "--mode=sample",
                                 "--config.sample.temperature=-0.5"], 2, "temperature=-0.5"),
+    ("CSV without the label column", ["--experiment=tabular:tiny",
+                                      "--config.data.source=csv:{tmp}/table.csv",
+                                      "--config.data.label_column=churned"], 2, "churned"),
+    ("missing CSV file", ["--experiment=tabular:tiny", "--config.data.source=csv:{tmp}/no.csv",
+                          "--config.data.label_column=y"], 2, "no.csv"),
     ("top_p above one", [TINY, "--workdir={trained}", "--mode=sample",
                          "--config.sample.top_p=1.5"], 2, "top_p=1.5"),
 ]
@@ -77,6 +82,7 @@ def scratch(tmp_path_factory):
     (tmp / folder).mkdir()
     (tmp / folder / "a.txt").write_bytes(content)
   (tmp / "a_file").write_text("not a directory")
+  (tmp / "table.csv").write_text("age,income,plan\n31,40000,basic\n45,52000,pro\n")
   data = str(tmp / "tfds")
   trained = str(tmp / "trained")
   trainer.run(tiny_config(data, train__steps=2), trained)
@@ -97,7 +103,7 @@ def test_bad_input(scratch, args, code, message):
   if not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={tmp}/workdir")
   workdir = next(a for a in args if a.startswith("--workdir="))[len("--workdir="):]
-  if not any("tfds_data_dir" in a for a in args):
+  if TINY in args and not any("tfds_data_dir" in a for a in args):
     args.append(f"--config.data.tfds_data_dir={data}")
   before = _listing(workdir)
   result = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True,
