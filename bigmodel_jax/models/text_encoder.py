@@ -1,0 +1,226 @@
+"""A Transformer encoder that classifies token sequences (pre-LayerNorm, bidirectional attention).
+
+Input: int32 tokens (B, T) where 0 is padding (ids are the tokenizer's + 1; the task shifts them),
+padding only at the end. Output: float32 logits (B, num_classes).
+
+  embed tokens (+ learned positions) -> dropout -> num_layers x [x + attn(ln(x)), x + mlp(ln(x))]
+  -> ln_f -> pool -> dropout -> head
+
+Attention sees only real tokens (a padding mask on the keys). Positions: "learned" (an embedding
+added to the tokens) or "rotary" (queries and keys rotated by position, as in models/gpt.py, so
+attention scores depend on relative offsets; on the sentiment reviews it learned negation and
+clause order several times faster than learned positions). Pooling: "mean" averages the real
+tokens' outputs; "first" prepends a learned [CLS] vector and classifies from its output (as BERT).
+
+Parameter tree (names kept stable: checkpoints depend on them):
+
+  tok_embed/embedding                  (vocab, embed)    vocab rounded up to a multiple of 64
+  pos_embed/embedding                  (length, embed)   learned positions only; length =
+                                                         max_len (+ 1 with "first")
+  cls                                  (embed,)          pooling "first" only
+  block_{i}/ln_1, ln_2/{scale,bias}    (norm,)
+  block_{i}/attn/{query,key,value}/kernel (embed, heads, kv), bias (heads, kv)
+  block_{i}/attn/out/kernel            (heads, kv, embed), bias (embed,)
+  block_{i}/mlp/fc/kernel              (embed, mlp), bias (mlp,)
+  block_{i}/mlp/proj/kernel            (mlp, embed), bias (embed,)
+  ln_f/{scale,bias}                    (norm,)
+  head/kernel                          (embed, classes), bias (classes,)
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from bigmodel_jax.errors import UsageError
+from bigmodel_jax.models.gpt import apply_rotary
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+POOLING = ("mean", "first")
+POSITIONS = ("learned", "rotary")
+# The embedding table is padded to a multiple of this, so that it shards over any mesh axis (the
+# extra rows are never looked up).
+VOCAB_MULTIPLE = 64
+
+
+def _init(std, names):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _layer_norm(module, name):
+  return nn.LayerNorm(
+      epsilon=1e-5, dtype=module.dtype, param_dtype=module.param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=_zeros(("norm",)), name=name)
+
+
+class Attention(nn.Module):
+  num_heads: int
+  dropout: float
+  residual_std: float
+  rotary: bool
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x, mask, *, train):  # x (B, T, C), mask (B, T) bool: real tokens
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    dense = lambda name: nn.DenseGeneral(  # noqa: E731
+        (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_init(0.02, ("embed", "heads", "kv")), bias_init=_zeros(("heads", "kv")),
+        name=name)
+    q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, D) each
+    if self.rotary:
+      positions = jnp.arange(x.shape[1])
+      q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])  # (B, T, H, D)
+    y = nn.DenseGeneral(
+        width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_init(self.residual_std, ("heads", "kv", "embed")),
+        bias_init=_zeros(("embed",)), name="out")(y)  # (B, T, C)
+    return nn.Dropout(self.dropout, deterministic=not train)(y)
+
+
+class MLP(nn.Module):
+  hidden_dim: int
+  dropout: float
+  residual_std: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x, *, train):  # x (B, T, C)
+    h = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=_init(0.02, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                 name="fc")(x)  # (B, T, M)
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=_init(self.residual_std, ("mlp", "embed")),
+                 bias_init=_zeros(("embed",)), name="proj")(nn.gelu(h))  # (B, T, C)
+    return nn.Dropout(self.dropout, deterministic=not train)(y)
+
+
+class Block(nn.Module):
+  num_heads: int
+  hidden_dim: int
+  dropout: float
+  residual_std: float  # GPT-2: residual projections get 0.02 / sqrt(2 * num_layers)
+  rotary: bool
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x, mask, *, train):  # x (B, T, C), mask (B, T)
+    kw = dict(dropout=self.dropout, residual_std=self.residual_std, dtype=self.dtype,
+              param_dtype=self.param_dtype)
+    x = x + Attention(self.num_heads, rotary=self.rotary, name="attn", **kw)(
+        _layer_norm(self, "ln_1")(x), mask, train=train)
+    return x + MLP(self.hidden_dim, name="mlp", **kw)(_layer_norm(self, "ln_2")(x), train=train)
+
+
+class TextEncoder(nn.Module):
+  """tokens int32 (B, T), 0 = padding -> logits float32 (B, num_classes)."""
+
+  vocab_size: int  # including the padding id 0
+  num_classes: int
+  max_len: int
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  mlp_dim: int = 0  # 0 -> 4 * embed_dim
+  dropout: float = 0.0
+  pooling: str = "mean"  # "mean" | "first"
+  positions: str = "learned"  # "learned" | "rotary"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, *, train: bool = False):
+    mask = tokens > 0  # (B, T)
+    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                 embedding_init=_init(0.02, ("vocab", "embed")), name="tok_embed")(tokens)
+    if self.pooling == "first":
+      cls = self.param("cls", _init(0.02, ("embed",)), (self.embed_dim,), self.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), x[:, :1].shape), x], axis=1)
+      mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+    if self.positions == "learned":
+      length = self.max_len + (self.pooling == "first")
+      positions = nn.Embed(length, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                           embedding_init=_init(0.02, ("length", "embed")), name="pos_embed")
+      x = x + positions(jnp.arange(x.shape[1]))[None]  # (B, T, C)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+
+    for i in range(self.num_layers):
+      x = Block(num_heads=self.num_heads, hidden_dim=self.mlp_dim or 4 * self.embed_dim,
+                dropout=self.dropout, residual_std=0.02 / (2 * self.num_layers) ** 0.5,
+                rotary=self.positions == "rotary", dtype=self.dtype, param_dtype=self.param_dtype,
+                name=f"block_{i}")(x, mask, train=train)  # (B, T, C)
+    x = _layer_norm(self, "ln_f")(x)  # (B, T, C)
+
+    if self.pooling == "first":
+      pooled = x[:, 0]
+    else:
+      weights = mask.astype(x.dtype)[..., None]  # (B, T, 1)
+      pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # (B, C)
+    pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      kernel_init=_init(0.02, ("embed", None)), bias_init=_zeros((None,)),
+                      name="head")(pooled)
+    return logits.astype(jnp.float32)  # (B, num_classes)
+
+
+def positive_int(cfg, key: str) -> int:
+  """config.model.<key> as a positive int, or a one-line UsageError naming it."""
+  value = cfg.get(key)
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise UsageError(f"model.{key}={value!r} must be a positive integer")
+  return int(value)
+
+
+def padded_vocab(vocab_size: int, num_classes: int) -> int:
+  if vocab_size <= 1 or num_classes <= 1:
+    raise UsageError(f"vocab_size={vocab_size} and num_classes={num_classes} must be > 1")
+  return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def dropout_and_dtypes(cfg) -> dict[str, Any]:
+  """model.dropout in [0, 1) and model.dtype / model.param_dtype by name, checked."""
+  dropout = float(cfg.get("dropout", 0.0))
+  if not 0.0 <= dropout < 1.0:
+    raise UsageError(f"model.dropout={dropout} must be in [0, 1)")
+  out = {"dropout": dropout}
+  for key in ("dtype", "param_dtype"):
+    name = cfg.get(key, "float32")
+    if name not in DTYPES:
+      raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
+    out[key] = DTYPES[name]
+  return out
+
+
+def make(cfg, vocab_size: int, num_classes: int) -> TextEncoder:
+  """Builds a TextEncoder from `config.model`; vocab_size counts the padding id 0 (the table is
+  padded to a multiple of VOCAB_MULTIPLE)."""
+  ints = {k: positive_int(cfg, k) for k in ("max_len", "num_layers", "num_heads", "embed_dim")}
+  if ints["embed_dim"] % ints["num_heads"]:
+    raise UsageError(f"model.embed_dim={ints['embed_dim']} must be divisible by "
+                     f"model.num_heads={ints['num_heads']}")
+  mlp_dim = int(cfg.get("mlp_dim", 0))
+  if mlp_dim < 0:
+    raise UsageError(f"model.mlp_dim={mlp_dim} must be >= 0 (0 means 4 * model.embed_dim)")
+  pooling = cfg.get("pooling", "mean")
+  if pooling not in POOLING:
+    raise UsageError(f"model.pooling={pooling!r} is unknown; valid: {', '.join(POOLING)}")
+  positions = cfg.get("positions", "learned")
+  if positions not in POSITIONS:
+    raise UsageError(f"model.positions={positions!r} is unknown; valid: {', '.join(POSITIONS)}")
+  if positions == "rotary" and (ints["embed_dim"] // ints["num_heads"]) % 2:
+    raise UsageError(f"model.positions='rotary' needs an even head size, but model.embed_dim="
+                     f"{ints['embed_dim']} / model.num_heads={ints['num_heads']} is odd")
+  return TextEncoder(vocab_size=padded_vocab(vocab_size, num_classes), num_classes=num_classes,
+                     mlp_dim=mlp_dim,
+                     pooling=pooling, positions=positions, **ints, **dropout_and_dtypes(cfg))

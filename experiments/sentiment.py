@@ -1,0 +1,95 @@
+"""sentiment: classify movie reviews as negative or positive (a Transformer encoder, or an RNN).
+
+  python run.py --experiment=sentiment                # CPU, ~2.5 minutes on 2 cores
+  python run.py --experiment=sentiment --mode=predict --config.predict.input="Slow, but good."
+  python run.py --experiment=sentiment --mode=eval
+
+Offline default: the generated review corpus of bigmodel_jax/data/reviews.py, whose labels need word
+order and negation ("good, but slow" is negative, "slow, but good" positive, "not bad" positive);
+a bag-of-words logistic regression scores about 50% on it. Expect a test accuracy of 99.5-100% on
+the 2,000 held-out reviews after the default preset (a 2 x 64 Transformer with rotary positions,
+1500 steps; it passes 99% by step 750), and the showcase's probes ("Good, but slow." / "Slow, but
+good.") both right.
+
+Presets (`--experiment=sentiment:<preset>`):
+  tiny   a few seconds; used by tests (it memorises 32 reviews: expect no generalisation)
+  lstm   a bidirectional LSTM instead of the Transformer (model.name=rnn; model.cell=gru for a GRU):
+         100% test accuracy by step 200 of 600, ~2 minutes
+  imdb   tfds:imdb_reviews (prepare it first: `tfds build imdb_reviews --file_format=array_record`,
+         then --config.data.tfds_data_dir=DIR); sentencepiece 8k, 256 tokens, for a GPU (not
+         measured here: no IMDB data offline)
+"""
+
+import ml_collections
+
+from bigmodel_jax import config as config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = config_lib.base_config(task="classify_text")
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "reviews"   # | tfds:<name>, e.g. tfds:imdb_reviews
+  c.data.num_train = 20000    # reviews only: generated training reviews
+  c.data.num_test = 2000      # reviews only: held-out reviews (another seed)
+  c.data.seed = 0             # reviews only: the generator's seed
+  c.data.tfds_data_dir = ""   # tfds only; "" -> TFDS's default
+  c.data.text_key = "text"    # tfds only: the Text feature
+  c.data.label_key = "label"  # tfds only: the ClassLabel feature
+  c.data.tokenizer = "sentencepiece"  # | byte
+  c.data.vocab_size = 512     # sentencepiece only; byte is always 256
+  c.data.spm_model_type = "bpe"  # | unigram
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "text_encoder"  # | rnn
+  c.model.max_len = 40        # tokens per text: longer ones are truncated
+  c.model.embed_dim = 64
+  c.model.num_layers = 2
+  c.model.dropout = 0.1
+  c.model.dtype = "float32"   # compute dtype
+  c.model.param_dtype = "float32"
+  # text_encoder only
+  c.model.num_heads = 4
+  c.model.mlp_dim = 0         # 0 -> 4 * embed_dim
+  c.model.pooling = "mean"    # | first (a learned [CLS] token)
+  c.model.positions = "rotary"  # | learned
+  # rnn only
+  c.model.cell = "lstm"       # | gru
+  c.model.hidden_dim = 128
+  c.model.bidirectional = True
+
+  c.train.steps = 1500
+  c.train.batch_size = 64
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 100
+  c.train.weight_decay = 0.01
+  c.train.log_every = 100
+  c.train.eval_every = 500
+  c.checkpoint.every_steps = 500
+
+  c.predict = ml_collections.ConfigDict()
+  c.predict.input = ""        # --mode=predict: the text to classify
+  c.predict.num_examples = 6  # showcase: eval texts shown with their predictions
+  return config_lib.apply_preset(c, arg, PRESETS)
+
+
+PRESETS = {
+    "tiny": {
+        "data.num_train": 32, "data.num_test": 60, "data.tokenizer": "byte",
+        "model.max_len": 48, "model.embed_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
+        "model.hidden_dim": 32, "train.steps": 40, "train.batch_size": 16,
+        "train.learning_rate": 3e-3, "train.warmup_steps": 5, "train.log_every": 10,
+        "train.eval_every": 20, "checkpoint.every_steps": 20, "predict.num_examples": 2,
+    },
+    "lstm": {
+        "model.name": "rnn", "model.num_layers": 1, "model.embed_dim": 64,
+        "model.hidden_dim": 128, "train.learning_rate": 3e-3, "train.steps": 600,
+        "train.eval_every": 200, "checkpoint.every_steps": 200,
+    },
+    "imdb": {
+        "data.source": "tfds:imdb_reviews", "data.vocab_size": 8000, "model.max_len": 256,
+        "model.embed_dim": 256, "model.num_layers": 4, "model.num_heads": 8,
+        "train.steps": 4000, "train.batch_size": 64, "train.learning_rate": 3e-4,
+        "train.weight_decay": 0.1, "train.eval_every": 1000, "checkpoint.every_steps": 1000,
+    },
+}
