@@ -216,7 +216,7 @@ def test_make_builds_the_configured_model():
     (dict(attention_impl="cudnn", dtype="float32"), "needs model.dtype bfloat16 or float16"),
     (dict(attention_impl="cudnn", embed_dim=24, num_heads=2), "head size .* = 12"),
     (dict(num_layers=0), "model.num_layers=0"),
-    (dict(block_size=None), "model.block_size is missing"),
+    (dict(block_size=None), "model.block_size=None must be a positive integer"),
     (dict(embed_dim=6, num_heads=2, positions="rotary"), "even head size"),
     (dict(dropout=1.0), "model.dropout"),
 ])

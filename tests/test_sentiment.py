@@ -236,7 +236,7 @@ def test_unprepared_or_unknown_tfds_dataset(tmp_path):
     classify_text.Task(_config(data__source="tfds:imdb_reviews",
                                data__tfds_data_dir=str(tmp_path)))
   assert "\n" not in str(e.value)
-  with pytest.raises(UsageError, match=r"data.source='tfds:imdb_reveiws': unknown tfds dataset"):
+  with pytest.raises(UsageError, match=r"unknown tfds dataset 'imdb_reveiws'; did you mean tfds:imdb_reviews"):
     classify_text.Task(_config(data__source="tfds:imdb_reveiws"))
 
 

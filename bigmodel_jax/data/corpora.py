@@ -22,7 +22,6 @@ split empty, the file with the smallest (or largest) hash moves over to fill it.
 """
 
 from collections.abc import Iterator, Sequence
-import difflib
 import glob
 import hashlib
 import os
@@ -33,6 +32,7 @@ import zlib
 from absl import logging
 import tensorflow_datasets as tfds
 
+from bigmodel_jax.data import tfds_source
 from bigmodel_jax.errors import UsageError
 
 DEFAULT_DATA_DIR = "~/.cache/bigmodel_jax/tensorflow_datasets"
@@ -315,33 +315,7 @@ def _load_local(files, source, data_dir, val_percent, *, builder_cls):
 
 
 def _load_tfds(name, data_dir, val_percent, text_key):
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-  except tfds.core.registered.DatasetNotFoundError:
-    base = name.split("/")[0].split(":")[0]
-    close = difflib.get_close_matches(
-        base, sorted(set(tfds.list_builders(with_community_datasets=False))),
-        n=3)
-    hint = f"did you mean {', '.join('tfds:' + c for c in close)}? " if close else ""
-    raise UsageError(
-        f"unknown tfds dataset {base!r}; {hint}see "
-        "https://www.tensorflow.org/datasets/catalog (datasets whose code needs "
-        "TensorFlow are unavailable here)") from None
-  except ValueError as e:  # e.g. an unknown config or version
-    detail = " ".join(str(e).split())[:300]
-    raise UsageError(f"tfds:{name} cannot be opened: {detail}") from None
-  if not builder.is_prepared():
-    raise UsageError(
-        f"tfds:{name} is not prepared in {builder.data_dir} and cannot be "
-        "downloaded offline; prepare it on a machine with internet "
-        f"(`tfds build {name} --file_format=array_record`), copy the data_dir "
-        "here and pass --config.data.tfds_data_dir=<that data_dir>")
-  formats = builder.info.available_file_formats()
-  if tfds.core.FileFormat.ARRAY_RECORD not in formats:
-    raise UsageError(
-        f"tfds:{name} in {builder.data_dir} is stored as "
-        f"{', '.join(sorted(f.value for f in formats))}, which needs TensorFlow "
-        f"to read; rebuild it with `tfds build {name} --file_format=array_record`")
+  builder = tfds_source.open_prepared(name, data_dir)
 
   features = builder.info.features
   if text_key:

@@ -22,12 +22,12 @@ pixel, after DeVries & Taylor 2017).
 
 from collections.abc import Callable
 import dataclasses
-import difflib
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bigmodel_jax.data import tfds_source
 from bigmodel_jax.errors import UsageError
 
 SOURCES_HELP = "digits, tfds:<name> (e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10)"
@@ -87,25 +87,7 @@ def _tfds_builder(source: str, data_dir: str):
   scheme, _, name = source.partition(":")
   if scheme != "tfds" or not name:
     raise UsageError(f"data.source={source!r} is not valid; valid: {SOURCES_HELP}")
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-  except tfds.core.registered.DatasetNotFoundError:
-    base = name.split("/")[0].split(":")[0]
-    close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False), n=3)
-    hint = f"did you mean {', '.join('tfds:' + c for c in close)}? " if close else ""
-    raise UsageError(
-        f"unknown tfds dataset {base!r}; {hint}valid sources: {SOURCES_HELP}") from None
-  except ValueError as e:
-    raise UsageError(f"tfds:{name} cannot be opened: {' '.join(str(e).split())[:300]}") from None
-  if not builder.is_prepared():
-    raise UsageError(
-        f"tfds:{name} is not prepared in {builder.data_dir} and cannot be downloaded offline; "
-        f"prepare it on a machine with internet (`tfds build {name} --file_format=array_record`), "
-        "copy the data_dir here and pass --config.data.tfds_data_dir=<that data_dir>")
-  if tfds.core.FileFormat.ARRAY_RECORD not in builder.info.available_file_formats():
-    raise UsageError(f"tfds:{name} in {builder.data_dir} is not stored as array_record, which "
-                     f"reading without TensorFlow needs; rebuild it with `tfds build {name} "
-                     "--file_format=array_record`")
+  builder = tfds_source.open_prepared(name, data_dir)
   features = builder.info.features
   kinds = {k: type(f) for k, f in features.items()}
   if kinds.get("image") is not tfds.features.Image or (

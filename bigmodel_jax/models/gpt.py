@@ -38,8 +38,8 @@ import numpy as np
 from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
+from bigmodel_jax.models import layers
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 POSITIONS = ("learned", "rotary")
 ATTENTION_IMPLS = {"xla": None, "cudnn": "cudnn"}
 # "full" recomputes the whole block in the backward pass; "dots" keeps the weight matmuls' outputs
@@ -68,19 +68,12 @@ class Settings:
   residual_std: float  # GPT-2: residual projections get 0.02 / sqrt(2 * num_layers)
 
 
-def _init(std, names):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
-
-
-def _zeros(names):
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+_init, _zeros = layers.normal, layers.zeros  # initialisers with logical axis names
 
 
 def _layer_norm(cfg, name):
-  return nn.LayerNorm(
-      epsilon=1e-5, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=_zeros(("norm",)), name=name)
+  return layers.layer_norm(name, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                           use_bias=cfg.use_bias)
 
 
 def apply_rotary(x, positions, base=10000.0):
@@ -221,41 +214,24 @@ class GPT(nn.Module):
     return logits
 
 
-def _name(cfg, key, default):
-  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
 
 def make(cfg, vocab_size: int) -> GPT:
   """Builds a GPT from `config.model`; vocab is rounded up to a multiple of `vocab_multiple`."""
-  ints = {}
-  for key in ("num_layers", "num_heads", "embed_dim", "block_size"):
-    if _name(cfg, key, None) is None:
-      raise UsageError(f"model.{key} is missing; set it to a positive integer")
-    ints[key] = value = int(_name(cfg, key, None))
-    if value <= 0:
-      raise UsageError(f"model.{key}={value} must be a positive integer")
+  ints = {k: layers.positive_int(cfg, k)
+          for k in ("num_layers", "num_heads", "embed_dim", "block_size")}
   heads, width = ints["num_heads"], ints["embed_dim"]
   if width % heads:
     raise UsageError(f"model.embed_dim={width} must be divisible by model.num_heads={heads}")
-  positions = _name(cfg, "positions", "learned")
+  positions = cfg.get("positions", "learned")
   if positions not in POSITIONS:
     raise UsageError(f"model.positions={positions!r} is unknown; valid: {', '.join(POSITIONS)}")
   if positions == "rotary" and (width // heads) % 2:
     raise UsageError(f"model.positions='rotary' needs an even head size, but model.embed_dim="
                      f"{width} / model.num_heads={heads} = {width // heads}")
-  mlp_dim = int(_name(cfg, "mlp_dim", 0))
-  if mlp_dim < 0:
-    raise UsageError(f"model.mlp_dim={mlp_dim} must be >= 0 (0 means 4 * model.embed_dim)")
-  dropout = float(_name(cfg, "dropout", 0.0))
-  if not 0.0 <= dropout < 1.0:
-    raise UsageError(f"model.dropout={dropout} must be in [0, 1)")
-  dtypes = {}
-  for key in ("dtype", "param_dtype"):
-    name = _name(cfg, key, "float32")
-    if name not in DTYPES:
-      raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
-    dtypes[key] = DTYPES[name]
-  impl = _name(cfg, "attention_impl", "xla")
+  mlp_dim = layers.mlp_dim(cfg)
+  settings = layers.dropout_and_dtypes(cfg)
+  dropout, dtypes = settings.pop("dropout"), settings
+  impl = cfg.get("attention_impl", "xla")
   if impl not in ATTENTION_IMPLS:
     raise UsageError(
         f"model.attention_impl={impl!r} is unknown; valid: {', '.join(ATTENTION_IMPLS)}")
@@ -264,16 +240,15 @@ def make(cfg, vocab_size: int) -> GPT:
     raise UsageError(  # cuDNN's fused attention has no float32 kernel and fixed head sizes
         f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 and a head size "
         f"(model.embed_dim / model.num_heads = {head_dim}) that is a multiple of 8 and <= 256")
-  remat = _name(cfg, "remat", "none")
+  remat = cfg.get("remat", "none")
   if remat not in REMAT_POLICIES:
     raise UsageError(f"model.remat={remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
-  multiple = int(_name(cfg, "vocab_multiple", 1))
-  if multiple <= 0 or vocab_size <= 0:
-    raise UsageError(
-        f"vocab_size={vocab_size} and model.vocab_multiple={multiple} must be positive")
+  multiple = layers.vocab_multiple(cfg)
+  if vocab_size <= 0:
+    raise UsageError(f"vocab_size={vocab_size} must be positive")
   return GPT(
       vocab_size=-(-vocab_size // multiple) * multiple, mlp_dim=mlp_dim, dropout=dropout,
-      positions=positions, use_bias=bool(_name(cfg, "use_bias", True)),
+      positions=positions, use_bias=bool(cfg.get("use_bias", True)),
       attention_impl=ATTENTION_IMPLS[impl], remat=remat, **ints, **dtypes)
 
 

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
-from bigmodel_jax.models.text_encoder import dropout_and_dtypes, padded_vocab, positive_int
+from bigmodel_jax.models.layers import dropout_and_dtypes, positive_int
+from bigmodel_jax.models.text_encoder import padded_vocab
 
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
 

@@ -37,8 +37,8 @@ import numpy as np
 from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
+from bigmodel_jax.models import layers
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 NUM_SPECIAL = 3
 
 
@@ -59,19 +59,11 @@ class Settings:
   decode_len: int
 
 
-def _init(std, names):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
-
-
-def _zeros(names):
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+_init, _zeros = layers.normal, layers.zeros  # initialisers with logical axis names
 
 
 def _layer_norm(cfg, name):
-  return nn.LayerNorm(
-      epsilon=1e-6, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=_zeros(("norm",)), name=name)
+  return layers.layer_norm(name, dtype=cfg.dtype, param_dtype=cfg.param_dtype, epsilon=1e-6)
 
 
 def sinusoids(positions, dim: int):
@@ -262,39 +254,19 @@ class Seq2Seq(nn.Module):
     return self.run_decoder(tgt_in, encoded, mask, train=train)
 
 
-def _get(cfg, key, default):
-  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
 
 def make(cfg, src_vocab_size: int, tgt_vocab_size: int, share_embeddings: bool) -> Seq2Seq:
   """Builds a Seq2Seq from `config.model`; vocabularies include the 3 special ids."""
-  ints = {}
-  for key in ("num_encoder_layers", "num_decoder_layers", "num_heads", "embed_dim"):
-    ints[key] = value = int(_get(cfg, key, 0))
-    if value <= 0:
-      raise UsageError(f"model.{key}={value} must be a positive integer")
+  ints = {k: layers.positive_int(cfg, k)
+          for k in ("num_encoder_layers", "num_decoder_layers", "num_heads", "embed_dim")}
   if ints["embed_dim"] % (2 * ints["num_heads"]):
     raise UsageError(f"model.embed_dim={ints['embed_dim']} must be even and divisible by "
                      f"model.num_heads={ints['num_heads']}")
-  mlp_dim = int(_get(cfg, "mlp_dim", 0))
-  if mlp_dim < 0:
-    raise UsageError(f"model.mlp_dim={mlp_dim} must be >= 0 (0 means 4 * model.embed_dim)")
-  dropout = float(_get(cfg, "dropout", 0.0))
-  if not 0.0 <= dropout < 1.0:
-    raise UsageError(f"model.dropout={dropout} must be in [0, 1)")
-  dtypes = {}
-  for key in ("dtype", "param_dtype"):
-    name = _get(cfg, key, "float32")
-    if name not in DTYPES:
-      raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
-    dtypes[key] = DTYPES[name]
-  multiple = int(_get(cfg, "vocab_multiple", 1))
-  if multiple <= 0:
-    raise UsageError(f"model.vocab_multiple={multiple} must be a positive integer")
+  mlp_dim, multiple = layers.mlp_dim(cfg), layers.vocab_multiple(cfg)
   if share_embeddings and src_vocab_size != tgt_vocab_size:
     raise UsageError(f"shared embeddings need one vocabulary; got source {src_vocab_size} "
                      f"and target {tgt_vocab_size} ids")
   return Seq2Seq(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, mlp_dim=mlp_dim,
-                 share_embeddings=share_embeddings, dropout=dropout, vocab_multiple=multiple,
-                 **ints, **dtypes)
+                 share_embeddings=share_embeddings, vocab_multiple=multiple, **ints,
+                 **layers.dropout_and_dtypes(cfg))
 

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
+from bigmodel_jax.models import layers
 from bigmodel_jax.models.gpt import apply_rotary
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 POOLING = ("mean", "first")
 POSITIONS = ("learned", "rotary")
 # The embedding table is padded to a multiple of this, so that it shards over any mesh axis (the
@@ -44,19 +44,11 @@ POSITIONS = ("learned", "rotary")
 VOCAB_MULTIPLE = 64
 
 
-def _init(std, names):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
-
-
-def _zeros(names):
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+_init, _zeros = layers.normal, layers.zeros  # initialisers with logical axis names
 
 
 def _layer_norm(module, name):
-  return nn.LayerNorm(
-      epsilon=1e-5, dtype=module.dtype, param_dtype=module.param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=_zeros(("norm",)), name=name)
+  return layers.layer_norm(name, dtype=module.dtype, param_dtype=module.param_dtype)
 
 
 class Attention(nn.Module):
@@ -174,44 +166,21 @@ class TextEncoder(nn.Module):
     return logits.astype(jnp.float32)  # (B, num_classes)
 
 
-def positive_int(cfg, key: str) -> int:
-  """config.model.<key> as a positive int, or a one-line UsageError naming it."""
-  value = cfg.get(key)
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise UsageError(f"model.{key}={value!r} must be a positive integer")
-  return int(value)
-
-
 def padded_vocab(vocab_size: int, num_classes: int) -> int:
   if vocab_size <= 1 or num_classes <= 1:
     raise UsageError(f"vocab_size={vocab_size} and num_classes={num_classes} must be > 1")
   return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-def dropout_and_dtypes(cfg) -> dict[str, Any]:
-  """model.dropout in [0, 1) and model.dtype / model.param_dtype by name, checked."""
-  dropout = float(cfg.get("dropout", 0.0))
-  if not 0.0 <= dropout < 1.0:
-    raise UsageError(f"model.dropout={dropout} must be in [0, 1)")
-  out = {"dropout": dropout}
-  for key in ("dtype", "param_dtype"):
-    name = cfg.get(key, "float32")
-    if name not in DTYPES:
-      raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
-    out[key] = DTYPES[name]
-  return out
-
-
 def make(cfg, vocab_size: int, num_classes: int) -> TextEncoder:
   """Builds a TextEncoder from `config.model`; vocab_size counts the padding id 0 (the table is
   padded to a multiple of VOCAB_MULTIPLE)."""
-  ints = {k: positive_int(cfg, k) for k in ("max_len", "num_layers", "num_heads", "embed_dim")}
+  ints = {k: layers.positive_int(cfg, k)
+          for k in ("max_len", "num_layers", "num_heads", "embed_dim")}
   if ints["embed_dim"] % ints["num_heads"]:
     raise UsageError(f"model.embed_dim={ints['embed_dim']} must be divisible by "
                      f"model.num_heads={ints['num_heads']}")
-  mlp_dim = int(cfg.get("mlp_dim", 0))
-  if mlp_dim < 0:
-    raise UsageError(f"model.mlp_dim={mlp_dim} must be >= 0 (0 means 4 * model.embed_dim)")
+  mlp_dim = layers.mlp_dim(cfg)
   pooling = cfg.get("pooling", "mean")
   if pooling not in POOLING:
     raise UsageError(f"model.pooling={pooling!r} is unknown; valid: {', '.join(POOLING)}")
@@ -223,4 +192,5 @@ def make(cfg, vocab_size: int, num_classes: int) -> TextEncoder:
                      f"{ints['embed_dim']} / model.num_heads={ints['num_heads']} is odd")
   return TextEncoder(vocab_size=padded_vocab(vocab_size, num_classes), num_classes=num_classes,
                      mlp_dim=mlp_dim,
-                     pooling=pooling, positions=positions, **ints, **dropout_and_dtypes(cfg))
+                     pooling=pooling, positions=positions, **ints,
+                     **layers.dropout_and_dtypes(cfg))

@@ -23,7 +23,7 @@ import optax
 import tensorflow_datasets as tfds
 
 from bigmodel_jax import models
-from bigmodel_jax.data import arrays, reviews, tokenizers
+from bigmodel_jax.data import arrays, reviews, tfds_source, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
 
 TOKENIZER_DIR = "tokenizer"
@@ -205,23 +205,7 @@ class Task:
 def _open_tfds(name: str, data_dir: str, text_key: str, label_key: str):
   """(builder, eval split name) of a prepared array_record dataset, checked; one-line errors."""
   source = f"tfds:{name}"
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise UsageError(f"data.source={source!r}: unknown tfds dataset; see "
-                     "https://www.tensorflow.org/datasets/catalog") from None
-  except ValueError as e:  # e.g. an unknown config or version
-    raise UsageError(f"data.source={source!r} cannot be opened: "
-                     f"{' '.join(str(e).split())[:300]}") from None
-  if not builder.is_prepared():
-    raise UsageError(
-        f"{source} is not prepared in {builder.data_dir} and cannot be downloaded offline; "
-        f"prepare it on a machine with internet (`tfds build {name} --file_format=array_record`), "
-        "copy the data_dir here and pass --config.data.tfds_data_dir=<that data_dir>")
-  if tfds.core.FileFormat.ARRAY_RECORD not in builder.info.available_file_formats():
-    raise UsageError(f"{source} in {builder.data_dir} is not stored as array_record (reading it "
-                     f"needs TensorFlow); rebuild it with `tfds build {name} "
-                     "--file_format=array_record`")
+  builder = tfds_source.open_prepared(name, data_dir)
   features = builder.info.features
   described = ", ".join(f"{k} ({type(f).__name__})" for k, f in sorted(features.items()))
   for key, kind, want in ((text_key, tfds.features.Text, "text"),

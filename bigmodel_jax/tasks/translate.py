@@ -30,7 +30,7 @@ import sacrebleu
 import tensorflow_datasets as tfds
 
 from bigmodel_jax import beam_search, models
-from bigmodel_jax.data import arrays, dates, tokenizers
+from bigmodel_jax.data import arrays, dates, tfds_source, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.models import seq2seq
 
@@ -239,22 +239,7 @@ class Task:
 
 
 def _open_builder(name: str, data_dir: str):
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise UsageError(f"unknown tfds dataset {name!r} (data.source); see "
-                     "https://www.tensorflow.org/datasets/catalog") from None
-  except ValueError as e:  # e.g. an unknown config or version
-    raise UsageError(f"tfds:{name} cannot be opened: {' '.join(str(e).split())[:300]}") from None
-  if not builder.is_prepared():
-    raise UsageError(
-        f"tfds:{name} is not prepared in {builder.data_dir} and cannot be downloaded offline; "
-        f"prepare it on a machine with internet (`tfds build {name} --file_format=array_record`), "
-        "copy the data_dir here and pass --config.data.tfds_data_dir=<that data_dir>")
-  if tfds.core.FileFormat.ARRAY_RECORD not in builder.info.available_file_formats():
-    raise UsageError(f"tfds:{name} in {builder.data_dir} is not stored as array_record, which "
-                     f"reading without TensorFlow needs; rebuild it with `tfds build {name} "
-                     "--file_format=array_record`")
+  builder = tfds_source.open_prepared(name, data_dir)
   if not isinstance(builder.info.features, tfds.features.Translation):
     raise UsageError(f"tfds:{name} has no Translation feature (data.source); valid: "
                      f"{SOURCES_HELP}")

@@ -1,0 +1,63 @@
+"""Pieces every model file shares: initialisers with logical axis names, LayerNorm, and the
+checks of common `config.model` fields (one-line UsageErrors naming the key)."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bigmodel_jax.errors import UsageError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def normal(std: float, names: tuple):
+  """N(0, std) initialiser whose parameter carries logical axis `names` (for sharding)."""
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def zeros(names: tuple):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def layer_norm(name: str, *, dtype, param_dtype, epsilon: float = 1e-5, use_bias: bool = True):
+  return nn.LayerNorm(
+      epsilon=epsilon, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=zeros(("norm",)), name=name)
+
+
+def positive_int(cfg, key: str) -> int:
+  """config.model.<key> as a positive int, or a one-line UsageError naming it."""
+  value = cfg.get(key)
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise UsageError(f"model.{key}={value!r} must be a positive integer")
+  return int(value)
+
+
+def mlp_dim(cfg) -> int:
+  value = int(cfg.get("mlp_dim", 0))
+  if value < 0:
+    raise UsageError(f"model.mlp_dim={value} must be >= 0 (0 means 4 * model.embed_dim)")
+  return value
+
+
+def vocab_multiple(cfg) -> int:
+  value = int(cfg.get("vocab_multiple", 1))
+  if value <= 0:
+    raise UsageError(f"model.vocab_multiple={value} must be a positive integer")
+  return value
+
+
+def dropout_and_dtypes(cfg) -> dict[str, Any]:
+  """model.dropout in [0, 1) and model.dtype / model.param_dtype by name, checked."""
+  dropout = float(cfg.get("dropout", 0.0))
+  if not 0.0 <= dropout < 1.0:
+    raise UsageError(f"model.dropout={dropout} must be in [0, 1)")
+  out = {"dropout": dropout}
+  for key in ("dtype", "param_dtype"):
+    name = cfg.get(key, "float32")
+    if name not in DTYPES:
+      raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
+    out[key] = DTYPES[name]
+  return out
