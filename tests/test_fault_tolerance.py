@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bigmodel_jax import trainer
-from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.errors import RunError
 from bigmodel_jax.tools import kill_resume
 from tests.helpers import read_metrics, tiny_config
 
