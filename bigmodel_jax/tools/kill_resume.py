@@ -25,7 +25,10 @@ from absl import flags
 _POINTS = flags.DEFINE_integer("points", 10, "How many runs to kill.")
 _EXPERIMENT = flags.DEFINE_string("experiment", "textgen:tiny", "Experiment to train.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the kill times.")
-_OVERRIDES = flags.DEFINE_multi_string("override", [], "Extra --config.KEY=VALUE for run.py.")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "override", ["train.steps=300", "checkpoint.every_steps=20", "train.eval_every=100"],
+    "KEY=VALUE config overrides for every run; the defaults make a run long enough, with saves "
+    "often enough, that the kills land in training and in saves, not only in start-up.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,7 +69,7 @@ def main(argv):
   del argv
   rng = random.Random(_SEED.value)
   root = tempfile.mkdtemp(prefix="kill_resume_")
-  overrides = list(_OVERRIDES.value)
+  overrides = [f"--config.{o}" for o in _OVERRIDES.value]
   reference = os.path.join(root, "reference")
   _, duration = train(reference, _EXPERIMENT.value, overrides)
   ref_step, ref_digest = state_digest(reference)
@@ -75,7 +78,7 @@ def main(argv):
   failures = 0
   for point in range(_POINTS.value):
     workdir = os.path.join(root, f"point{point}")
-    kill_after = rng.uniform(0.2, 1.0) * duration
+    kill_after = rng.uniform(0.3, 0.95) * duration
     code, _ = train(workdir, _EXPERIMENT.value, overrides, kill_after=kill_after)
     killed_at = "finished before the kill" if code == 0 else f"killed at {kill_after:.1f} s"
     saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
