@@ -127,22 +127,6 @@ class CausalSelfAttention(nn.Module):
     return nn.Dropout(cfg.dropout, deterministic=not train)(y)
 
 
-class MLP(nn.Module):
-  cfg: Settings
-
-  @nn.compact
-  def __call__(self, x, *, train):  # x (B, T, C)
-    cfg = self.cfg
-    h = nn.Dense(cfg.hidden_dim, use_bias=cfg.use_bias, dtype=cfg.dtype,
-                 param_dtype=cfg.param_dtype, kernel_init=_init(0.02, ("embed", "mlp")),
-                 bias_init=_zeros(("mlp",)), name="fc")(x)  # (B, T, M)
-    h = nn.gelu(h)
-    y = nn.Dense(cfg.embed_dim, use_bias=cfg.use_bias, dtype=cfg.dtype,
-                 param_dtype=cfg.param_dtype, kernel_init=_init(cfg.residual_std, ("mlp", "embed")),
-                 bias_init=_zeros(("embed",)), name="proj")(h)  # (B, T, C)
-    return nn.Dropout(cfg.dropout, deterministic=not train)(y)
-
-
 class Block(nn.Module):
   cfg: Settings
 
@@ -150,7 +134,11 @@ class Block(nn.Module):
   def __call__(self, x, positions, train):  # x (B, T, C); `train` is positional for nn.remat
     x = x + CausalSelfAttention(self.cfg, name="attn")(
         _layer_norm(self.cfg, "ln_1")(x), positions, train=train)
-    x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x), train=train)
+    cfg = self.cfg
+    mlp = layers.MLP(cfg.hidden_dim, fc_std=0.02, proj_std=cfg.residual_std, dropout=cfg.dropout,
+                     use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     name="mlp")
+    x = x + mlp(_layer_norm(cfg, "ln_2")(x), train=train)
     return x  # (B, T, C)
 
 

@@ -61,3 +61,27 @@ def dropout_and_dtypes(cfg) -> dict[str, Any]:
       raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
     out[key] = DTYPES[name]
   return out
+
+
+class MLP(nn.Module):
+  """Transformer feed-forward: Dense(hidden_dim) -> GELU -> Dense(input width) -> dropout.
+
+  Parameters `fc` (embed, mlp) and `proj` (mlp, embed), initialised N(0, fc_std) / N(0, proj_std).
+  """
+
+  hidden_dim: int
+  fc_std: float
+  proj_std: float
+  dropout: float = 0.0
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):  # x (B, T, C)
+    dense = lambda features, std, names, name: nn.Dense(  # noqa: E731
+        features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=normal(std, names), bias_init=zeros(names[-1:]), name=name)
+    h = nn.gelu(dense(self.hidden_dim, self.fc_std, ("embed", "mlp"), "fc")(x))  # (B, T, M)
+    y = dense(x.shape[-1], self.proj_std, ("mlp", "embed"), "proj")(h)  # (B, T, C)
+    return nn.Dropout(self.dropout, deterministic=not train)(y)

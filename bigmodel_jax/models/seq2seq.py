@@ -121,19 +121,9 @@ class Attention(nn.Module):
     return nn.Dropout(cfg.dropout, deterministic=not train)(y)
 
 
-class MLP(nn.Module):
-  cfg: Settings
-
-  @nn.compact
-  def __call__(self, x, *, train):  # x (B, T, C)
-    cfg = self.cfg
-    h = nn.Dense(cfg.hidden_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                 kernel_init=_init(cfg.embed_dim ** -0.5, ("embed", "mlp")),
-                 bias_init=_zeros(("mlp",)), name="fc")(x)  # (B, T, M)
-    y = nn.Dense(cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                 kernel_init=_init(cfg.hidden_dim ** -0.5, ("mlp", "embed")),
-                 bias_init=_zeros(("embed",)), name="proj")(nn.gelu(h))  # (B, T, C)
-    return nn.Dropout(cfg.dropout, deterministic=not train)(y)
+def _mlp(cfg):
+  return layers.MLP(cfg.hidden_dim, fc_std=cfg.embed_dim ** -0.5, proj_std=cfg.hidden_dim ** -0.5,
+                    dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="mlp")
 
 
 class EncoderLayer(nn.Module):
@@ -143,7 +133,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, mask, *, train):  # x (B, S, C), mask (B, 1, 1, S)
     x = x + Attention(self.cfg, "self", name="attn")(
         _layer_norm(self.cfg, "ln_1")(x), None, mask, None, train=train)
-    return x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x), train=train)
+    return x + _mlp(self.cfg)(_layer_norm(self.cfg, "ln_2")(x), train=train)
 
 
 class DecoderLayer(nn.Module):
@@ -155,7 +145,7 @@ class DecoderLayer(nn.Module):
         _layer_norm(self.cfg, "ln_1")(x), None, None, positions, train=train)
     x = x + Attention(self.cfg, "cross", name="cross_attn")(
         _layer_norm(self.cfg, "ln_2")(x), encoded, src_mask, None, train=train)
-    return x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_3")(x), train=train)
+    return x + _mlp(self.cfg)(_layer_norm(self.cfg, "ln_3")(x), train=train)
 
 
 class Encoder(nn.Module):

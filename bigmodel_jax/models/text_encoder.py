@@ -79,24 +79,6 @@ class Attention(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
-class MLP(nn.Module):
-  hidden_dim: int
-  dropout: float
-  residual_std: float
-  dtype: Any
-  param_dtype: Any
-
-  @nn.compact
-  def __call__(self, x, *, train):  # x (B, T, C)
-    h = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=_init(0.02, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
-                 name="fc")(x)  # (B, T, M)
-    y = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=_init(self.residual_std, ("mlp", "embed")),
-                 bias_init=_zeros(("embed",)), name="proj")(nn.gelu(h))  # (B, T, C)
-    return nn.Dropout(self.dropout, deterministic=not train)(y)
-
-
 class Block(nn.Module):
   num_heads: int
   hidden_dim: int
@@ -112,7 +94,10 @@ class Block(nn.Module):
               param_dtype=self.param_dtype)
     x = x + Attention(self.num_heads, rotary=self.rotary, name="attn", **kw)(
         _layer_norm(self, "ln_1")(x), mask, train=train)
-    return x + MLP(self.hidden_dim, name="mlp", **kw)(_layer_norm(self, "ln_2")(x), train=train)
+    mlp = layers.MLP(self.hidden_dim, fc_std=0.02, proj_std=self.residual_std,
+                     dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="mlp")
+    return x + mlp(_layer_norm(self, "ln_2")(x), train=train)
 
 
 class TextEncoder(nn.Module):
