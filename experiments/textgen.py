@@ -93,14 +93,10 @@ PRESETS = {
         "train.eval_every": 1000, "train.log_every": 100, "checkpoint.every_steps": 1000,
         "parallel.strategy": "mesh", "parallel.fsdp": -1,
     },
-    "7b": {  # Llama-7B-like depth and width, with a 4x GELU MLP: 6.6B parameters
-        "data.tokenizer": "sentencepiece", "data.vocab_size": 50257,
-        "model.num_layers": 32, "model.num_heads": 32, "model.embed_dim": 4096,
-        "model.mlp_dim": 16384, "model.block_size": 2048, "model.positions": "rotary",
-        "model.use_bias": False, "model.dtype": "bfloat16", "model.vocab_multiple": 128,
-        "model.remat": "full", "train.steps": 100000, "train.batch_size": 512,
-        "train.learning_rate": 3e-4, "train.warmup_steps": 2000, "train.b2": 0.95,
-        "train.eval_every": 1000, "train.log_every": 100, "checkpoint.every_steps": 1000,
-        "parallel.strategy": "mesh", "parallel.fsdp": -1,
-    },
+}
+# Llama-7B-like depth and width, with a 4x GELU MLP: 6.6B parameters; otherwise as 1b.
+PRESETS["7b"] = {
+    **PRESETS["1b"],
+    "model.num_layers": 32, "model.num_heads": 32, "model.embed_dim": 4096,
+    "model.mlp_dim": 16384, "train.steps": 100000, "train.batch_size": 512,
 }
