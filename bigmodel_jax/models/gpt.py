@@ -97,7 +97,7 @@ class CausalSelfAttention(nn.Module):
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
         (cfg.num_heads, head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype, kernel_init=_init(0.02, ("embed", "heads", "kv")),
-        bias_init=_zeros(("heads", "kv")), name=name)
+        bias_init=_zeros(("heads", "kv")), dot_general=layers.flat_dot_general, name=name)
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, D) each
     if cfg.positions == "rotary":
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
@@ -123,7 +123,7 @@ class CausalSelfAttention(nn.Module):
     y = nn.DenseGeneral(
         cfg.embed_dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype, kernel_init=_init(cfg.residual_std, ("heads", "kv", "embed")),
-        bias_init=_zeros(("embed",)), name="out")(y)  # (B, T, C)
+        bias_init=_zeros(("embed",)), dot_general=layers.flat_dot_general, name="out")(y)
     return nn.Dropout(cfg.dropout, deterministic=not train)(y)
 
 
@@ -198,7 +198,8 @@ class GPT(nn.Module):
     x = _layer_norm(cfg, "ln_f")(x)
 
     # Tied output head, in float32 whatever the compute dtype.
-    logits = x.astype(jnp.float32) @ wte.embedding.astype(jnp.float32).T  # (B, T, V)
+    logits = layers.flat_dot_general(  # (B, T, V)
+        x.astype(jnp.float32), wte.embedding.astype(jnp.float32).T, (((2,), (0,)), ((), ())))
     return logits
 
 

@@ -1,10 +1,12 @@
 """Pieces every model file shares: initialisers with logical axis names, LayerNorm, and the
 checks of common `config.model` fields (one-line UsageErrors naming the key)."""
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from bigmodel_jax.errors import UsageError
 
@@ -18,6 +20,28 @@ def normal(std: float, names: tuple):
 
 def zeros(names: tuple):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` for Dense/DenseGeneral kernels as one 2-D matmul, (M, K) @ (K, N).
+
+  Same numbers, same parameters; only the shapes XLA sees change. Given (B, T, K) inputs,
+  XLA:CPU computes the weight gradient as a transposed 3-D contraction with a slow kernel and
+  extra transposes; flattened to (B*T, K) every matmul of the backward pass is a plain 2-D one
+  (the baby-GPT train step runs ~15% faster, `python -m bigmodel_jax.bench`). Contractions
+  that are not "trailing input axes x leading kernel axes" go to lax.dot_general unchanged.
+  """
+  (lhs_contract, rhs_contract), (lhs_batch, _) = dimension_numbers
+  n = len(lhs_contract)
+  trailing = tuple(range(lhs.ndim - n, lhs.ndim))
+  if lhs_batch or tuple(d % lhs.ndim for d in lhs_contract) != trailing or (
+      tuple(rhs_contract) != tuple(range(n))):
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type)
+  k = math.prod(lhs.shape[lhs.ndim - n:])
+  out = lax.dot(lhs.reshape(-1, k), rhs.reshape(k, -1), precision=precision,
+                preferred_element_type=preferred_element_type)
+  return out.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
 
 
 def layer_norm(name: str, *, dtype, param_dtype, epsilon: float = 1e-5, use_bias: bool = True):
@@ -81,7 +105,8 @@ class MLP(nn.Module):
   def __call__(self, x, *, train: bool):  # x (B, T, C)
     dense = lambda features, std, names, name: nn.Dense(  # noqa: E731
         features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=normal(std, names), bias_init=zeros(names[-1:]), name=name)
+        kernel_init=normal(std, names), bias_init=zeros(names[-1:]),
+        dot_general=flat_dot_general, name=name)
     h = nn.gelu(dense(self.hidden_dim, self.fc_std, ("embed", "mlp"), "fc")(x))  # (B, T, M)
     y = dense(x.shape[-1], self.proj_std, ("mlp", "embed"), "proj")(h)  # (B, T, C)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
