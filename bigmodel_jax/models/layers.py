@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -39,9 +40,25 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type)
   k = math.prod(lhs.shape[lhs.ndim - n:])
-  out = lax.dot(lhs.reshape(-1, k), rhs.reshape(k, -1), precision=precision,
-                preferred_element_type=preferred_element_type)
+  out = _matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
   return out.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
+
+
+@jax.custom_vjp
+def _matmul(x, w):
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(residuals, g):
+  x, w = residuals
+  return g @ w.T, lax.optimization_barrier(x.T) @ g
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def layer_norm(name: str, *, dtype, param_dtype, epsilon: float = 1e-5, use_bias: bool = True):
