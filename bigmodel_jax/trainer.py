@@ -11,6 +11,7 @@ import time
 from absl import logging
 import flax
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import optax
@@ -66,8 +67,9 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
   if poison_steps:
     poison = jnp.where(jnp.isin(state.step + 1, jnp.array(poison_steps)), jnp.nan, 1.0)
     grads = jax.tree.map(lambda g: g * poison, grads)
-  if axis_name:
-    grads, model_state = jax.lax.pmean((grads, model_state), axis_name)
+  if axis_name:  # one flat buffer: XLA:CPU all-reduces it faster than ~50 separate arrays
+    flat, unflatten = jax.flatten_util.ravel_pytree((grads, model_state))
+    grads, model_state = unflatten(jax.lax.pmean(flat, axis_name))
     metrics = jax.lax.psum(metrics, axis_name)
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
