@@ -72,18 +72,25 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
     grads, model_state = unflatten(jax.lax.pmean(flat, axis_name))
     metrics = jax.lax.psum(metrics, axis_name)
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
   flags = {"loss": jnp.isfinite(metrics["loss"][0]), "gradients": jnp.isfinite(grad_norm)}
-  finite = flags["loss"] & flags["gradients"]
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+  def apply(_):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return params, opt_state, model_state, optax.tree.norm(updates)
+
+  def skip(_):  # the update is not finite: keep everything as it was
+    return state.params, state.opt_state, state.model_state, jnp.zeros((), jnp.float32)
+
+  # lax.cond, not a select over the old and new trees: XLA updates the donated buffers in place.
+  params, opt_state, new_model_state, update_norm = jax.lax.cond(
+      flags["loss"] & flags["gradients"], apply, skip, None)
   one = jnp.ones((), jnp.float32)
   metrics.update(grad_norm=(grad_norm, one), param_norm=(optax.tree.norm(params), one),
-                 update_norm=(optax.tree.norm(updates), one), lr=(schedule(state.step), one))
-  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                            opt_state=keep(opt_state, state.opt_state),
-                            model_state=keep(model_state, state.model_state))
+                 update_norm=(update_norm, one), lr=(schedule(state.step), one))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            model_state=new_model_state)
   return new_state, (metrics, flags)
 
 
