@@ -52,7 +52,6 @@ def preset_config(name: str):
                                       f"textgen:{name}")
   if name == "baby":
     config_lib.set_values(config, BABY, "bench")
-  config_lib.set_values(config, {"parallel.num_devices": 1}, "bench")
   for item in _OVERRIDES.value:
     key, _, value = item.partition("=")
     config_lib.apply_overrides(config, {key: value})
@@ -122,7 +121,8 @@ def bench_train(name: str, peak: float) -> dict:
   tokens_per_s = t.tokens_per_step / per_step
   return {"preset": name, "compile_s": compile_s, "step_ms": per_step * 1e3,
           "tokens_per_s": tokens_per_s,
-          "mfu": t.task.flops_per_unit * tokens_per_s / peak,
+          "devices": t.strategy.num_devices,
+          "mfu": t.task.flops_per_unit * tokens_per_s / (peak * t.strategy.num_devices),
           "model_flops_per_s": t.task.flops_per_unit * tokens_per_s}
 
 
@@ -210,14 +210,17 @@ def bench_scaling(peak: float) -> list[dict]:
     per_step = t.seconds_per_step(max(3, _REPEATS.value // 2), max(3, _CHUNK.value // 2))
     rows.append({"variant": label, "step_ms": per_step * 1e3,
                  "tokens_per_s": t.tokens_per_step / per_step,
-                 "mfu": t.task.flops_per_unit * t.tokens_per_step / per_step / peak})
+                 "mfu": t.task.flops_per_unit * t.tokens_per_step / per_step / (
+                     peak * t.strategy.num_devices)})
   return rows
 
 
 def main(argv):
   del argv
   sections = set(_SECTIONS.value)
-  results = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+  parallel.configure_cpu_devices(preset_config(_PRESETS.value[0]))  # before JAX starts
+  results = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+             "num_devices": jax.device_count()}
   peak, source = metrics.peak_flops_per_device()
   results["mfu_peak"] = {"flops": peak, "source": source}
   if "matmul" in sections:
@@ -227,9 +230,10 @@ def main(argv):
         if "bf16_flops" in results["matmul"] else ""), flush=True)
   if "train" in sections:
     results["train"] = [bench_train(name, peak) for name in _PRESETS.value]
-    print(f"{'preset':<12}{'compile s':>10}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}")
+    print(f"{'preset':<12}{'devices':>8}{'compile s':>10}{'step ms':>10}{'tokens/s':>12}"
+          f"{'MFU':>8}")
     for r in results["train"]:
-      print(f"{r['preset']:<12}{r['compile_s']:>10.1f}{r['step_ms']:>10.2f}"
+      print(f"{r['preset']:<12}{r['devices']:>8}{r['compile_s']:>10.1f}{r['step_ms']:>10.2f}"
             f"{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}", flush=True)
   if "pipeline" in sections:
     default = next((r for r in results.get("train", []) if r["preset"] == "default"), None)

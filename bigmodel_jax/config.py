@@ -78,6 +78,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "pmap"  # | mesh
   c.parallel.num_devices = 0    # 0 -> all devices
+  # CPU only: split the host into this many JAX devices, each running its own slice of the batch.
+  # -1: one per core (the most that divides the batch); 0: JAX's default (one device using all
+  # cores). Small models train faster data parallel over cores than with threads inside each op.
+  c.parallel.cpu_devices = -1
   c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
   c.parallel.tensor = 1         # (-1 on either: all devices the other leaves)
 
@@ -151,6 +155,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.parallel.strategy not in ("pmap", "mesh"):
     raise UsageError(f"parallel.strategy={config.parallel.strategy!r} is not valid; "
                      "valid: pmap, mesh")
+  if config.parallel.cpu_devices < -1:
+    raise UsageError(f"parallel.cpu_devices={config.parallel.cpu_devices} must be >= 0, or -1 "
+                     "for one per core")
   for axis in ("fsdp", "tensor"):
     if config.parallel[axis] < 1 and config.parallel[axis] != -1:
       raise UsageError(f"parallel.{axis}={config.parallel[axis]} must be >= 1, or -1 for all "

@@ -5,6 +5,9 @@ Both expose the same small interface to the trainer: init_state, compile, put_ba
 conversions a checkpoint needs (to_host_layout for saving, abstract/from_restored for restoring).
 """
 
+import os
+
+from absl import logging
 import flax.linen as nn
 import jax
 import numpy as np
@@ -46,6 +49,26 @@ def initialize_distributed(cfg) -> None:
     jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
   else:
     jax.distributed.initialize()
+
+
+def configure_cpu_devices(config) -> None:
+  """Splits the host CPU into `config.parallel.cpu_devices` JAX devices (see base_config).
+
+  Must run before JAX starts its backends; an explicit
+  XLA_FLAGS=--xla_force_host_platform_device_count=N wins. Has no effect on GPU/TPU devices.
+  """
+  n = config.parallel.cpu_devices
+  if n == 0 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return
+  if n == -1:
+    per_process = config.train.batch_size // config.train.grad_accum_steps // max(
+        config.distributed.num_processes, 1)
+    cores = len(os.sched_getaffinity(0))
+    n = max(d for d in range(1, cores + 1) if per_process % d == 0)
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # JAX already started (e.g. in a test): keep its devices
+    logging.info("parallel.cpu_devices=%d not applied: JAX's CPU backend is already running", n)
 
 
 def make(config):

@@ -109,6 +109,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
   parallel.initialize_distributed(config.distributed)  # before anything touches a device
+  parallel.configure_cpu_devices(config)
   task = tasks.get(config.task)(config)
   valid = ["train", "eval", "plan", *task.modes]
   if mode not in valid:
