@@ -30,6 +30,8 @@ CASES = [
     ("batch not divisible by devices", [TINY, "--config.train.batch_size=12"], 2,
      "does not divide over 8 devices"),
     ("fsdp with pmap", [TINY, "--config.parallel.fsdp=2"], 2, "need parallel.strategy=mesh"),
+    ("cpu devices below -1", [TINY, "--config.parallel.cpu_devices=-2"], 2,
+     "parallel.cpu_devices=-2 must be >= 0"),
     ("unknown strategy", [TINY, "--config.parallel.strategy=ddp"], 2, "valid: pmap, mesh"),
     ("mesh does not divide", [TINY, "--config.parallel.strategy=mesh",
                               "--config.parallel.fsdp=3"], 2, "does not divide the 8 devices"),

@@ -94,3 +94,26 @@ def test_elastic_resume_onto_fewer_devices(data_dir, tmp_path, before, after):
               stop_after=20)
   trainer.run(tiny_config(data_dir, train__log_every=5, **settings(after)), elastic)
   np.testing.assert_allclose(_losses(elastic), _losses(whole), rtol=2e-5)
+
+
+@pytest.mark.parametrize("cpu_devices, batch, accum", [(-1, 12, 1), (-1, 7, 1), (3, 12, 2)])
+def test_cpu_devices(cpu_devices, batch, accum):
+  """parallel.cpu_devices splits the host CPU before JAX starts: -1 is one device per core, the
+  most that divides the (micro-)batch; an explicit XLA_FLAGS device count would win."""
+  code = f"""
+import jax
+from bigmodel_jax import config as config_lib, parallel
+config = config_lib.load_experiment("textgen:tiny")
+config_lib.set_values(config, {{"parallel.cpu_devices": {cpu_devices}, "train.batch_size": {batch},
+                               "train.grad_accum_steps": {accum}}}, "test")
+parallel.configure_cpu_devices(config)
+print(jax.device_count())
+"""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, check=True).stdout
+  cores = len(os.sched_getaffinity(0))
+  micro = batch // accum
+  expected = cpu_devices if cpu_devices > 0 else max(
+      d for d in range(1, cores + 1) if micro % d == 0)
+  assert int(out.split()[-1]) == expected
