@@ -87,6 +87,21 @@ def apply_rotary(x, positions, base=10000.0):
   return out.astype(x.dtype)
 
 
+def causal_attention(q, k, v):
+  """softmax(q k^T / sqrt(D) + causal mask) v for q, k, v (B, T, H, D); scores in float32.
+
+  The same function as jax.nn.dot_product_attention(..., is_causal=True) with XLA, written out:
+  XLA:CPU runs this form's forward + backward ~5x faster (0.6 vs 2.9 ms per baby-GPT layer).
+  """
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / np.sqrt(q.shape[-1]).astype(np.float32)
+  T = q.shape[1]
+  causal = jnp.tril(jnp.ones((T, T), bool))
+  scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
 class CausalSelfAttention(nn.Module):
   cfg: Settings
 
@@ -106,8 +121,11 @@ class CausalSelfAttention(nn.Module):
       if cfg.decode:  # model.init(..., decode=True): the cache takes the init input's shapes
         self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-      y = jax.nn.dot_product_attention(
-          q, k, v, is_causal=True, implementation=cfg.attention_impl)  # (B, T, H, D)
+      if cfg.attention_impl is None:
+        y = causal_attention(q, k, v)  # (B, T, H, D)
+      else:
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                         implementation=cfg.attention_impl)
     else:
       # Write this call's keys/values at [i, i+T); query j (at position i+j) sees keys <= i+j.
       # cuDNN kernels target training shapes, so decoding steps (T = 1 against the cache) use XLA.
