@@ -54,8 +54,18 @@ def _matmul_fwd(x, w):
 
 
 def _matmul_bwd(residuals, g):
+  """dx = g w^T; dw = x^T g with the smaller of x and g transposed into a real array first.
+
+  Left to itself XLA:CPU folds the transpose into the matmul and picks a kernel that runs at
+  half speed; the barriers keep the transposes as copies, and copies of the narrow side are cheap.
+  """
   x, w = residuals
-  return g @ w.T, lax.optimization_barrier(x.T) @ g
+  barrier = lax.optimization_barrier
+  if x.shape[1] <= g.shape[1]:
+    dw = barrier(x.T) @ g
+  else:  # (g^T x)^T
+    dw = barrier(barrier(g.T) @ x).T
+  return g @ w.T, dw
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
