@@ -17,6 +17,7 @@ PyTorch reference is measured at.
 
 import functools
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -59,7 +60,7 @@ def preset_config(name: str):
 
 
 class Trainable:
-  """A task, its jitted train step and a state on one device, fed synthetic token batches."""
+  """A task, its jitted train step and a state on the preset's devices, fed synthetic batches."""
 
   def __init__(self, config, vocab_size: int):
     self.config = config
@@ -218,7 +219,12 @@ def bench_scaling(peak: float) -> list[dict]:
 def main(argv):
   del argv
   sections = set(_SECTIONS.value)
-  parallel.configure_cpu_devices(preset_config(_PRESETS.value[0]))  # before JAX starts
+  # Before JAX starts: one CPU device count that every preset's batch divides over.
+  config = preset_config(_PRESETS.value[0])
+  batches = [preset_config(name).train.batch_size for name in (*_PRESETS.value, "default")]
+  config_lib.set_values(config, {"train.batch_size": math.gcd(*batches),
+                                 "train.grad_accum_steps": 1}, "bench")
+  parallel.configure_cpu_devices(config)
   results = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
              "num_devices": jax.device_count()}
   peak, source = metrics.peak_flops_per_device()

@@ -79,8 +79,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.parallel.strategy = "pmap"  # | mesh
   c.parallel.num_devices = 0    # 0 -> all devices
   # CPU only: split the host into this many JAX devices, each running its own slice of the batch.
-  # 0: JAX's default (one device using all cores); -1: one per core (the most that divides the
-  # batch). textgen uses -1: its Transformer trains 1.2-1.5x faster data parallel over cores.
+  # 0: JAX's default (one device using all cores); -1: the most devices, at most one per core,
+  # that split the per-process micro-batch evenly. textgen uses -1: its Transformer trains
+  # 1.2-1.5x faster data parallel over cores.
   c.parallel.cpu_devices = 0
   c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
   c.parallel.tensor = 1         # (-1 on either: all devices the other leaves)

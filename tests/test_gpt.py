@@ -240,12 +240,13 @@ def test_attention_matches_jax_reference(length):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_flat_dot_general_matches_lax():
+@pytest.mark.parametrize("features", [6, 20])  # weight gradient as (g^T x)^T; as x^T g
+def test_flat_dot_general_matches_lax(features):
   """Dense layers' 2-D matmul (custom weight-gradient layout) gives lax.dot_general's numbers."""
   from bigmodel_jax.models import layers
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 5, 3, 4)), jnp.float32)
-  kernel = jnp.asarray(rng.normal(size=(3, 4, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 4, features)), jnp.float32)
   dims = (((2, 3), (0, 1)), ((), ()))
   f = lambda dot: lambda x, w: (dot(x, w, dims) ** 2).sum()  # noqa: E731
   np.testing.assert_allclose(layers.flat_dot_general(x, kernel, dims),

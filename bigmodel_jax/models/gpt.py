@@ -30,6 +30,7 @@ i = cache/cache_index, and advances the index by L. The caller keeps i + L <= bl
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -117,6 +118,21 @@ def causal_attention(q, k, v, max_blocks: int = 8, min_block: int = 64):
   return jnp.concatenate(outs, axis=1)
 
 
+def attend(q, k, v, mask=None, implementation=None):
+  """The model's attention: causal over q, k, v (B, T, H, D) when mask is None, else with a
+  (T, S) mask. With `implementation` None: on CPU the written-out forms above, elsewhere
+  jax.nn.dot_product_attention, which picks its own kernel (and bf16 matmul precisions)."""
+  if implementation is not None:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+  if mask is None:
+    cpu = causal_attention
+    default = functools.partial(jax.nn.dot_product_attention, is_causal=True)
+  else:
+    cpu = lambda q, k, v: attention(q, k, v, mask)  # noqa: E731
+    default = functools.partial(jax.nn.dot_product_attention, mask=mask[None, None])
+  return jax.lax.platform_dependent(q, k, v, cpu=cpu, default=default)
+
+
 class CausalSelfAttention(nn.Module):
   cfg: Settings
 
@@ -136,11 +152,7 @@ class CausalSelfAttention(nn.Module):
       if cfg.decode:  # model.init(..., decode=True): the cache takes the init input's shapes
         self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-      if cfg.attention_impl is None:
-        y = causal_attention(q, k, v)  # (B, T, H, D)
-      else:
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                         implementation=cfg.attention_impl)
+      y = attend(q, k, v, implementation=cfg.attention_impl)  # (B, T, H, D)
     else:
       # Write this call's keys/values at [i, i+T); query j (at position i+j) sees keys <= i+j.
       # cuDNN kernels target training shapes, so decoding steps (T = 1 against the cache) use XLA.
@@ -151,7 +163,7 @@ class CausalSelfAttention(nn.Module):
       cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
       k, v = cached_k.value, cached_v.value  # (B, S, H, D), S = block_size
       mask = jnp.arange(k.shape[1])[None, :] <= positions[:, None]  # (T, S)
-      y = attention(q, k, v, mask)  # (B, T, H, D)
+      y = attend(q, k, v, mask)  # (B, T, H, D)
 
     y = nn.DenseGeneral(
         cfg.embed_dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,

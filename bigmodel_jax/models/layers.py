@@ -55,19 +55,21 @@ def _matmul_fwd(x, w):
 
 
 def _matmul_bwd(residuals, g):
-  """dx = g w^T; dw = x^T g with the smaller of x and g transposed into a real array first.
+  """dx = g w^T; dw = x^T g, on CPU with the narrower of x and g transposed into an array first.
 
   Left to itself XLA:CPU folds the transpose into the matmul and picks a kernel that runs at
   half speed; the barriers keep the transposes as copies, and copies of the narrow side are cheap.
+  GPU/TPU matmuls take transposed operands at full speed, so they get plain x^T g.
   """
   x, w = residuals
   barrier = lax.optimization_barrier
-  if jax.default_backend() != "cpu":  # GPU/TPU matmuls take transposed operands at full speed
-    dw = x.T @ g
-  elif x.shape[1] <= g.shape[1]:
-    dw = barrier(x.T) @ g
-  else:  # (g^T x)^T
-    dw = barrier(barrier(g.T) @ x).T
+
+  def cpu_dw(x, g):
+    if x.shape[1] <= g.shape[1]:
+      return barrier(x.T) @ g
+    return barrier(barrier(g.T) @ x).T  # (g^T x)^T
+
+  dw = lax.platform_dependent(x, g, cpu=cpu_dw, default=lambda x, g: x.T @ g)
   return g @ w.T, dw
 
 
