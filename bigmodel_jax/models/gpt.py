@@ -121,7 +121,8 @@ def causal_attention(q, k, v, max_blocks: int = 8, min_block: int = 64):
 def attend(q, k, v, mask=None, implementation=None):
   """The model's attention: causal over q, k, v (B, T, H, D) when mask is None, else with a
   (T, S) mask. With `implementation` None: on CPU the written-out forms above, elsewhere
-  jax.nn.dot_product_attention, which picks its own kernel (and bf16 matmul precisions)."""
+  jax.nn.dot_product_attention's XLA path (with its bf16 matmul precisions); "cudnn" goes to
+  cuDNN's fused kernel."""
   if implementation is not None:
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
   if mask is None:
