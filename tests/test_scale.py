@@ -96,24 +96,35 @@ def test_elastic_resume_onto_fewer_devices(data_dir, tmp_path, before, after):
   np.testing.assert_allclose(_losses(elastic), _losses(whole), rtol=2e-5)
 
 
-@pytest.mark.parametrize("cpu_devices, batch, accum", [(-1, 12, 1), (-1, 7, 1), (3, 12, 2)])
-def test_cpu_devices(cpu_devices, batch, accum):
-  """parallel.cpu_devices splits the host CPU before JAX starts: -1 is one device per core, the
-  most that divides the (micro-)batch; an explicit XLA_FLAGS device count would win."""
-  code = f"""
+def test_cpu_devices_start_jax_with_that_many_devices():
+  """parallel.cpu_devices is applied before JAX starts (a fresh process, no XLA_FLAGS)."""
+  code = """
 import jax
 from bigmodel_jax import config as config_lib, parallel
 config = config_lib.load_experiment("textgen:tiny")
-config_lib.set_values(config, {{"parallel.cpu_devices": {cpu_devices}, "train.batch_size": {batch},
-                               "train.grad_accum_steps": {accum}}}, "test")
+config_lib.set_values(config, {"parallel.cpu_devices": 3, "train.batch_size": 12}, "test")
 parallel.configure_cpu_devices(config)
 print(jax.device_count())
 """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                        text=True, check=True).stdout
-  cores = len(os.sched_getaffinity(0))
-  micro = batch // accum
-  expected = cpu_devices if cpu_devices > 0 else max(
-      d for d in range(1, cores + 1) if micro % d == 0)
-  assert int(out.split()[-1]) == expected
+  assert out.split()[-1] == "3"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"train.batch_size": 12}, 6),                                   # 8 doesn't divide 12
+    ({"train.batch_size": 16}, 8),
+    ({"train.batch_size": 11}, 1),                                   # prime, above 8
+    ({"train.batch_size": 12, "train.grad_accum_steps": 2}, 6),      # micro-batch 6
+    ({"train.batch_size": 24, "distributed.num_processes": 2}, 6),   # 12 per process
+    ({"train.batch_size": 12, "parallel.strategy": "mesh", "parallel.tensor": 4}, 4),
+])
+def test_cpu_devices_auto_picks_one_per_core_that_divides(monkeypatch, overrides, expected):
+  """cpu_devices=-1 on an 8-core host: the most devices that split the per-process micro-batch
+  and that the mesh's model axes divide."""
+  from bigmodel_jax import config as config_lib, parallel
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+  config = config_lib.load_experiment("textgen:tiny")
+  config_lib.set_values(config, overrides, "test")
+  assert parallel._devices_per_core(config) == expected

@@ -123,15 +123,13 @@ def attend(q, k, v, mask=None, implementation=None):
   (T, S) mask. With `implementation` None: on CPU the written-out forms above, elsewhere
   jax.nn.dot_product_attention's XLA path (with its bf16 matmul precisions); "cudnn" goes to
   cuDNN's fused kernel."""
+  library = functools.partial(
+      jax.nn.dot_product_attention, is_causal=mask is None, implementation=implementation,
+      mask=None if mask is None else mask[None, None])
   if implementation is not None:
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-  if mask is None:
-    cpu = causal_attention
-    default = functools.partial(jax.nn.dot_product_attention, is_causal=True)
-  else:
-    cpu = lambda q, k, v: attention(q, k, v, mask)  # noqa: E731
-    default = functools.partial(jax.nn.dot_product_attention, mask=mask[None, None])
-  return jax.lax.platform_dependent(q, k, v, cpu=cpu, default=default)
+    return library(q, k, v)
+  cpu = causal_attention if mask is None else lambda q, k, v: attention(q, k, v, mask)
+  return jax.lax.platform_dependent(q, k, v, cpu=cpu, default=library)
 
 
 class CausalSelfAttention(nn.Module):
