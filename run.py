@@ -1,54 +1,39 @@
 """bigmodel_jax entry point.
 
   python run.py --experiment=textgen[:preset] [--config.section.key=value ...]
-                [--workdir=./workdir/<experiment>] [--mode=train|eval|<task mode>]
+                [--workdir=./workdir/<experiment>] [--mode=train|eval|plan|<task mode>]
 
-All the work happens in `bigmodel_jax.trainer.run(config, workdir, mode)`; this file parses flags and
-turns errors meant for people into one line on stderr and an exit code (2 usage, 1 runtime).
+This file parses flags, does the process-wide JAX setup once (`runtime.initialize`), and hands the
+run to `bigmodel_jax.trainer.run(config, workdir, mode)`. Errors meant for people become one line
+on stderr and an exit code (2 usage, 1 runtime).
 """
 
+import logging as std_logging
 import sys
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
 from absl import logging
-import logging as std_logging
 
 from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import RunError, UsageError
 
 _EXPERIMENT = flags.DEFINE_string("experiment", None, "Experiment name, optionally :preset.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes; default ./workdir/<name>.")
-_MODE = flags.DEFINE_string("mode", "train", "train, eval, or a mode of the experiment's task.")
+_MODE = flags.DEFINE_string("mode", "train", "train, eval, plan, or a mode of the experiment's task.")
 
 
-def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-  """Separates `--config.a.b=v` (or `--config.a.b v`) from the flags absl parses."""
-  rest, overrides = [], {}
-  args = iter(argv)
-  for arg in args:
-    if arg.startswith("--config."):
-      key, eq, value = arg[len("--config."):].partition("=")
-      if not eq:
-        value = next(args, None)
-        if value is None or value.startswith("--"):
-          raise UsageError(f"--config.{key} needs a value: --config.{key}=VALUE")
-      overrides[key] = value
-    else:
-      rest.append(arg)
-  return rest, overrides
+class Args(NamedTuple):
+  positional: list[str]
+  overrides: dict[str, str]  # {"model.num_layers": "2"} from --config.model.num_layers=2
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> Args:
   try:
-    rest, overrides = split_config_overrides(argv)
-    positional = flags.FLAGS(rest)
-  except flags.Error as e:
-    _fail(UsageError(str(e).splitlines()[0]))
+    return Args(*config_lib.parse_command_line(argv))
   except UsageError as e:
     _fail(e)
-  parse_flags.overrides = overrides
-  return positional
 
 
 def quiet_libraries() -> None:
@@ -58,16 +43,17 @@ def quiet_libraries() -> None:
       lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
 
 
-def main(argv: list[str]) -> None:
+def main(args: Args) -> None:
   quiet_libraries()
-  if len(argv) > 1:
-    _fail(UsageError(f"unexpected arguments {argv[1:]}; flags look like --experiment=textgen"))
+  if len(args.positional) > 1:
+    _fail(UsageError(f"unexpected arguments {args.positional[1:]}; flags look like "
+                     "--experiment=textgen"))
   try:
-    config = config_lib.load_experiment(_EXPERIMENT.value)
-    config_lib.apply_overrides(config, parse_flags.overrides)
-    config_lib.validate(config)
+    config = config_lib.from_command_line(_EXPERIMENT.value, args.overrides)
     workdir = _WORKDIR.value or f"./workdir/{config.experiment.split(':')[0]}"
-    from bigmodel_jax import trainer  # imported late: config errors come back fast, without jax
+    # Imported late: config errors come back fast, without starting JAX.
+    from bigmodel_jax import runtime, trainer  # pylint: disable=g-import-not-at-top
+    runtime.initialize(config)
     trainer.run(config, workdir, _MODE.value)
   except (UsageError, RunError) as e:
     _fail(e)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -30,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigmodel_jax import checkpoint, config as config_lib, generate, metrics, optim, parallel
-from bigmodel_jax import trainer
+from bigmodel_jax import steps
+from bigmodel_jax.errors import UsageError
 from bigmodel_jax.tasks import lm
 
 _PRESETS = flags.DEFINE_list("presets", ["baby", "default"], "textgen presets to time.")
@@ -40,7 +42,6 @@ _SECTIONS = flags.DEFINE_list(
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed chunks per measurement (median taken).")
 _CHUNK = flags.DEFINE_integer("chunk", 10, "Steps per timed chunk.")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
-_OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE applied to every preset.")
 
 BABY = {"model.num_layers": 4, "model.num_heads": 4, "model.embed_dim": 128,
         "model.block_size": 64, "model.use_bias": False, "train.batch_size": 12,
@@ -48,15 +49,10 @@ BABY = {"model.num_layers": 4, "model.num_heads": 4, "model.embed_dim": 128,
 BABY_VOCAB = 65
 
 
-def preset_config(name: str):
-  config = config_lib.load_experiment("textgen" if name in ("default", "baby") else
-                                      f"textgen:{name}")
-  if name == "baby":
-    config_lib.set_values(config, BABY, "bench")
-  for item in _OVERRIDES.value:
-    key, _, value = item.partition("=")
-    config_lib.apply_overrides(config, {key: value})
-  return config
+def preset_config(name: str, overrides: dict[str, str]):
+  """textgen's preset `name` (or the baby shape) with the command line's --config.* overrides."""
+  spec = "textgen" if name in ("default", "baby") else f"textgen:{name}"
+  return config_lib.from_command_line(spec, overrides, BABY if name == "baby" else None)
 
 
 class Trainable:
@@ -69,10 +65,10 @@ class Trainable:
     self.vocab = vocab_size
     self.strategy = parallel.make(config)
     tx, schedule = optim.make_optimizer(config.train)
-    init_fn = functools.partial(trainer.init_state, task=self.task, tx=tx)
+    init_fn = functools.partial(steps.init_state, task=self.task, tx=tx)
     self.state = self.strategy.init_state(init_fn, jax.random.key(0))
     self.step_fn = self.strategy.compile(functools.partial(
-        trainer.train_step, task=self.task, tx=tx, schedule=schedule,
+        steps.train_step, task=self.task, tx=tx, schedule=schedule,
         accum=config.train.grad_accum_steps, axis_name=self.strategy.axis_name))
     self.tokens_per_step = config.train.batch_size * config.model.block_size
     rng = np.random.default_rng(0)
@@ -114,8 +110,8 @@ def bench_matmul() -> dict:
   return out
 
 
-def bench_train(name: str, peak: float) -> dict:
-  config = preset_config(name)
+def bench_train(name: str, peak: float, overrides: dict[str, str]) -> dict:
+  config = preset_config(name, overrides)
   t = Trainable(config, BABY_VOCAB if name == "baby" else 256)
   compile_s = t.compile_seconds()
   per_step = t.seconds_per_step(_REPEATS.value, _CHUNK.value)
@@ -127,9 +123,9 @@ def bench_train(name: str, peak: float) -> dict:
           "model_flops_per_s": t.task.flops_per_unit * tokens_per_s}
 
 
-def bench_pipeline(train_step_per_s: float) -> dict:
+def bench_pipeline(train_step_per_s: float, overrides: dict[str, str]) -> dict:
   """Batches/s the real textgen input pipeline delivers, over what the default train step eats."""
-  config = preset_config("default")
+  config = preset_config("default", overrides)
   task = lm.Task(config)
   with tempfile.TemporaryDirectory() as workdir:
     task.setup(workdir, create=True)
@@ -143,8 +139,8 @@ def bench_pipeline(train_step_per_s: float) -> dict:
           "headroom": batches_per_s / train_step_per_s}
 
 
-def bench_checkpoint(name: str) -> dict:
-  config = preset_config(name)
+def bench_checkpoint(name: str, overrides: dict[str, str]) -> dict:
+  config = preset_config(name, overrides)
   t = Trainable(config, 256)
   with tempfile.TemporaryDirectory() as workdir:
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
@@ -173,8 +169,8 @@ class _Position:
     del state
 
 
-def bench_generate(new_tokens: int = 512) -> dict:
-  config = preset_config("default")
+def bench_generate(overrides: dict[str, str], new_tokens: int = 512) -> dict:
+  config = preset_config("default", overrides)
   config_lib.set_values(config, {"model.block_size": max(config.model.block_size, new_tokens + 16)},
                         "bench")
   task = lm.Task(config)
@@ -196,15 +192,15 @@ def bench_generate(new_tokens: int = 512) -> dict:
   return out
 
 
-def bench_scaling(peak: float) -> list[dict]:
-  base = preset_config("default")
+def bench_scaling(peak: float, overrides: dict[str, str]) -> list[dict]:
+  base = preset_config("default", overrides)
   rows = []
   variants = [("base", {}), ("batch x2", {"train.batch_size": base.train.batch_size * 2}),
               ("context x2", {"model.block_size": base.model.block_size * 2}),
               ("width x2", {"model.embed_dim": base.model.embed_dim * 2}),
               ("depth x2", {"model.num_layers": base.model.num_layers * 2})]
   for label, change in variants:
-    config = preset_config("default")
+    config = preset_config("default", overrides)
     config_lib.set_values(config, change, "bench")
     t = Trainable(config, 256)
     t.compile_seconds()
@@ -216,12 +212,32 @@ def bench_scaling(peak: float) -> list[dict]:
   return rows
 
 
-def main(argv):
-  del argv
+def parse_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+  try:
+    return config_lib.parse_command_line(argv)
+  except UsageError as e:
+    _fail(e)
+
+
+def main(args: tuple[list[str], dict[str, str]]) -> None:
+  """args: (positional arguments, --config.* overrides applied to every preset)."""
+  try:
+    run_benchmarks(overrides=args[1])
+  except UsageError as e:
+    _fail(e)
+
+
+def _fail(error: UsageError) -> None:
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(error.exit_code)
+
+
+def run_benchmarks(overrides: dict[str, str]) -> None:
   sections = set(_SECTIONS.value)
   # Before JAX starts: one CPU device count that every preset's batch divides over.
-  config = preset_config(_PRESETS.value[0])
-  batches = [preset_config(name).train.batch_size for name in (*_PRESETS.value, "default")]
+  config = preset_config(_PRESETS.value[0], overrides)
+  batches = [preset_config(name, overrides).train.batch_size
+             for name in (*_PRESETS.value, "default")]
   config_lib.set_values(config, {"train.batch_size": math.gcd(*batches),
                                  "train.grad_accum_steps": 1}, "bench")
   parallel.configure_cpu_devices(config)
@@ -235,7 +251,7 @@ def main(argv):
         f", bf16 {results['matmul']['bf16_flops'] / 1e12:,.1f} TFLOP/s"
         if "bf16_flops" in results["matmul"] else ""), flush=True)
   if "train" in sections:
-    results["train"] = [bench_train(name, peak) for name in _PRESETS.value]
+    results["train"] = [bench_train(name, peak, overrides) for name in _PRESETS.value]
     print(f"{'preset':<12}{'devices':>8}{'compile s':>10}{'step ms':>10}{'tokens/s':>12}"
           f"{'MFU':>8}")
     for r in results["train"]:
@@ -244,23 +260,23 @@ def main(argv):
   if "pipeline" in sections:
     default = next((r for r in results.get("train", []) if r["preset"] == "default"), None)
     steps_per_s = 1e3 / default["step_ms"] if default else 1e3 / bench_train(
-        "default", peak)["step_ms"]
-    results["pipeline"] = bench_pipeline(steps_per_s)
+        "default", peak, overrides)["step_ms"]
+    results["pipeline"] = bench_pipeline(steps_per_s, overrides)
     print(f"input pipeline: {results['pipeline']['batches_per_s']:,.0f} batches/s = "
           f"{results['pipeline']['headroom']:.1f}x what the default train step consumes",
           flush=True)
   if "checkpoint" in sections:
-    results["checkpoint"] = bench_checkpoint("default")
+    results["checkpoint"] = bench_checkpoint("default", overrides)
     c = results["checkpoint"]
     print(f"checkpoint: loop blocked {c['blocked_s'] * 1e3:.0f} ms per async save of "
           f"{c['state_mib']:.1f} MiB (final wait {c['final_wait_s'] * 1e3:.0f} ms)", flush=True)
   if "generate" in sections:
-    results["generate"] = g = bench_generate()
+    results["generate"] = g = bench_generate(overrides)
     print(f"generation, {g['new_tokens']} new tokens: KV cache {g['kv_cache_tokens_per_s']:,.0f} "
           f"tok/s, recompute {g['recompute_tokens_per_s']:,.0f} tok/s: {g['speedup']:.1f}x",
           flush=True)
   if "scaling" in sections:
-    results["scaling"] = bench_scaling(peak)
+    results["scaling"] = bench_scaling(peak, overrides)
     print(f"{'scaling':<12}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}")
     for r in results["scaling"]:
       print(f"{r['variant']:<12}{r['step_ms']:>10.2f}{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}",
@@ -271,4 +287,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -2,7 +2,9 @@
 
 Layout under the workdir:
   checkpoints/<step>/{state,data,config}   the last `checkpoint.keep` saves (async)
-  best_checkpoint/<step>/...               with checkpoint.best_metric: the best eval so far
+  best_checkpoint/<step>/...               with checkpoint.best_metric: the best eval so far,
+                                           chosen by orbax from the metrics saved with each
+                                           step, so the choice survives a resume
 """
 
 import json
@@ -26,6 +28,12 @@ ITEMS = ("state", "data", "config")
 RUNTIME_MODEL_KEYS = ("dropout", "dtype", "attention_impl", "remat")
 
 
+def best_mode(metric: str) -> str:
+  """"min" for metrics where lower is better (losses, perplexity, error rates), else "max"."""
+  lower = metric.endswith("loss") or metric in ("perplexity",) or "error" in metric
+  return "min" if lower else "max"
+
+
 def has_steps(directory: str) -> bool:
   return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
 
@@ -43,7 +51,13 @@ class Checkpointer:
     self.directory = os.path.abspath(
         os.path.join(workdir, "best_checkpoint" if best else DIRECTORY))
     self.on_corrupt = cfg.on_corrupt
+    by_metric = {}
+    if best:  # orbax keeps the one save whose metrics score best (read back from disk on resume)
+      name = cfg.best_metric
+      by_metric = dict(best_fn=lambda metrics: metrics[name], best_mode=best_mode(name),
+                       keep_checkpoints_without_metrics=False)
     options = ocp.CheckpointManagerOptions(
+        **by_metric,
         max_to_keep=1 if best else cfg.keep,
         enable_async_checkpointing=cfg.async_save,
         cleanup_tmp_directories=not read_only,  # leftovers of saves killed half-way
@@ -54,8 +68,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False) -> bool:
-    saved = self._manager.save(step, force=force, args=ocp.args.Composite(
+  def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False,
+           metrics: dict[str, float] | None = None) -> bool:
+    """Starts an async save; `metrics` (evaluation values) rank saves of a best checkpoint."""
+    saved = self._manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config)))

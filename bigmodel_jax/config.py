@@ -4,6 +4,10 @@ An experiment is `experiments/<name>.py` with `get_config(arg) -> ConfigDict`; t
 colon in `--experiment=textgen:tiny` is `arg`. Presets are flat dicts of dotted keys, applied with the
 same checked machinery as command-line overrides, so a typo in a preset fails like a typo on the
 command line. Every error here is a one-line `UsageError` raised before anything is written.
+
+Every command that takes a config (run.py, the benchmark) reads `--config.a.b=v` through
+`split_overrides` and builds the config with `from_command_line`: one syntax, one set of errors.
+A validated config is locked: code that sets a misspelt field fails instead of adding one.
 """
 
 import ast
@@ -12,6 +16,7 @@ import importlib
 import os
 from typing import Any, Mapping
 
+from absl import flags
 import ml_collections
 
 from bigmodel_jax.errors import UsageError
@@ -22,6 +27,48 @@ EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "expe
 def available_experiments() -> list[str]:
   return sorted(
       f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".py") and not f.startswith("_"))
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+  """Separates `--config.a.b=v` (or `--config.a.b v`) from the flags absl parses.
+
+  -> (the other arguments, {"a.b": "v"}); a later override of the same key wins.
+  """
+  rest, overrides = [], {}
+  args = iter(argv)
+  for arg in args:
+    if arg.startswith("--config."):
+      key, eq, value = arg[len("--config."):].partition("=")
+      if not eq:
+        value = next(args, None)
+        if value is None or value.startswith("--"):
+          raise UsageError(f"--config.{key} needs a value: --config.{key}=VALUE")
+      overrides[key] = value
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def parse_command_line(argv: list[str], flag_values=flags.FLAGS) -> tuple[list[str], dict]:
+  """absl's flags and our `--config.*` overrides from argv -> (positional args, overrides);
+  a bad flag is a one-line UsageError. For `app.run(main, flags_parser=...)`."""
+  rest, overrides = split_overrides(argv)
+  try:
+    return flag_values(rest), overrides
+  except flags.Error as e:
+    raise UsageError(str(e).splitlines()[0]) from None
+
+
+def from_command_line(spec: str, overrides: Mapping[str, str],
+                      values: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """`--experiment=spec` with `values` (typed, e.g. a benchmark's shape) and then the
+  command-line `overrides` applied, validated and locked."""
+  config = load_experiment(spec)
+  if values:
+    set_values(config, values, source=f"{spec} settings")
+  apply_overrides(config, overrides)
+  validate(config)
+  return config
 
 
 def load_experiment(spec: str) -> ml_collections.ConfigDict:
@@ -67,6 +114,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.train.eval_batches = 0     # 0 -> the whole validation split
   c.train.on_nan = "stop"      # | skip: reject non-finite updates, up to max_nan_skips in a row
   c.train.max_nan_skips = 10
+  # (first, last): write a jax.profiler trace of those steps to <workdir>/tensorboard; () = off.
+  c.train.profile_steps = ()
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 250
@@ -135,7 +184,8 @@ def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks that hold for every experiment; tasks and models check their own fields."""
+  """Checks that hold for every experiment (tasks and models check their own fields), then locks
+  the config: its values may still change, but no field can be added."""
   t = config.train
   for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_every"):
     if t[key] <= 0:
@@ -163,6 +213,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.parallel[axis] < 1 and config.parallel[axis] != -1:
       raise UsageError(f"parallel.{axis}={config.parallel[axis]} must be >= 1, or -1 for all "
                        "devices left after the other axes")
+  profile = tuple(t.profile_steps)
+  if profile and not (len(profile) == 2 and all(isinstance(s, int) for s in profile)
+                      and 1 <= profile[0] <= profile[1]):
+    raise UsageError(f"train.profile_steps={profile!r} must be (first, last) steps with "
+                     "1 <= first <= last, e.g. --config.train.profile_steps=10,12; () = off")
+  config.lock()
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ import time
 import jax
 import numpy as np
 
-from bigmodel_jax import optim, parallel, trainer
-from bigmodel_jax.errors import UsageError
+from bigmodel_jax import optim, parallel, steps
 
 
 def shard_bytes(tree) -> int:
@@ -27,21 +26,18 @@ def shard_bytes(tree) -> int:
 
 
 def plan(config, task) -> dict[str, float]:
-  if not hasattr(task, "batch_spec"):
-    raise UsageError(f"--mode=plan needs the task {config.task!r} to describe its batch "
-                     "(task.batch_spec); it does not yet")
   p, t = config.parallel, config.train
   n = p.num_devices or jax.device_count()
   shape = parallel.mesh_shape(n, p.fsdp, p.tensor) if p.strategy == "mesh" else (n, 1, 1)
   strategy = parallel.MeshStrategy(shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n])
   tx, schedule = optim.make_optimizer(t)
-  init_fn = functools.partial(trainer.init_state, task=task, tx=tx)
+  init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   rng = jax.random.key(config.seed)
   state = strategy.abstract(init_fn, rng)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=strategy.batch_sharding)
            for k, v in task.batch_spec(t.batch_size).items()}
   step_fn = strategy.compile(functools.partial(
-      trainer.train_step, task=task, tx=tx, schedule=schedule, accum=t.grad_accum_steps,
+      steps.train_step, task=task, tx=tx, schedule=schedule, accum=t.grad_accum_steps,
       axis_name=None))
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()

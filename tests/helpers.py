@@ -11,7 +11,8 @@ from bigmodel_jax import config as config_lib
 def tiny_config(data_dir: str, experiment: str = "textgen:tiny", **overrides):
   """The experiment's tiny preset, with dotted-key overrides given as name__sub=value."""
   c = config_lib.load_experiment(experiment)
-  c.data.tfds_data_dir = data_dir
+  if "tfds_data_dir" in c.data:
+    c.data.tfds_data_dir = data_dir
   if "sample" in c:
     c.sample.num_samples = 0  # no showcase samples: tests that want them ask
   config_lib.set_values(c, {k.replace("__", "."): v for k, v in overrides.items()}, "test")

@@ -44,12 +44,12 @@ def test_overrides_parse_by_field_type():
     ("textgen", {"train.grad_accum_steps": "3"}, "must be divisible by train.grad_accum_steps"),
     ("textgen", {"parallel.strategy": "ddp"}, "valid: pmap, mesh"),
     ("textgen", {"train.learning_rate": "-1"}, "train.learning_rate=-1.0 must be >= 0"),
+    ("textgen", {"train.profile_steps": "5,3"}, "train.profile_steps=(5, 3) must be"),
+    ("textgen", {"train.profile_steps": "0,3"}, "1 <= first <= last"),
 ])
 def test_bad_configs_are_one_line_usage_errors(spec, overrides, message):
   with pytest.raises(UsageError) as e:
-    c = config_lib.load_experiment(spec)
-    config_lib.apply_overrides(c, overrides)
-    config_lib.validate(c)
+    config_lib.from_command_line(spec, overrides)
   assert message in str(e.value)
   assert "\n" not in str(e.value)
 
@@ -58,3 +58,20 @@ def test_a_preset_typo_fails_like_a_command_line_typo():
   c = config_lib.load_experiment("textgen")
   with pytest.raises(UsageError, match="unknown config key 'model.num_layerz'"):
     config_lib.apply_preset(c, "bad", {"bad": {"model.num_layerz": 1}})
+
+
+def test_command_line_overrides_come_back_from_the_parser():
+  rest, overrides = config_lib.split_overrides(
+      ["run.py", "--config.model.num_layers=3", "--mode=eval", "--config.sample.prompt", "def "])
+  assert rest == ["run.py", "--mode=eval"]
+  assert overrides == {"model.num_layers": "3", "sample.prompt": "def "}
+  with pytest.raises(UsageError, match="needs a value"):
+    config_lib.split_overrides(["run.py", "--config.model.num_layers"])
+
+
+def test_a_validated_config_is_locked_against_new_fields():
+  c = config_lib.from_command_line("textgen:tiny", {"model.num_layers": "3"})
+  assert c.model.num_layers == 3
+  c.model.num_layers = 4  # existing fields still change
+  with pytest.raises(AttributeError):
+    c.model.num_layerz = 4  # a misspelt field in code fails instead of being added

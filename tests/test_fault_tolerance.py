@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bigmodel_jax import trainer
-from bigmodel_jax.errors import RunError
+from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tools import kill_resume
 from tests.helpers import read_metrics, tiny_config
 
@@ -150,3 +150,24 @@ def test_nan_skip_rejects_updates_and_stops_after_too_many(data_dir, tmp_path):
   config = tiny_config(data_dir, train__on_nan="skip", train__max_nan_skips=2)
   with pytest.raises(RunError, match="not finite for 3 steps in a row"):
     trainer.run(config, str(tmp_path / "many"), poison_steps=(3, 4, 5))
+
+
+def test_best_checkpoint_survives_a_resume_that_gets_worse(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  best = dict(checkpoint__best_metric="loss", train__eval_every=10, train__eval_batches=1)
+  trainer.run(tiny_config(data_dir, train__steps=20, **best), workdir)
+  before = read_metrics(workdir, "validation")
+  assert before[20]["loss"] < before[10]["loss"]
+  assert os.listdir(os.path.join(workdir, "best_checkpoint")) == ["20"]
+  # Resumed with a learning rate that wrecks the model: step 30's eval is worse than step 20's,
+  # so the best checkpoint must stay step 20 (a best value kept in memory would be gone).
+  trainer.run(tiny_config(data_dir, train__steps=30, train__learning_rate=1.0, **best), workdir)
+  assert read_metrics(workdir, "validation")[30]["loss"] > before[20]["loss"]
+  assert os.listdir(os.path.join(workdir, "best_checkpoint")) == ["20"]
+
+
+def test_best_metric_that_no_evaluation_reports_fails_before_training(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(UsageError, match=r"best_metric='bleu'.*valid: loss, accuracy, perplexity"):
+    trainer.run(tiny_config(data_dir, checkpoint__best_metric="bleu"), str(workdir))
+  assert not workdir.exists()

@@ -1,5 +1,6 @@
 """run.py as a user runs it: train, resume, sample, eval, and one-line errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +57,20 @@ def test_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, mess
   assert result.stderr.strip().splitlines() == [result.stderr.strip()]
   assert message in result.stderr and "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+def test_the_benchmark_takes_run_py_config_overrides(tmp_path):
+  """One override syntax for every command: --config.a.b=v, checked the same way."""
+  bench = [sys.executable, "-m", "bigmodel_jax.bench", "--presets=tiny", "--sections=train",
+           "--repeats=1", "--chunk=2", f"--out={tmp_path / 'bench.json'}"]
+  bad = subprocess.run([*bench, "--config.model.num_layer=1"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode == 2 and "did you mean model.num_layers" in bad.stderr.splitlines()[-1]
+  subprocess.run([*bench, "--config.model.num_layers=1"], cwd=REPO, check=True, timeout=300,
+                 capture_output=True)
+  with open(tmp_path / "bench.json") as f:
+    (result,) = json.load(f)["train"]
+  from bigmodel_jax import config as config_lib, tasks  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_command_line("textgen:tiny", {"model.num_layers": "1"})
+  expected = tasks.get("lm")(config).flops_per_unit
+  assert result["model_flops_per_s"] / result["tokens_per_s"] == pytest.approx(expected)

@@ -18,20 +18,18 @@ import numpy as np
 from bigmodel_jax import classification, models
 from bigmodel_jax.data import arrays, images
 from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.tasks import base
 
 DATASET_FILE = "dataset.json"
 INVERT = ("auto", "yes", "no")
 
 
-class Task:
+class Task(base.Task):
   """Cross-entropy over classes; metrics loss and accuracy (top-1)."""
 
-  unit = "examples"
-  units_per_example = 1
-  flops_per_unit = 0
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     d, a, p = config.data, config.augment, config.predict
     if not 0 < d.test_fraction < 1:
       raise UsageError(f"data.test_fraction={d.test_fraction} must be in (0, 1)")
@@ -120,9 +118,6 @@ class Task:
       logits = self.model.apply(variables, x, train=train, rngs={"dropout": rng})
     loss, metrics = classification.softmax_loss(logits, batch)
     return loss, (metrics, model_state)
-
-  def summarize(self, values: dict[str, float]) -> dict[str, float]:
-    return values
 
   def probabilities(self, variables, image: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, C) -> (N, classes) class probabilities, in batches on the host's device."""

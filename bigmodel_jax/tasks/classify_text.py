@@ -25,21 +25,19 @@ import tensorflow_datasets as tfds
 from bigmodel_jax import models
 from bigmodel_jax.data import arrays, reviews, tfds_source, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.tasks import base
 
 TOKENIZER_DIR = "tokenizer"
 MODELS = ("text_encoder", "rnn")
 SOURCES_HELP = "reviews, tfds:<name>"
 
 
-class Task:
+class Task(base.Task):
   """Batches are {"tokens": int32 (B, max_len), "label": int32 (B,)} (+ "weight" in eval)."""
 
-  unit = "examples"
-  units_per_example = 1
-  flops_per_unit = 0
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     d = config.data
     if d.tokenizer not in tokenizers.NAMES:
       raise UsageError(f"data.tokenizer={d.tokenizer!r} is not valid; "
@@ -145,9 +143,6 @@ class Task:
     metrics = {"loss": ((losses * weight).sum(), count),
                "accuracy": ((correct * weight).sum(), count)}
     return (losses * weight).sum() / count, (metrics, model_state)
-
-  def summarize(self, values: dict[str, float]) -> dict[str, float]:
-    return values
 
   # --- prediction ---------------------------------------------------------------------------
 

@@ -14,17 +14,19 @@ from bigmodel_jax.data import corpora, lm_pipeline, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax import models
 from bigmodel_jax.models import gpt
+from bigmodel_jax.tasks import base
 
 TOKENIZER_DIR = "tokenizer"
 
 
-class Task:
+class Task(base.Task):
   """Batches are {"inputs": int32 (B, T), "targets": int32 (B, T)}; loss is mean token NLL."""
 
   unit = "tokens"
+  eval_metrics = ("loss", "accuracy", "perplexity")
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     if config.data.tokenizer not in tokenizers.NAMES:
       raise UsageError(f"data.tokenizer={config.data.tokenizer!r} is not valid; "
                        f"valid: {', '.join(tokenizers.NAMES)}")

@@ -17,20 +17,20 @@ import numpy as np
 from bigmodel_jax import classification, models
 from bigmodel_jax.data import arrays, tables
 from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.tasks import base
 
 PREPROCESSING_FILE = "preprocessing.json"
 BUNDLED_LABEL = {"breast_cancer": "diagnosis"}
 
 
-class Task:
+class Task(base.Task):
   """Metrics: loss (mean BCE), accuracy (threshold 0.5); final_metrics adds auc."""
 
-  unit = "examples"
-  units_per_example = 1
-  flops_per_unit = 0
+  final_metric_names = ("auc",)
+
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     d = config.data
     if not 0 < d.test_fraction < 1:
       raise UsageError(f"data.test_fraction={d.test_fraction} must be in (0, 1)")
@@ -98,9 +98,6 @@ class Task:
                               rngs={"dropout": rng})[:, 0]  # (B,)
     loss, metrics = classification.sigmoid_loss(logits, batch)
     return loss, (metrics, model_state)
-
-  def summarize(self, values: dict[str, float]) -> dict[str, float]:
-    return values
 
   def probabilities(self, variables, features: np.ndarray) -> np.ndarray:
     """float32 (N, D) -> (N,) probability that the label is label_values[1]."""

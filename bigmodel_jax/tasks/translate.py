@@ -33,20 +33,21 @@ from bigmodel_jax import beam_search, models
 from bigmodel_jax.data import arrays, dates, tfds_source, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.models import seq2seq
+from bigmodel_jax.tasks import base
 
 TOKENIZER_DIR = "tokenizer"
 SOURCES_HELP = "dates, tfds:<name>[/<config>] with a Translation feature"
 
 
-class Task:
+class Task(base.Task):
   """Batches are {"inputs": int32 (B, S), "targets": int32 (B, T)}; loss is mean token NLL."""
 
-  unit = "examples"
-  units_per_example = 1
-  flops_per_unit = 0
+  eval_metrics = ("loss", "accuracy", "sequence_accuracy")
+  final_metric_names = ("test_bleu", "test_exact_match")
+
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     self._validate(config)
     self._builder = self._languages = None
     if config.data.source.startswith("tfds:"):
@@ -151,6 +152,11 @@ class Task:
 
   # --- model and loss -----------------------------------------------------------------------
 
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    d = self.config.data
+    return {"inputs": jax.ShapeDtypeStruct((batch_size, d.max_source_len), np.int32),
+            "targets": jax.ShapeDtypeStruct((batch_size, d.max_target_len), np.int32)}
+
   def init_variables(self, rng):
     d = self.config.data
     src = jnp.zeros((1, d.max_source_len), jnp.int32)
@@ -176,9 +182,6 @@ class Task:
     metrics = {"loss": (nll.sum(), count), "accuracy": (correct.sum().astype(jnp.float32), count),
                "sequence_accuracy": (exact.sum().astype(jnp.float32), rows.sum())}
     return objective.sum() / jnp.maximum(count, 1.0), (metrics, model_state)
-
-  def summarize(self, values: dict[str, float]) -> dict[str, float]:
-    return values
 
   # --- decoding -----------------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""The pure step functions every strategy runs: `init_state`, `train_step`, `eval_step`.
+
+Nothing here touches devices, files or the host: `bigmodel_jax.parallel` wraps these in pmap or
+jit, the trainer loops over them, and `--mode=plan` and the benchmark compile the same functions.
+"""
+
+import jax
+import jax.numpy as jnp
+import flax
+import optax
+
+from bigmodel_jax import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  model_state: dict  # non-parameter collections, e.g. BatchNorm statistics
+
+
+def init_state(rng, *, task, tx) -> TrainState:
+  variables = dict(task.init_variables(rng))
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), model_state=variables)
+
+
+def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
+               axis_name: str | None, poison_steps: tuple[int, ...] = ()):
+  """One optimizer update over `batch`, split into `accum` micro-batches; pure.
+
+  An update whose loss or gradients are not finite is not applied (the step still counts, as its
+  batch was consumed); `finite` in the returned flags tells the host. `poison_steps` makes those
+  steps' gradients NaN: a test-only fault injection.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  if axis_name:  # a different dropout mask on each pmap device
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  grad_fn = jax.grad(task.loss, has_aux=True)
+
+  def micro_step(carry, xs):
+    grads, model_state = carry
+    micro_batch, i = xs
+    g, (m, model_state) = grad_fn(state.params, model_state, micro_batch,
+                                  jax.random.fold_in(rng, i), True)
+    return (jax.tree.map(jnp.add, grads, g), model_state), m
+
+  if accum == 1:  # no scan: XLA:CPU runs some ops (conv weight gradients) far slower inside one
+    grads, (metrics, model_state) = grad_fn(state.params, state.model_state, batch, rng, True)
+  else:
+    micro_batches = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, model_state), metrics = jax.lax.scan(
+        micro_step, (zeros, state.model_state), (micro_batches, jnp.arange(accum)))
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+  if poison_steps:
+    poison = jnp.where(jnp.isin(state.step + 1, jnp.array(poison_steps)), jnp.nan, 1.0)
+    grads = jax.tree.map(lambda g: g * poison, grads)
+  if axis_name:
+    grads, model_state = parallel.pmean((grads, model_state), axis_name)
+    metrics = jax.lax.psum(metrics, axis_name)
+
+  grad_norm = optax.tree.norm(grads)
+  flags = {"loss": jnp.isfinite(metrics["loss"][0]), "gradients": jnp.isfinite(grad_norm)}
+
+  def apply(_):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return params, opt_state, model_state, optax.tree.norm(updates).astype(jnp.float32)
+
+  def skip(_):  # the update is not finite: keep everything as it was
+    return state.params, state.opt_state, state.model_state, jnp.zeros((), jnp.float32)
+
+  # lax.cond, not a select over the old and new trees: XLA updates the donated buffers in place.
+  params, opt_state, new_model_state, update_norm = jax.lax.cond(
+      flags["loss"] & flags["gradients"], apply, skip, None)
+  one = jnp.ones((), jnp.float32)
+  metrics.update(grad_norm=(grad_norm, one), param_norm=(optax.tree.norm(params), one),
+                 update_norm=(update_norm, one), lr=(schedule(state.step), one))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            model_state=new_model_state)
+  return new_state, (metrics, flags)
+
+
+def eval_step(state: TrainState, batch, rng, *, task, axis_name: str | None):
+  _, (metrics, _) = task.loss(state.params, state.model_state, batch, rng, False)
+  return jax.lax.psum(metrics, axis_name) if axis_name else metrics

@@ -1,0 +1,86 @@
+"""The contract between the trainer and a task, as code: every task subclasses `Task`.
+
+The abstract methods are what every task must provide (the trainer, `--mode=eval` and
+`--mode=plan` call all of them); the rest have defaults a task overrides when it has more to say.
+`bigmodel_jax.tasks.get` refuses a class that is not a complete `Task`.
+"""
+
+import abc
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jax
+
+Batch = dict[str, Any]  # {name: numpy array}, the leading axis is the batch
+Metrics = dict[str, tuple[Any, Any]]  # {name: (sum, count)}, reduced on the host
+
+
+class Task(abc.ABC):
+  """One application: its data, model, loss, metrics and what a person sees.
+
+  `Task(config)` validates the task's own config fields and writes nothing.
+  """
+
+  # Throughput unit of the progress line and the benchmark: `units_per_example` `unit` per example
+  # (e.g. 256 "tokens"); `flops_per_unit` is training FLOPs per unit for MFU (0: not reported).
+  unit: str = "examples"
+  units_per_example: int = 1
+  flops_per_unit: float = 0.0
+  # What every evaluation reports (device metrics and `summarize`'s derived ones), and what only
+  # the final one adds (`final_metrics`). `checkpoint.best_metric` must name one of the former;
+  # tests check both lists against what evaluation really returns.
+  eval_metrics: tuple[str, ...] = ("loss", "accuracy")
+  final_metric_names: tuple[str, ...] = ()
+  # Modes beyond train / eval / plan: {name: fn(variables)}, variables = {"params": ..., **state}
+  # on the host. A task fills it in __init__ (e.g. {"sample": self.sample}).
+  modes: Mapping[str, Callable[[dict], Any]] = MappingProxyType({})
+
+  def __init__(self, config):
+    self.config = config
+
+  # --- data ---------------------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def setup(self, workdir: str, create: bool) -> None:
+    """Loads what the run saved (tokenizers, dataset statistics) from the workdir, or, with
+    `create`, builds and saves it there. Called before any data or model use except plan."""
+
+  @abc.abstractmethod
+  def train_iterator(self, batch_size: int, seed: int, process_index: int,
+                     process_count: int) -> Iterator[Batch]:
+    """A checkpointable grain iterator of this process's host batches, deterministic by seed."""
+
+  @abc.abstractmethod
+  def eval_batches(self, batch_size: int) -> list[Batch]:
+    """The validation batches (padded rows carry weight 0 where a task needs them)."""
+
+  @abc.abstractmethod
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes of one training batch, so `--mode=plan` compiles without data."""
+
+  # --- model and loss -----------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def init_variables(self, rng) -> dict:
+    """Boxed flax variables {"params": ..., other collections}, from shapes only."""
+
+  @abc.abstractmethod
+  def loss(self, params, model_state, batch: Batch, rng,
+           train: bool) -> tuple[jax.Array, tuple[Metrics, dict]]:
+    """-> (scalar loss, (metrics as {name: (sum, count)}, new model_state)); pure."""
+
+  def summarize(self, values: dict[str, float]) -> dict[str, float]:
+    """Host-side derived metrics (e.g. perplexity from loss)."""
+    return values
+
+  def final_metrics(self, variables) -> dict[str, float]:
+    """Host-side metrics computed at the end of training and in --mode=eval (e.g. BLEU)."""
+    del variables
+    return {}
+
+  # --- what a person sees -------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def showcase(self, variables) -> Any:
+    """Printed at the end of training: samples, accuracy, a confusion matrix, ..."""

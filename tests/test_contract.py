@@ -1,0 +1,52 @@
+"""Every experiment keeps the task contract: train, eval and plan work on its tiny preset, and
+its evaluations report exactly the metrics its task declares (so checkpoint.best_metric is checked
+against the truth before training). A new experiment file is picked up here automatically."""
+
+import contextlib
+import io
+
+import pytest
+
+from bigmodel_jax import config as config_lib
+from bigmodel_jax import tasks, trainer
+from bigmodel_jax.tasks import base
+from tests.helpers import read_metrics, tiny_config
+
+EXPERIMENTS = config_lib.available_experiments()
+
+
+def _quietly(fn, *args):
+  with contextlib.redirect_stdout(io.StringIO()):
+    return fn(*args)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_every_task_subclasses_the_contract():
+  for name in tasks.names():
+    cls = tasks.get(name)
+    assert issubclass(cls, base.Task) and not cls.__abstractmethods__, name
+    assert set(cls.final_metric_names).isdisjoint(cls.eval_metrics), name
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_train_eval_and_plan_on_the_tiny_preset(experiment, data_dir, tmp_path):
+  config = tiny_config(data_dir, f"{experiment}:tiny", train__steps=2, train__eval_every=1,
+                       train__eval_batches=1, train__log_every=1, checkpoint__every_steps=2)
+  task = tasks.get(config.task)
+  workdir = str(tmp_path / "run")
+  _quietly(trainer.run, config, workdir)
+  evals = read_metrics(workdir, "validation")
+  assert set(evals[1]) - {"step", "split"} == set(task.eval_metrics)
+  final = set(task.eval_metrics) | set(task.final_metric_names)
+  assert set(evals[2]) - {"step", "split"} == final
+  values = _quietly(trainer.run, config, workdir, "eval")
+  assert set(values) == final
+  for name in task.eval_metrics:
+    assert values[name] == pytest.approx(evals[2][name], rel=1e-4, abs=1e-6), name
+  report = _quietly(trainer.run, config, str(tmp_path / "never_written"), "plan")
+  assert report["parameters"] > 0 and report["flops_per_step_per_device"] > 0
+  assert not (tmp_path / "never_written").exists()
