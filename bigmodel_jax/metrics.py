@@ -120,8 +120,6 @@ class Progress:
   def __init__(self, total_steps: int, start_step: int):
     self.total = total_steps
     self._last_step, self._last_time = start_step, time.perf_counter()
-    self._start_time = self._last_time
-    self._start_step = start_step
 
   def update(self, step: int) -> tuple[float, float]:
     """-> (seconds per step since the last update, ETA in seconds)."""
