@@ -14,7 +14,8 @@ A task is the class `Task` in `bigmodel_jax/tasks/<name>.py`. The trainer calls:
   task.eval_batches(batch_size)      a list of host batches
   task.batch_spec(batch_size)        optional: {name: jax.ShapeDtypeStruct}, for --mode=plan
   task.units_per_example, task.unit  throughput unit (e.g. 256 "tokens" per example)
-  task.flops_per_unit                training FLOPs per unit, for MFU (0 if unknown)
+  task.flops_per_unit                training FLOPs per unit of the model in use (after setup and
+                                     any swap), for MFU (0 if unknown)
   task.summarize(values)             host-side derived metrics (e.g. perplexity)
   task.final_metrics(variables)      optional: host-side eval metrics computed once at the end of
                                      training and in --mode=eval (e.g. BLEU from beam search)
