@@ -10,21 +10,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Dense peak FLOP/s per chip by `device_kind`, bf16 unless noted. From the vendors' data sheets.
+# Peak FLOP/s per chip from the vendors' data sheets, dense (the sparse figures are 2x), as
+# (FLOP/s, what it is the peak of). Keys are prefixes of `device_kind`; the longest one that
+# matches wins, so "NVIDIA H100 PCIe" (756e12) is not read as the SXM part's 989e12.
 PEAK_FLOPS = {
-    "NVIDIA H200": 989e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-    "NVIDIA A100": 312e12,
-    "NVIDIA L4": 121e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
+    "NVIDIA H200": (989e12, "bf16 dense"),  # SXM
+    "NVIDIA H200 NVL": (835e12, "bf16 dense"),
+    "NVIDIA H100": (989e12, "bf16 dense"),  # SXM ("NVIDIA H100 80GB HBM3"), and unlisted variants
+    "NVIDIA H100 PCIe": (756e12, "bf16 dense"),
+    "NVIDIA H100 NVL": (835e12, "bf16 dense"),
+    "NVIDIA A100": (312e12, "bf16 dense"),  # SXM4 and PCIe, 40 and 80 GB alike
+    "NVIDIA L4": (121e12, "bf16 dense"),
+    "TPU v4": (275e12, "bf16 dense"),
+    "TPU v5 lite": (197e12, "bf16 dense"),  # v5e
+    "TPU v5e": (197e12, "bf16 dense"),
+    "TPU v5": (459e12, "bf16 dense"),  # v5p reports "TPU v5"
+    "TPU v5p": (459e12, "bf16 dense"),
+    "TPU v6 lite": (918e12, "bf16 dense"),  # v6e
+    "TPU v6e": (918e12, "bf16 dense"),
 }
 
 
@@ -47,16 +50,28 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 20) -> float:
   return 2 * n**3 / best
 
 
+def data_sheet_peak(kind: str) -> tuple[str, float, str] | None:
+  """(PEAK_FLOPS key, FLOP/s, what it is the peak of) for a `device_kind`, or None if unlisted."""
+  keys = [key for key in PEAK_FLOPS if kind.startswith(key)]
+  if not keys:
+    return None
+  key = max(keys, key=len)
+  return (key, *PEAK_FLOPS[key])
+
+
 def peak_flops_per_device() -> tuple[float, str]:
-  """(peak FLOP/s of one device, where the number came from) for MFU."""
+  """(peak FLOP/s of one device, where the number came from and its dtype) for MFU."""
   device = jax.devices()[0]
   kind = device.device_kind
-  for name, flops in PEAK_FLOPS.items():
-    if kind.startswith(name):
-      return flops, f"data-sheet bf16 peak for {kind!r}"
+  found = data_sheet_peak(kind)
+  if found:
+    key, flops, what = found
+    entry = "" if key == kind else f" (table entry {key!r})"
+    return flops, f"data-sheet {what} peak for {kind!r}{entry}"
   if device.platform == "cpu":
-    flops = measure_matmul_flops() / max(jax.local_device_count(), 1)
-    return flops, f"measured f32 1024x1024 matmul on the CPU, shared by {jax.local_device_count()} device(s)"
+    n = jax.local_device_count()
+    return measure_matmul_flops() / max(n, 1), (
+        f"measured f32 1024x1024 matmul on the CPU, shared by {n} device(s)")
   flops = measure_matmul_flops(4096)
   return flops, f"measured f32 4096x4096 matmul on unknown device kind {kind!r}"
 
@@ -105,8 +120,6 @@ class Progress:
   def __init__(self, total_steps: int, start_step: int):
     self.total = total_steps
     self._last_step, self._last_time = start_step, time.perf_counter()
-    self._start_time = self._last_time
-    self._start_step = start_step
 
   def update(self, step: int) -> tuple[float, float]:
     """-> (seconds per step since the last update, ETA in seconds)."""

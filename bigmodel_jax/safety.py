@@ -10,8 +10,6 @@ import numpy as np
 
 from bigmodel_jax.errors import RunError, UsageError
 
-ON_NAN = ("stop", "skip")
-
 
 def check_workdir(workdir: str) -> None:
   """A usable --workdir: a directory, or a path we can create; probed by writing, not by mode bits

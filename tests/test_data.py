@@ -1,5 +1,6 @@
 """Tests for bigmodel_jax.data: corpora, tokenizers and the LM grain pipeline."""
 
+import logging
 import os
 import zlib
 
@@ -136,6 +137,25 @@ def test_text_files_few_files_still_get_a_validation_split(tmp_path):
                                     data_dir=str(tmp_path / "tfds"))
   assert len(splits["validation"]) >= 1 and len(splits["train"]) >= 1
   assert len(splits["validation"]) + len(splits["train"]) == 3
+
+
+def test_first_build_of_a_local_corpus_says_building_not_downloading(tmp_path, capsys,
+                                                                     caplog):
+  caplog.set_level(logging.INFO, logger="absl")
+  for i in range(3):
+    _write(str(tmp_path / f"src/f{i}.txt"), f"text {i}\n")
+  source = f"text_files:{tmp_path}/src/*.txt"
+  corpora.load_text_splits(source, data_dir=str(tmp_path / "tfds"))
+  printed = "".join(capsys.readouterr())
+  # TFDS's own lines for a download, and for a cache folder that merely does not exist yet.
+  for wrong in ("Downloading and preparing", "downloaded and prepared", "Unknown size"):
+    assert wrong not in printed and wrong not in caplog.text
+  assert "has no dataset_info.json" not in caplog.text
+  assert f"{source}: building the local corpus cache from 3 files" in caplog.text
+
+  caplog.clear()
+  corpora.load_text_splits(source, data_dir=str(tmp_path / "tfds"))
+  assert f"{source}: reusing" in caplog.text and "building" not in caplog.text
 
 
 @pytest.mark.parametrize("source, files, match", [

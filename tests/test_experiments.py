@@ -1,4 +1,9 @@
-"""Every experiment's presets build; the big ones have the right size without allocating it."""
+"""Every experiment's presets build and are documented; the big ones have the right size without
+allocating it."""
+
+import importlib
+import os
+import re
 
 import jax
 import numpy as np
@@ -7,6 +12,8 @@ import pytest
 from bigmodel_jax import config as config_lib
 from bigmodel_jax import parallel, tasks
 from bigmodel_jax.models import gpt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _param_count(config) -> int:
@@ -50,3 +57,25 @@ def test_1b_preset_is_about_a_billion_parameters_and_plans_fsdp():
   assert count == vocab * d + layers * per_layer + d
   assert 0.95e9 < count < 1.1e9
   assert parallel.mesh_shape(8, config.parallel.fsdp, config.parallel.tensor) == (1, 8, 1)
+
+
+def test_7b_preset_is_the_6_6b_parameters_the_docs_say():
+  count = _param_count(config_lib.load_experiment("textgen:7b"))
+  assert 6.55e9 < count < 6.65e9  # "6.6B" in experiments/textgen.py and README.md
+
+
+@pytest.mark.parametrize("experiment", config_lib.available_experiments())
+def test_every_preset_is_listed_in_its_experiments_docstring(experiment):
+  module = importlib.import_module(f"experiments.{experiment}")
+  listed = module.__doc__.split("\nPresets (", 1)[1]
+  for preset in module.PRESETS:
+    assert re.search(rf"^  {re.escape(preset)} ", listed, re.M), preset
+
+
+def test_readme_lists_every_textgen_preset():
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  listed = readme.split("textgen has", 1)[1].split("\n- ", 1)[0]
+  module = importlib.import_module("experiments.textgen")
+  for preset in module.PRESETS:
+    assert f"`{preset}`" in listed, preset

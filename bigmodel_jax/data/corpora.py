@@ -193,6 +193,21 @@ class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     # package, which Python >= 3.9 installs lack.
     return None
 
+  def is_prepared(self) -> bool:
+    # Before a first build the folder does not exist; TFDS's check would warn that it "has no
+    # dataset_info.json", which reads like a damaged cache.
+    return self.data_path.exists() and super().is_prepared()
+
+  def _log_download_bytes(self) -> None:
+    # In place of TFDS's "Downloading and preparing dataset Unknown size ...": nothing is
+    # downloaded, the local files are read once into array_record.
+    logging.info("%s: building the local corpus cache from %d files under %s into %s (once; "
+                 "later runs reuse it)", self._source, len(self._paths), self._root,
+                 self.data_dir)
+
+  def _log_download_done(self) -> None:
+    pass  # TFDS would say "downloaded and prepared"; _read_splits logs what was built
+
   def _create_builder_config(self, builder_config, version):
     # Our configs are made per corpus (named by its fingerprint), never listed
     # in BUILDER_CONFIGS; skip TFDS's "custom data configuration" warning.
@@ -296,8 +311,6 @@ def _load_local(files, source, data_dir, val_percent, *, builder_cls):
   if builder.is_prepared():
     logging.info("%s: reusing %s", source, builder.data_dir)
   else:
-    logging.info("%s: building %d files from %s into %s", source, len(paths),
-                 root, builder.data_dir)
     try:
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           compute_stats=tfds.download.ComputeStatsMode.SKIP))

@@ -23,7 +23,8 @@ class Task(abc.ABC):
   """
 
   # Throughput unit of the progress line and the benchmark: `units_per_example` `unit` per example
-  # (e.g. 256 "tokens"); `flops_per_unit` is training FLOPs per unit for MFU (0: not reported).
+  # (e.g. 256 "tokens"); `flops_per_unit` is training FLOPs per unit of the model in use (after
+  # setup and any swap), for MFU (0: not reported).
   unit: str = "examples"
   units_per_example: int = 1
   flops_per_unit: float = 0.0

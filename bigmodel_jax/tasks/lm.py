@@ -42,7 +42,15 @@ class Task(base.Task):
     self.tokenizer = None
     # The model is built now (with the configured vocabulary) so that shape errors come early.
     self.model = models.make(config.model, ("gpt",), vocab_size=self._vocab_size())
-    self.flops_per_unit = gpt.flops_per_token(self.model)
+    self._flops = (None, 0.0)  # (the model they were counted for, training FLOPs per token)
+
+  @property
+  def flops_per_unit(self) -> float:
+    """Training FLOPs per token of `self.model` as it is now: setup() rebuilds the model with the
+    tokenizer's vocabulary and bench.py swaps in its own, so a count from __init__ goes stale."""
+    if self._flops[0] is not self.model:
+      self._flops = (self.model, gpt.flops_per_token(self.model))
+    return self._flops[1]
 
   def _vocab_size(self) -> int:
     return self.tokenizer.vocab_size if self.tokenizer else (
