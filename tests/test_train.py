@@ -1,5 +1,7 @@
 """The trainer on textgen:tiny: learning, exact resume, strategy agreement, accumulation, modes."""
 
+import gzip
+import json
 import math
 
 import jax
@@ -113,3 +115,17 @@ def test_init_from_starts_from_another_runs_parameters(trained, data_dir, tmp_pa
                    init_reinit=(".*",))
   assert tuned[0] < fresh[0] - 0.8
   assert reinit[0] == pytest.approx(fresh[0], rel=1e-6)
+
+
+def test_profile_steps_write_a_trace_of_those_steps(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  trainer.run(tiny_config(data_dir, train__steps=6, train__profile_steps=(3, 4)), str(workdir))
+  runs = list((workdir / "tensorboard" / "plugins" / "profile").iterdir())
+  assert len(runs) == 1  # one trace, of steps 3-4 only
+  files = [f.name for f in runs[0].iterdir()]
+  assert any(f.endswith(".xplane.pb") for f in files), files
+  (perfetto,) = [f for f in runs[0].iterdir() if f.name.endswith(".trace.json.gz")]
+  with gzip.open(perfetto) as f:
+    events = json.load(f)["traceEvents"]
+  steps = {e.get("args", {}).get("step_num") for e in events if e.get("name") == "train"}
+  assert steps == {"3", "4"}, steps
