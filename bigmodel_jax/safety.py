@@ -1,5 +1,6 @@
 """What keeps a long run from losing work: workdir checks, preemption signals, the NaN guard."""
 
+import fcntl
 import os
 import shutil
 import signal
@@ -26,6 +27,41 @@ def check_workdir(workdir: str) -> None:
       pass
   except OSError as e:
     raise UsageError(f"--workdir={workdir} is not writable ({parent}: {e.strerror})") from None
+
+
+class WorkdirLock:
+  """One writer per workdir: an exclusive OS advisory lock on <workdir>/.lock, held for the run.
+
+  The OS drops the lock when the process exits in any way (kill -9 included), so a crashed run
+  never leaves a stale lock; the file itself stays, holding the last writer's pid for the message.
+  A second writer fails at once with a one-line RunError naming the holder's pid.
+  """
+
+  FILE = ".lock"
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, self.FILE)
+    self._fd = None
+
+  def __enter__(self):
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+      os.close(fd)
+      raise RunError(f"workdir {os.path.dirname(self.path)} is in use by another run (pid "
+                     f"{holder}); wait for it to finish, or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc):
+    if self._fd is not None:
+      os.close(self._fd)  # closing releases the lock
+      self._fd = None
+    return False
 
 
 class RemoveIfFailed:

@@ -5,6 +5,7 @@ pure step functions live in `steps.py`; either strategy of `parallel.py` compile
 file runs the loop around them: restore, train, evaluate, log, checkpoint, showcase.
 """
 
+import contextlib
 import functools
 import os
 import time
@@ -43,7 +44,11 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   if mode == "train":
     ckpt_dir = os.path.join(workdir, checkpoint.DIRECTORY)
     with safety.RemoveIfFailed(workdir, lambda: checkpoint.has_steps(ckpt_dir)):
-      return train_and_evaluate(config, workdir, task, strategy, **test_hooks)
+      os.makedirs(workdir, exist_ok=True)
+      # One writer per workdir; on several processes (one shared workdir) process 0 holds it.
+      lock = safety.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+      with lock:
+        return train_and_evaluate(config, workdir, task, strategy, **test_hooks)
 
   task.setup(workdir, create=False)
   tx, _ = optim.make_optimizer(config.train)

@@ -171,3 +171,24 @@ def test_best_metric_that_no_evaluation_reports_fails_before_training(data_dir, 
   with pytest.raises(UsageError, match=r"best_metric='bleu'.*valid: loss, accuracy, perplexity"):
     trainer.run(tiny_config(data_dir, checkpoint__best_metric="bleu"), str(workdir))
   assert not workdir.exists()
+
+
+def test_one_writer_per_workdir_and_no_stale_lock_after_a_crash(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  trainer.run(tiny_config(data_dir, train__steps=2), str(workdir))
+  before = (workdir / "metrics.jsonl").read_text()
+  # Another process holds the workdir (and is then killed -9, as a crashed run would be).
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from bigmodel_jax import safety\n"
+       f"with safety.WorkdirLock({str(workdir)!r}):\n  print('locked', flush=True); time.sleep(60)"],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunError, match=f"in use by another run \\(pid {holder.pid}\\)"):
+      trainer.run(tiny_config(data_dir, train__steps=4), str(workdir))
+    assert (workdir / "metrics.jsonl").read_text() == before  # the holder's files untouched
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  trainer.run(tiny_config(data_dir, train__steps=4), str(workdir))  # the OS released the lock
+  assert max(read_metrics(str(workdir))) == 4
