@@ -7,6 +7,7 @@ Layout under the workdir:
                                            step, so the choice survives a resume
 """
 
+import hashlib
 import json
 import os
 import re
@@ -43,8 +44,10 @@ class Checkpointer:
 
   Saves are async. orbax writes each into a temporary folder and renames it once committed, so an
   interrupted save never becomes the latest checkpoint, and it deletes old checkpoints only after a
-  newer one has committed. Once a save has committed we add a manifest of its files and sizes, so a
-  later restore can tell a torn or damaged checkpoint from a good one before reading it.
+  newer one has committed. Once a save has committed we add a manifest of its files, their sizes
+  and BLAKE2b digests, so a later restore (train, eval, sample, init_from) can tell a torn or
+  damaged checkpoint, even one with flipped bytes inside an array file, from a good one before
+  reading it.
   """
 
   def __init__(self, workdir: str, cfg, *, best: bool = False, read_only: bool = False):
@@ -124,7 +127,7 @@ class Checkpointer:
       path = os.path.join(self.directory, str(step))
       if step != exclude and os.path.isdir(path) and not os.path.exists(
           os.path.join(path, MANIFEST)):
-        files = {os.path.relpath(os.path.join(root, f), path): os.path.getsize(os.path.join(root, f))
+        files = {os.path.relpath(os.path.join(root, f), path): _fingerprint(os.path.join(root, f))
                  for root, _, names in os.walk(path) for f in names}
         with open(os.path.join(path, MANIFEST + ".tmp"), "w") as f:
           json.dump(files, f)
@@ -136,18 +139,32 @@ class Checkpointer:
     self._manager.close()
 
 
+def _fingerprint(path: str) -> dict:
+  """Size and BLAKE2b digest of a file (hashing runs at ~1 GB/s: a small part of a save)."""
+  with open(path, "rb") as f:
+    digest = hashlib.file_digest(f, "blake2b").hexdigest()
+  return {"size": os.path.getsize(path), "blake2b": digest}
+
+
 def damage(path: str) -> str | None:
   """What is wrong with the checkpoint folder `path` (None if nothing we can see)."""
   manifest = os.path.join(path, MANIFEST)
   if os.path.exists(manifest):
-    with open(manifest) as f:
-      files = json.load(f)
-    for name, size in sorted(files.items()):
+    try:
+      with open(manifest) as f:
+        files = json.load(f)
+      assert isinstance(files, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError):
+      return f"{MANIFEST} is unreadable (not the JSON this code writes)"
+    for name, saved in sorted(files.items()):
       full = os.path.join(path, name)
+      saved = saved if isinstance(saved, dict) else {"size": saved}  # older manifests: size only
       if not os.path.exists(full):
         return f"{name} is missing"
-      if os.path.getsize(full) != size:
-        return f"{name} is {os.path.getsize(full)} bytes, {size} when saved (truncated?)"
+      if os.path.getsize(full) != saved.get("size"):
+        return f"{name} is {os.path.getsize(full)} bytes, {saved.get('size')} when saved (truncated?)"
+      if "blake2b" in saved and _fingerprint(full)["blake2b"] != saved["blake2b"]:
+        return f"{name} does not match its checksum from when it was saved (bytes changed on disk)"
     return None
   # No manifest yet (the run was killed right after this save committed): check the structure.
   for item in ITEMS:
@@ -217,6 +234,9 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
   step = manager.latest_step()
   if step is None:
     raise RunError(f"config.init_from={path!r}: no checkpoint found in {directory}")
+  problem = damage(os.path.join(os.path.abspath(directory), str(step)))
+  if problem:
+    raise RunError(f"config.init_from={path!r}: its checkpoint {step} is damaged: {problem}")
   logging.info("Initialising parameters from %s step %d", directory, step)
   target = {"params": abstract_params}
   try:

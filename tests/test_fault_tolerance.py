@@ -78,6 +78,8 @@ def _one_file(directory):
 
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "bytes, "),
+    ("flip_bytes", "does not match its checksum"),
+    ("bad_manifest", "manifest.bigmodel.json is unreadable"),
     ("delete", "is missing"),
     ("half_written", "never committed"),
 ])
@@ -85,6 +87,15 @@ def test_damaged_latest_checkpoint_stops_or_falls_back(data_dir, trained, damage
   latest = os.path.join(trained, "checkpoints", "40")
   if damage == "truncate":
     os.truncate(_one_file(os.path.join(latest, "state")), 10)
+  elif damage == "flip_bytes":  # same size, other bytes: only a checksum can tell
+    with open(_one_file(os.path.join(latest, "state")), "r+b") as f:
+      f.seek(os.path.getsize(f.name) // 2)
+      byte = f.read(1)
+      f.seek(-1, os.SEEK_CUR)
+      f.write(bytes([byte[0] ^ 0xFF]))
+  elif damage == "bad_manifest":
+    with open(os.path.join(latest, "manifest.bigmodel.json"), "w") as f:
+      f.write('{"state/_METADATA": ')
   elif damage == "delete":
     os.remove(os.path.join(latest, "data", "process_0-of-1.json"))
   else:  # a folder copied or written without orbax's commit markers
@@ -192,3 +203,12 @@ def test_one_writer_per_workdir_and_no_stale_lock_after_a_crash(data_dir, tmp_pa
     holder.wait()
   trainer.run(tiny_config(data_dir, train__steps=4), str(workdir))  # the OS released the lock
   assert max(read_metrics(str(workdir))) == 4
+
+
+def test_init_from_a_damaged_checkpoint_is_refused(data_dir, trained, tmp_path):
+  with open(_one_file(os.path.join(trained, "checkpoints", "40", "state")), "r+b") as f:
+    f.write(bytes(16))  # same size, other bytes
+  workdir = tmp_path / "finetune"
+  with pytest.raises(RunError, match="init_from=.* checkpoint 40 is damaged: .*checksum"):
+    trainer.run(tiny_config(data_dir, init_from=trained), str(workdir))
+  assert not workdir.exists()
