@@ -13,6 +13,7 @@ A validated config is locked: code that sets a misspelt field fails instead of a
 import ast
 import difflib
 import importlib
+import math
 import os
 from typing import Any, Mapping
 
@@ -186,6 +187,7 @@ def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks that hold for every experiment (tasks and models check their own fields), then locks
   the config: its values may still change, but no field can be added."""
+  check_numbers(config)
   t = config.train
   for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_every"):
     if t[key] <= 0:
@@ -196,6 +198,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip", "eval_batches"):
     if t[key] < 0:
       raise UsageError(f"train.{key}={t[key]} must be >= 0")
+  for key in ("b1", "b2"):
+    if not 0 <= t[key] < 1:
+      raise UsageError(f"train.{key}={t[key]} must be in [0, 1)")
+  if not 0 <= t.min_lr_ratio <= 1:
+    raise UsageError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (the final learning "
+                     "rate as a fraction of train.learning_rate)")
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise UsageError("checkpoint.every_steps and checkpoint.keep must be positive integers")
   if t.on_nan not in ("stop", "skip"):
@@ -219,6 +227,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UsageError(f"train.profile_steps={profile!r} must be (first, last) steps with "
                      "1 <= first <= last, e.g. --config.train.profile_steps=10,12; () = off")
   config.lock()
+
+
+SEED_RANGE = 2**32  # jax.random.key folds wider seeds onto 32 bits: 2**63 - 1 and -1 collide
+
+
+def check_numbers(config: ml_collections.ConfigDict) -> None:
+  """Every number in the config is finite and fits where it goes: NaN and Inf settings are refused
+  (a NaN learning rate would otherwise train to NaN parameters), integers fit int64, and seeds fit
+  the 32 bits a JAX or NumPy seed keeps."""
+  for key in leaf_keys(config):
+    value = _get(config, key, source="config")
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+      if isinstance(v, bool):
+        continue
+      if isinstance(v, float) and not math.isfinite(v):
+        raise UsageError(f"{key}={value!r} must be a finite number")
+      name = key.rsplit(".", 1)[-1]
+      if isinstance(v, int) and (name == "seed" or name.endswith("_seed")) and not (
+          0 <= v < SEED_RANGE):
+        raise UsageError(f"{key}={v} must be a seed in [0, {SEED_RANGE - 1}]")
+      if isinstance(v, int) and not -2**63 <= v < 2**63:
+        raise UsageError(f"{key}={v} does not fit a 64-bit integer")
 
 
 # --- helpers -----------------------------------------------------------------------------------

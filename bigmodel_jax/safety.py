@@ -7,6 +7,8 @@ import signal
 import tempfile
 
 from absl import logging
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bigmodel_jax.errors import RunError, UsageError
@@ -108,6 +110,18 @@ class StopOnSignal:
   def restore(self) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def check_finite_params(params, step: int) -> None:
+  """Refuses to let a checkpoint hold NaN or Inf parameters (one reduction on the devices)."""
+  if not bool(_all_finite(params)):
+    raise RunError(f"parameters are not finite (NaN or Inf) at step {step}; not saving it. The "
+                   "last saved checkpoint is the newest good one")
 
 
 class NanGuard:

@@ -31,9 +31,10 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
                axis_name: str | None, poison_steps: tuple[int, ...] = ()):
   """One optimizer update over `batch`, split into `accum` micro-batches; pure.
 
-  An update whose loss or gradients are not finite is not applied (the step still counts, as its
-  batch was consumed); `finite` in the returned flags tells the host. `poison_steps` makes those
-  steps' gradients NaN: a test-only fault injection.
+  An update whose loss, gradients or update (what the optimizer would add to the parameters) are
+  not finite is not applied (the step still counts, as its batch was consumed); the returned flags
+  tell the host which. `poison_steps` makes those steps' gradients NaN: a test-only fault
+  injection.
   """
   rng = jax.random.fold_in(rng, state.step)
   if axis_name:  # a different dropout mask on each pmap device
@@ -66,17 +67,21 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
   grad_norm = optax.tree.norm(grads)
   flags = {"loss": jnp.isfinite(metrics["loss"][0]), "gradients": jnp.isfinite(grad_norm)}
 
+  def keep(update_finite):  # keep everything as it was
+    return (state.params, state.opt_state, state.model_state, jnp.zeros((), jnp.float32),
+            update_finite)
+
   def apply(_):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return params, opt_state, model_state, optax.tree.norm(updates).astype(jnp.float32)
-
-  def skip(_):  # the update is not finite: keep everything as it was
-    return state.params, state.opt_state, state.model_state, jnp.zeros((), jnp.float32)
+    update_norm = optax.tree.norm(updates).astype(jnp.float32)
+    commit = lambda _: (optax.apply_updates(state.params, updates), opt_state, model_state,
+                        update_norm, jnp.array(True))
+    # Finite gradients can still make a non-finite update (e.g. an extreme learning rate).
+    return jax.lax.cond(jnp.isfinite(update_norm), commit, lambda _: keep(jnp.array(False)), None)
 
   # lax.cond, not a select over the old and new trees: XLA updates the donated buffers in place.
-  params, opt_state, new_model_state, update_norm = jax.lax.cond(
-      flags["loss"] & flags["gradients"], apply, skip, None)
+  params, opt_state, new_model_state, update_norm, flags["update"] = jax.lax.cond(
+      flags["loss"] & flags["gradients"], apply, lambda _: keep(jnp.array(True)), None)
   one = jnp.ones((), jnp.float32)
   metrics.update(grad_norm=(grad_norm, one), param_norm=(optax.tree.norm(params), one),
                  update_norm=(update_norm, one), lr=(schedule(state.step), one))

@@ -7,6 +7,7 @@ file runs the loop around them: restore, train, evaluate, log, checkpoint, showc
 
 import contextlib
 import functools
+import math
 import os
 import time
 
@@ -90,6 +91,10 @@ class Evaluator:
     values = self.task.summarize(metrics_lib.reduce(totals))
     if final:
       values.update(self.task.final_metrics(_variables(self.strategy.to_host_layout(state))))
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:  # a NaN is never reported as a result
+      raise RunError(f"evaluation gave non-finite {', '.join(bad)} ({values[bad[0]]}): the "
+                     "parameters or the validation data hold NaN/Inf values")
     return values
 
 
@@ -174,6 +179,7 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
                     metrics={best_metric: values[best_metric]})
       if step % config.checkpoint.every_steps == 0 or last:
         guard.check()  # never save a step after a NaN that is meant to stop the run
+        safety.check_finite_params(state.params, step)
         ckpt.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True)
       progress.exclude(time.perf_counter() - paused)
       if stopping:

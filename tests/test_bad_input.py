@@ -74,6 +74,19 @@ CASES = [
                           "--config.data.label_column=y"], 2, "no.csv"),
     ("top_p above one", [TINY, "--workdir={trained}", "--mode=sample",
                          "--config.sample.top_p=1.5"], 2, "top_p=1.5"),
+    ("NaN learning rate", [TINY, "--config.train.learning_rate=nan"], 2,
+     "train.learning_rate=nan must be a finite number"),
+    ("infinite temperature", [TINY, "--workdir={trained}", "--mode=sample",
+                              "--config.sample.temperature=inf"], 2, "must be a finite number"),
+    ("seed beyond 64 bits", [TINY, "--config.seed=99999999999999999999"], 2,
+     "must be a seed in [0, 4294967295]"),
+    ("b2 of one", [TINY, "--config.train.b2=1"], 2, "train.b2=1.0 must be in [0, 1)"),
+    ("negative min_lr_ratio", [TINY, "--config.train.min_lr_ratio=-0.5"], 2,
+     "train.min_lr_ratio=-0.5 must be in [0, 1]"),
+    ("best_metric no eval reports", [TINY, "--config.checkpoint.best_metric=bleu"], 2,
+     "checkpoint.best_metric='bleu' is not a metric"),
+    ("profile_steps backwards", [TINY, "--config.train.profile_steps=9,3"], 2,
+     "train.profile_steps=(9, 3)"),
 ]
 
 

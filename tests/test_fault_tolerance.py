@@ -6,6 +6,9 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bigmodel_jax import trainer
@@ -212,3 +215,31 @@ def test_init_from_a_damaged_checkpoint_is_refused(data_dir, trained, tmp_path):
   with pytest.raises(RunError, match="init_from=.* checkpoint 40 is damaged: .*checksum"):
     trainer.run(tiny_config(data_dir, init_from=trained), str(workdir))
   assert not workdir.exists()
+
+
+def test_an_update_that_is_not_finite_is_never_applied(data_dir, tmp_path):
+  # 1e39 is a finite setting but not a finite float32: finite gradients, infinite update.
+  workdir = str(tmp_path / "run")
+  with pytest.raises(RunError, match="update not finite .* at step 1; stopped without saving"):
+    trainer.run(tiny_config(data_dir, train__learning_rate=1e39, train__warmup_steps=0), workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_non_finite_parameters_are_never_saved_or_evaluated(data_dir, trained, monkeypatch):
+  from bigmodel_jax import safety, steps  # pylint: disable=g-import-not-at-top
+  init = steps.init_state
+
+  def poisoned_init(rng, **kwargs):  # what a bad init_from or a corrupted restore would give
+    state = init(rng, **kwargs)
+    return state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+
+  monkeypatch.setattr(steps, "init_state", poisoned_init)
+  workdir = os.path.join(os.path.dirname(trained), "poisoned")
+  with pytest.raises(RunError, match="parameters are not finite .* at step 1; not saving"):
+    trainer.run(tiny_config(data_dir, train__steps=2, train__on_nan="skip",
+                            checkpoint__every_steps=1, train__eval_every=2), workdir)
+  assert not os.path.exists(workdir)
+  with pytest.raises(RunError, match="evaluation gave non-finite loss, perplexity"):
+    trainer.run(tiny_config(data_dir, train__steps=2, train__on_nan="skip"), workdir)
+  with pytest.raises(RunError, match="not finite"):
+    safety.check_finite_params({"w": np.array([1.0, np.inf], np.float32)}, 7)

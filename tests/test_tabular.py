@@ -183,7 +183,11 @@ def test_predict_writes_probabilities_and_labels_and_says_where(csv_run):
 @pytest.mark.parametrize("header, rows, match", [
     (["customer", "tenure", "spend"], [["a", 1, 2.0]], r"lacks the feature column\(s\) plan"),
     (HEADER[:4], [["a", "long", "basic", 2.0]],
-     r"line 2, column 'tenure': 'long' is not a number"),
+     r"line 2, column 'tenure': 'long' is not a finite number"),
+    (HEADER[:4], [["a", 3, "basic", 2.0], ["b", "inf", "basic", 2.0]],
+     r"line 3, column 'tenure': 'inf' is not a finite number"),
+    (HEADER[:4], [["a", 3, "basic", "-Infinity"]],
+     r"line 2, column 'spend': '-Infinity' is not a finite number"),
 ])
 def test_predict_input_errors(csv_run, header, rows, match):
   config, workdir, d = csv_run

@@ -192,11 +192,13 @@ class Preprocessing:
       cells = table.columns[f["name"]]
       if f["kind"] == "numeric":
         x = _numbers(cells)
-        if x is None:
-          row = next(i for i, c in enumerate(cells) if _numbers(np.array([c], object)) is None)
+        if x is None or np.isinf(x).any():  # an empty cell is NaN (missing); Inf is an error
+          row = next(i for i, c in enumerate(cells)
+                     if (v := _numbers(np.array([c], object))) is None or np.isinf(v[0]))
           where = f"line {table.lines[row]}" if table.lines is not None else f"row {row}"
           raise UsageError(f"{key}: {table.name} {where}, column {f['name']!r}: "
-                           f"{cells[row]!r} is not a number (the column was numeric in training)")
+                           f"{cells[row]!r} is not a finite number (the column was numeric in "
+                           "training)")
         parts.append(np.nan_to_num((x - f["mean"]) / f["std"], nan=0.0)[:, None])
       else:
         parts.append((cells[:, None] == np.array(f["categories"], object)[None]).astype(np.float64))
