@@ -29,6 +29,10 @@ Presets (`--experiment=imagecls:<preset>`):
 import ml_collections
 
 from bigmodel_jax import config as config_lib
+from bigmodel_jax import models
+
+# model.name can be any of these; config.model starts from their defaults (models/<name>.py).
+MODELS = ("cnn", "resnet")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,12 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment.flip = False      # random horizontal flips (not for digits)
   c.augment.cutout = 0        # side of a square set to the mean pixel; 0 = off
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "cnn"        # | resnet
-  c.model.widths = (32, 64)   # channels per stage
-  c.model.stage_sizes = (1, 1)  # convs (cnn) or basic blocks (resnet) per stage
-  c.model.hidden = 128        # cnn only: the dense layer before the classifier
-  c.model.dropout = 0.0       # cnn only
+  # Where cnn and resnet share a field (widths, stage_sizes) this holds cnn's default, so the
+  # resnet presets set their own.
+  c.model = models.default_config(*MODELS)
 
   c.train.steps = 1000
   c.train.batch_size = 64

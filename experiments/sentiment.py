@@ -23,6 +23,10 @@ Presets (`--experiment=sentiment:<preset>`):
 import ml_collections
 
 from bigmodel_jax import config as config_lib
+from bigmodel_jax import models
+
+# model.name can be any of these; config.model starts from their defaults (models/<name>.py).
+MODELS = ("text_encoder", "rnn")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -40,23 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.vocab_size = 512     # sentencepiece only; byte is always 256
   c.data.spm_model_type = "bpe"  # | unigram
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "text_encoder"  # | rnn
-  c.model.max_len = 40        # tokens per text: longer ones are truncated
-  c.model.embed_dim = 64
-  c.model.num_layers = 2
+  c.model = models.default_config(*MODELS)
   c.model.dropout = 0.1
-  c.model.dtype = "float32"   # compute dtype
-  c.model.param_dtype = "float32"
-  # text_encoder only
-  c.model.num_heads = 4
-  c.model.mlp_dim = 0         # 0 -> 4 * embed_dim
-  c.model.pooling = "mean"    # | first (a learned [CLS] token)
-  c.model.positions = "rotary"  # | learned
-  # rnn only
-  c.model.cell = "lstm"       # | gru
-  c.model.hidden_dim = 128
-  c.model.bidirectional = True
+  c.model.positions = "rotary"  # learns negation and clause order several times faster
 
   c.train.steps = 1500
   c.train.batch_size = 64

@@ -28,6 +28,10 @@ Presets (`--experiment=tabular:<preset>`):
 import ml_collections
 
 from bigmodel_jax import config as config_lib
+from bigmodel_jax import models
+
+# model.name can be any of these; config.model starts from their defaults (models/<name>.py).
+MODELS = ("mlp",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -41,10 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.2  # held-out share of the fixed stratified split
   c.data.split_seed = 0
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "mlp"
-  c.model.hidden_sizes = (20, 10)
-  c.model.dropout = 0.0
+  c.model = models.default_config(*MODELS)
 
   # Adam with a constant learning rate of 1e-3, as in the founding notes.
   c.train.steps = 1500

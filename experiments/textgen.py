@@ -19,6 +19,10 @@ Presets (`--experiment=textgen:<preset>`):
 import ml_collections
 
 from bigmodel_jax import config as config_lib
+from bigmodel_jax import models
+
+# model.name can be any of these; config.model starts from their defaults (models/<name>.py).
+MODELS = ("gpt",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,20 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.vocab_size = 256     # sentencepiece only; byte is always 256
   c.data.spm_model_type = "bpe"  # | unigram
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "gpt"
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.embed_dim = 128
-  c.model.mlp_dim = 0          # 0 -> 4 * embed_dim
-  c.model.block_size = 256     # context length in tokens
-  c.model.dropout = 0.0
-  c.model.positions = "learned"  # | rotary
-  c.model.use_bias = True
-  c.model.dtype = "float32"    # compute dtype
-  c.model.param_dtype = "float32"
-  c.model.attention_impl = "xla"  # | cudnn (GPU flash attention)
-  c.model.remat = "none"
+  c.model = models.default_config(*MODELS)
   c.model.vocab_multiple = 64  # pad the embedding table for faster matmuls
 
   c.train.steps = 1000

@@ -23,6 +23,10 @@ Presets (`--experiment=translate:<preset>`):
 import ml_collections
 
 from bigmodel_jax import config as config_lib
+from bigmodel_jax import models
+
+# model.name can be any of these; config.model starts from their defaults (models/<name>.py).
+MODELS = ("seq2seq",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,16 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.max_source_len = 32  # tokens, EOS included
   c.data.max_target_len = 12
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "seq2seq"
-  c.model.num_encoder_layers = 2
-  c.model.num_decoder_layers = 2
-  c.model.num_heads = 4
-  c.model.embed_dim = 64
-  c.model.mlp_dim = 0         # 0 -> 4 * embed_dim
-  c.model.dropout = 0.0
-  c.model.dtype = "float32"
-  c.model.param_dtype = "float32"
+  c.model = models.default_config(*MODELS)
   c.model.vocab_multiple = 8  # pad embedding tables (259 byte ids + specials -> 264)
 
   c.train.steps = 1200

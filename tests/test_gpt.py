@@ -4,7 +4,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -12,7 +11,9 @@ from flax import linen as nn
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import gpt
 
-TINY = dict(vocab_size=32, block_size=16, num_layers=2, num_heads=2, embed_dim=16)
+TINY = dict(vocab_size=32, block_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=0,
+            dropout=0.0, positions="learned", use_bias=True, dtype=jnp.float32,
+            param_dtype=jnp.float32, attention_impl=None, remat="none")
 
 
 def expected_params(V, T, L, C, M=0, positions="learned", use_bias=True):
@@ -68,7 +69,7 @@ def test_output_shape_and_dtype(tiny):
 @pytest.mark.parametrize("positions,use_bias,mlp_dim", [
     ("learned", True, 0), ("rotary", True, 24), ("learned", False, 40)])
 def test_param_count_matches_formula(positions, use_bias, mlp_dim):
-  model = gpt.GPT(**TINY, positions=positions, use_bias=use_bias, mlp_dim=mlp_dim)
+  model = gpt.GPT(**dict(TINY, positions=positions, use_bias=use_bias, mlp_dim=mlp_dim))
   params = shapes(model)["params"]
   assert gpt.param_count(params) == expected_params(
       32, 16, 2, 16, mlp_dim, positions=positions, use_bias=use_bias)
@@ -76,7 +77,8 @@ def test_param_count_matches_formula(positions, use_bias, mlp_dim):
 
 
 def test_gpt2_small_shapes_without_allocating():
-  model = gpt.GPT(vocab_size=50304, block_size=1024, num_layers=12, num_heads=12, embed_dim=768)
+  model = gpt.GPT(**dict(TINY, vocab_size=50304, block_size=1024, num_layers=12, num_heads=12,
+                         embed_dim=768))
   params = shapes(model)["params"]
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
   count = gpt.param_count(params)
@@ -89,8 +91,8 @@ def test_gpt2_small_shapes_without_allocating():
 
 
 def test_1b_shapes_without_allocating():
-  model = gpt.GPT(vocab_size=50304, block_size=2048, num_layers=18, num_heads=16, embed_dim=2048,
-                  mlp_dim=8192, positions="rotary", dtype=jnp.bfloat16)
+  model = gpt.GPT(**dict(TINY, vocab_size=50304, block_size=2048, num_layers=18, num_heads=16,
+                         embed_dim=2048, mlp_dim=8192, positions="rotary", dtype=jnp.bfloat16))
   count = gpt.param_count(shapes(model)["params"])
   assert count == expected_params(50304, 2048, 18, 2048, 8192, positions="rotary")
   assert 1.0e9 < count < 1.02e9
@@ -119,7 +121,7 @@ def test_every_param_has_logical_axes():
 
 @pytest.mark.parametrize("positions", ["learned", "rotary"])
 def test_causal_and_position_aware(positions):
-  model = gpt.GPT(**TINY, positions=positions)
+  model = gpt.GPT(**dict(TINY, positions=positions))
   params = init(model)
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 32)
   changed = tokens.at[:, 6].set((tokens[:, 6] + 1) % 32)
@@ -156,7 +158,7 @@ def test_bf16_compute_with_f32_params(tiny):
 
 
 def test_bf16_params():
-  model = gpt.GPT(**TINY, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  model = gpt.GPT(**dict(TINY, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16))
   params = init(model, std=0.0)
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
   assert apply(model, params, jnp.zeros((1, 4), jnp.int32)).dtype == jnp.float32
@@ -188,10 +190,8 @@ def test_remat_same_gradients_and_policy(tiny, remat):
 
 
 def config(**overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      num_layers=2, num_heads=2, embed_dim=16, mlp_dim=0, block_size=16, dropout=0.0,
-      positions="learned", use_bias=True, dtype="bfloat16", param_dtype="float32",
-      attention_impl="xla", remat="none"))
+  cfg = gpt.default_config()
+  cfg.update(dict(num_layers=2, num_heads=2, embed_dim=16, block_size=16, dtype="bfloat16"))
   cfg.update(overrides)
   return cfg
 

@@ -81,7 +81,9 @@ def test_date_splits_are_seeded_and_held_out():
 
 # --- the model: cache, masks, parameter names --------------------------------------------------
 
-TINY = dict(num_encoder_layers=2, num_decoder_layers=2, num_heads=2, embed_dim=16)
+TINY = dict(num_encoder_layers=2, num_decoder_layers=2, num_heads=2, embed_dim=16, mlp_dim=0,
+            share_embeddings=True, dropout=0.0, dtype=jnp.float32, param_dtype=jnp.float32,
+            vocab_multiple=1)
 
 
 def noisy_params(model, seed=0, std=0.7):
@@ -102,7 +104,7 @@ def teacher_forced(model, params, src, tgt_in):
 @pytest.mark.parametrize("shared", [True, False])
 def test_cached_decoding_matches_a_full_recompute(shared):
   model = seq2seq.Seq2Seq(src_vocab_size=13, tgt_vocab_size=13 if shared else 9,
-                          share_embeddings=shared, **TINY)
+                          **dict(TINY, share_embeddings=shared))
   params = noisy_params(model)
   rng = np.random.default_rng(0)
   src = rng.integers(0, 10, (3, 6)).astype(np.int32)
@@ -143,7 +145,7 @@ def test_source_padding_is_masked_and_the_decoder_is_causal():
 
 
 def test_parameters_carry_logical_axis_names_and_padded_tables():
-  model = seq2seq.Seq2Seq(src_vocab_size=13, tgt_vocab_size=13, vocab_multiple=8, **TINY)
+  model = seq2seq.Seq2Seq(src_vocab_size=13, tgt_vocab_size=13, **dict(TINY, vocab_multiple=8))
   src, tgt_in = jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 3), jnp.int32)
   shapes = jax.eval_shape(model.init, jax.random.key(0), src, tgt_in)["params"]
   assert nn.unbox(shapes)["embed"]["embedding"].shape == (16, 16)  # 13 ids padded to 16 rows

@@ -1,11 +1,15 @@
 """Models (flax linen), chosen by name: `config.model.name` -> `bigmodel_jax/models/<name>.py`.
 
-Each model module has `make(cfg, **task_args) -> nn.Module`, where `cfg` is config.model and the
-task passes what only it knows (vocabulary size, number of classes, ...).
+Each model module has `default_config() -> ConfigDict`, config.model's fields for that model with
+their defaults (the one place they are written; fields several models share come from
+`layers.shared_config`), and `make(cfg, **task_args) -> nn.Module`, where `cfg` is config.model
+and the task passes what only it knows (vocabulary size, number of classes, ...).
 """
 
 import importlib
 import pkgutil
+
+import ml_collections
 
 from bigmodel_jax.errors import UsageError
 
@@ -14,9 +18,26 @@ def names() -> list[str]:
   return sorted(m.name for m in pkgutil.iter_modules(__path__))
 
 
+def _module(name: str, allowed: list[str]):
+  if name not in allowed:
+    raise UsageError(f"model.name={name!r} is not valid; valid: {', '.join(allowed)}")
+  return importlib.import_module(f"{__name__}.{name}")
+
+
+def default_config(*model_names: str) -> ml_collections.ConfigDict:
+  """config.model for an experiment: name = the first of `model_names`, and the union of the
+  named models' fields with their defaults, so that `model.name` can switch between them (where
+  models share a field, the first model's default wins)."""
+  c = ml_collections.ConfigDict()
+  # Which model: bigmodel_jax/models/<name>.py; one of the names the experiment built this from.
+  c.name = model_names[0]
+  for name in model_names:
+    for key, value in _module(name, names()).default_config().items():
+      if key not in c:
+        c[key] = value
+  return c
+
+
 def make(cfg, valid: tuple[str, ...] | None = None, **task_args):
   """Builds config.model; `valid` limits the names to those the task can use."""
-  allowed = list(valid) if valid else names()
-  if cfg.name not in allowed:
-    raise UsageError(f"model.name={cfg.name!r} is not valid; valid: {', '.join(allowed)}")
-  return importlib.import_module(f"{__name__}.{cfg.name}").make(cfg, **task_args)
+  return _module(cfg.name, list(valid) if valid else names()).make(cfg, **task_args)

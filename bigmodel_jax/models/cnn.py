@@ -13,16 +13,18 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from bigmodel_jax.errors import UsageError
+from bigmodel_jax.models import layers
 
 
 class CNN(nn.Module):
   num_classes: int
-  widths: Sequence[int] = (32, 64)
-  stage_sizes: Sequence[int] = (1, 1)
-  hidden: int = 128
-  dropout: float = 0.0
+  widths: Sequence[int]
+  stage_sizes: Sequence[int]
+  hidden: int
+  dropout: float
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # (B, H, W, C) -> (B, num_classes)
@@ -35,6 +37,18 @@ class CNN(nn.Module):
       x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.model's fields for a CNN and their defaults."""
+  c = layers.shared_config("dropout")  # before the classifier only
+  # Channels of each stage's convs: positive integers, one per stage.
+  c.widths = (32, 64)
+  # 3x3 convs per stage (each stage then max-pools): positive integers, as many as widths.
+  c.stage_sizes = (1, 1)
+  # Width of the dense layer before the classifier: >= 0; 0 = none.
+  c.hidden = 128
+  return c
 
 
 def check_stages(cfg) -> None:

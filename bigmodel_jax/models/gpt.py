@@ -1,7 +1,8 @@
 """GPT: a decoder-only Transformer in flax linen (pre-LayerNorm, tied embeddings).
 
 Read top to bottom: rotary helper, attention (with an optional KV cache), MLP, block, model, then
-`make` (config -> model), `param_count` and `flops_per_token`.
+`default_config` (config.model's fields and defaults), `make` (config -> model), `param_count` and
+`flops_per_token`.
 
 Parameter tree (names are kept stable: checkpoints depend on them):
 
@@ -35,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 
@@ -189,20 +191,21 @@ class Block(nn.Module):
 class GPT(nn.Module):
   """Decoder-only Transformer: tokens int32 (B, T) -> logits float32 (B, T, vocab_size)."""
 
+  # Set by `make` from config.model (default_config says what each is), dtypes as jnp types.
   vocab_size: int
   block_size: int  # context length
   num_layers: int
   num_heads: int
   embed_dim: int
-  mlp_dim: int = 0  # 0 -> 4 * embed_dim
-  dropout: float = 0.0
-  positions: str = "learned"  # "learned" | "rotary"
-  use_bias: bool = True
-  dtype: Any = jnp.float32  # compute dtype
-  param_dtype: Any = jnp.float32  # weight dtype
-  attention_impl: str | None = None  # jax.nn.dot_product_attention(implementation=...)
-  remat: str = "none"  # "none" | "full" | "dots", see REMAT_POLICIES
-  decode: bool = False
+  mlp_dim: int  # 0 -> 4 * embed_dim
+  dropout: float
+  positions: str  # "learned" | "rotary"
+  use_bias: bool
+  dtype: Any  # compute dtype
+  param_dtype: Any  # weight dtype
+  attention_impl: str | None  # jax.nn.dot_product_attention(implementation=...)
+  remat: str  # "none" | "full" | "dots", see REMAT_POLICIES
+  decode: bool = False  # set by model.clone(decode=True) for cached decoding, never by config
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
@@ -247,6 +250,26 @@ class GPT(nn.Module):
     return logits
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.model's fields for a GPT and their defaults (the baby GPT of experiments/textgen)."""
+  c = layers.shared_config(
+      "mlp_dim", "dropout", "positions", "dtype", "param_dtype", "vocab_multiple")
+  # Transformer blocks: > 0.
+  c.num_layers = 4
+  # Attention heads per block: > 0, dividing embed_dim.
+  c.num_heads = 4
+  # Width of the residual stream (and of the token embedding): > 0.
+  c.embed_dim = 128
+  # Context length in tokens: > 0.
+  c.block_size = 256
+  # Biases in the attention and MLP projections and the LayerNorms: True | False.
+  c.use_bias = True
+  # Attention kernel: xla (jax.nn.dot_product_attention's XLA path) | cudnn (fused, GPU only).
+  c.attention_impl = "xla"
+  # Recompute in the backward pass to save memory: none | full | dots (REMAT_POLICIES).
+  c.remat = "none"
+  return c
+
 
 def make(cfg, vocab_size: int) -> GPT:
   """Builds a GPT from `config.model`; vocab is rounded up to a multiple of `vocab_multiple`."""
@@ -255,7 +278,7 @@ def make(cfg, vocab_size: int) -> GPT:
   heads, width = ints["num_heads"], ints["embed_dim"]
   if width % heads:
     raise UsageError(f"model.embed_dim={width} must be divisible by model.num_heads={heads}")
-  positions = cfg.get("positions", "learned")
+  positions = cfg.positions
   if positions not in POSITIONS:
     raise UsageError(f"model.positions={positions!r} is unknown; valid: {', '.join(POSITIONS)}")
   if positions == "rotary" and (width // heads) % 2:
@@ -264,7 +287,7 @@ def make(cfg, vocab_size: int) -> GPT:
   mlp_dim = layers.mlp_dim(cfg)
   settings = layers.dropout_and_dtypes(cfg)
   dropout, dtypes = settings.pop("dropout"), settings
-  impl = cfg.get("attention_impl", "xla")
+  impl = cfg.attention_impl
   if impl not in ATTENTION_IMPLS:
     raise UsageError(
         f"model.attention_impl={impl!r} is unknown; valid: {', '.join(ATTENTION_IMPLS)}")
@@ -273,7 +296,7 @@ def make(cfg, vocab_size: int) -> GPT:
     raise UsageError(  # cuDNN's fused attention has no float32 kernel and fixed head sizes
         f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 and a head size "
         f"(model.embed_dim / model.num_heads = {head_dim}) that is a multiple of 8 and <= 256")
-  remat = cfg.get("remat", "none")
+  remat = cfg.remat
   if remat not in REMAT_POLICIES:
     raise UsageError(f"model.remat={remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
   multiple = layers.vocab_multiple(cfg)
@@ -281,7 +304,7 @@ def make(cfg, vocab_size: int) -> GPT:
     raise UsageError(f"vocab_size={vocab_size} must be positive")
   return GPT(
       vocab_size=-(-vocab_size // multiple) * multiple, mlp_dim=mlp_dim, dropout=dropout,
-      positions=positions, use_bias=bool(cfg.get("use_bias", True)),
+      positions=positions, use_bias=bool(cfg.use_bias),
       attention_impl=ATTENTION_IMPLS[impl], remat=remat, **ints, **dtypes)
 
 

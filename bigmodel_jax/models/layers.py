@@ -1,5 +1,6 @@
 """Pieces every model file shares: initialisers with logical axis names, LayerNorm, and the
-checks of common `config.model` fields (one-line UsageErrors naming the key)."""
+`config.model` fields that several models have, declared (`shared_config`) and checked (one-line
+UsageErrors naming the key) here once."""
 
 import math
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax import lax
 
 from bigmodel_jax.errors import UsageError
@@ -83,23 +85,47 @@ def layer_norm(name: str, *, dtype, param_dtype, epsilon: float = 1e-5, use_bias
       bias_init=zeros(("norm",)), name=name)
 
 
+def shared_config(*keys: str) -> ml_collections.ConfigDict:
+  """The fields named by `keys` that several models' `default_config`s share, with their defaults:
+  declared once, here, so that a field means the same and defaults the same in every model."""
+  c = ml_collections.ConfigDict()
+  # Dropout rate while training: [0, 1).
+  c.dropout = 0.0
+  # Compute dtype: float32 | bfloat16 | float16.
+  c.dtype = "float32"
+  # Weight dtype: float32 | bfloat16 | float16 (float32 weights with bfloat16 compute is usual).
+  c.param_dtype = "float32"
+  # Hidden width of each Transformer MLP: >= 0; 0 -> 4 * embed_dim.
+  c.mlp_dim = 0
+  # Embedding tables get rows up to a multiple of this (for sharding, faster matmuls): >= 1.
+  c.vocab_multiple = 1
+  # Token positions: learned (an embedding added to the tokens) | rotary (RoPE on queries, keys).
+  c.positions = "learned"
+  # Tokens per text for the text classifiers (the task truncates longer texts): > 0.
+  c.max_len = 40
+  unknown = [k for k in keys if k not in c]
+  if unknown:
+    raise ValueError(f"no shared model field {unknown}; shared: {', '.join(c)}")
+  return ml_collections.ConfigDict({k: c[k] for k in keys})
+
+
 def positive_int(cfg, key: str) -> int:
   """config.model.<key> as a positive int, or a one-line UsageError naming it."""
-  value = cfg.get(key)
+  value = cfg[key]
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
     raise UsageError(f"model.{key}={value!r} must be a positive integer")
   return int(value)
 
 
 def mlp_dim(cfg) -> int:
-  value = int(cfg.get("mlp_dim", 0))
+  value = int(cfg.mlp_dim)
   if value < 0:
     raise UsageError(f"model.mlp_dim={value} must be >= 0 (0 means 4 * model.embed_dim)")
   return value
 
 
 def vocab_multiple(cfg) -> int:
-  value = int(cfg.get("vocab_multiple", 1))
+  value = int(cfg.vocab_multiple)
   if value <= 0:
     raise UsageError(f"model.vocab_multiple={value} must be a positive integer")
   return value
@@ -107,12 +133,12 @@ def vocab_multiple(cfg) -> int:
 
 def dropout_and_dtypes(cfg) -> dict[str, Any]:
   """model.dropout in [0, 1) and model.dtype / model.param_dtype by name, checked."""
-  dropout = float(cfg.get("dropout", 0.0))
+  dropout = float(cfg.dropout)
   if not 0.0 <= dropout < 1.0:
     raise UsageError(f"model.dropout={dropout} must be in [0, 1)")
   out = {"dropout": dropout}
   for key in ("dtype", "param_dtype"):
-    name = cfg.get(key, "float32")
+    name = cfg[key]
     if name not in DTYPES:
       raise UsageError(f"model.{key}={name!r} is unknown; valid: {', '.join(DTYPES)}")
     out[key] = DTYPES[name]
@@ -128,10 +154,10 @@ class MLP(nn.Module):
   hidden_dim: int
   fc_std: float
   proj_std: float
-  dropout: float = 0.0
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  dropout: float
+  dtype: Any
+  param_dtype: Any
+  use_bias: bool = True  # text_encoder and seq2seq always have biases; gpt passes model.use_bias
 
   @nn.compact
   def __call__(self, x, *, train: bool):  # x (B, T, C)

@@ -12,14 +12,16 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from bigmodel_jax.errors import UsageError
+from bigmodel_jax.models import layers
 
 
 class MLP(nn.Module):
-  hidden_sizes: Sequence[int] = (20, 10)
-  num_outputs: int = 1
-  dropout: float = 0.0
+  hidden_sizes: Sequence[int]
+  num_outputs: int
+  dropout: float
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # (B, features) -> (B, num_outputs)
@@ -27,6 +29,14 @@ class MLP(nn.Module):
       x = nn.Dense(size, name=f"hidden_{i}")(x)
       x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
     return nn.Dense(self.num_outputs, name="out")(x).astype(jnp.float32)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.model's fields for an MLP and their defaults (the founding notes' 20 -> 10)."""
+  c = layers.shared_config("dropout")  # after each hidden layer's ReLU
+  # Width of each hidden layer, input side first: positive integers; () = a linear model.
+  c.hidden_sizes = (20, 10)
+  return c
 
 
 def make(cfg, num_outputs: int = 1) -> MLP:

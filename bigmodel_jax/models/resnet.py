@@ -25,6 +25,7 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from bigmodel_jax.models import cnn
 
@@ -49,8 +50,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
   num_classes: int
-  widths: Sequence[int] = (16, 32, 64)
-  stage_sizes: Sequence[int] = (2, 2, 2)
+  widths: Sequence[int]
+  stage_sizes: Sequence[int]
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # (B, H, W, C) -> (B, num_classes)
@@ -63,6 +64,16 @@ class ResNet(nn.Module):
         x = BasicBlock(width, stride, name=f"stage{i}_block{j}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.model's fields for a ResNet and their defaults."""
+  c = ml_collections.ConfigDict()
+  # Channels of each stage's blocks (the stem has widths[0]): positive integers, one per stage.
+  c.widths = (16, 32, 64)
+  # Basic blocks per stage: positive integers, as many as widths.
+  c.stage_sizes = (2, 2, 2)
+  return c
 
 
 def make(cfg, num_classes: int) -> ResNet:

@@ -23,10 +23,11 @@ Parameter tree:
 from typing import Any
 
 import jax.numpy as jnp
+import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
-from bigmodel_jax.models.layers import dropout_and_dtypes, positive_int
+from bigmodel_jax.models.layers import dropout_and_dtypes, positive_int, shared_config
 from bigmodel_jax.models.text_encoder import padded_vocab
 
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
@@ -39,16 +40,17 @@ def _partitioned(init, names):
 class RNNClassifier(nn.Module):
   """tokens int32 (B, T), 0 = padding -> logits float32 (B, num_classes)."""
 
+  # Set by `make` from config.model (default_config says what each is), dtypes as jnp types.
   vocab_size: int  # including the padding id 0
   num_classes: int
-  cell: str = "lstm"  # "lstm" | "gru"
-  num_layers: int = 1
-  embed_dim: int = 64
-  hidden_dim: int = 128
-  bidirectional: bool = True
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  cell: str  # "lstm" | "gru"
+  num_layers: int
+  embed_dim: int
+  hidden_dim: int
+  bidirectional: bool
+  dropout: float
+  dtype: Any
+  param_dtype: Any
 
   def _cell(self):
     return CELLS[self.cell](
@@ -83,15 +85,31 @@ class RNNClassifier(nn.Module):
     return logits.astype(jnp.float32)  # (B, num_classes)
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.model's fields for an RNNClassifier and their defaults (max_len is the task's)."""
+  c = shared_config("max_len", "dropout", "dtype", "param_dtype")
+  # Recurrent cell: lstm | gru.
+  c.cell = "lstm"
+  # Stacked RNN layers: > 0.
+  c.num_layers = 1
+  # Width of the token embedding: > 0.
+  c.embed_dim = 64
+  # State width of each cell (per direction): > 0.
+  c.hidden_dim = 128
+  # A backward RNN beside each forward one, outputs concatenated: True | False.
+  c.bidirectional = True
+  return c
+
+
 def make(cfg, vocab_size: int, num_classes: int) -> RNNClassifier:
   """Builds an RNNClassifier from `config.model` (cell, num_layers, embed_dim, hidden_dim,
   bidirectional, dropout, dtype, param_dtype); vocab_size counts the padding id 0 (the table is
   padded as text_encoder's)."""
-  cell = cfg.get("cell", "lstm")
+  cell = cfg.cell
   if cell not in CELLS:
     raise UsageError(f"model.cell={cell!r} is unknown; valid: {', '.join(CELLS)}")
   ints = {k: positive_int(cfg, k) for k in ("num_layers", "embed_dim", "hidden_dim")}
   return RNNClassifier(vocab_size=padded_vocab(vocab_size, num_classes),
                        num_classes=num_classes, cell=cell,
-                       bidirectional=bool(cfg.get("bidirectional", True)), **ints,
+                       bidirectional=bool(cfg.bidirectional), **ints,
                        **dropout_and_dtypes(cfg))

@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 
@@ -184,18 +185,20 @@ class Decoder(nn.Module):
 class Seq2Seq(nn.Module):
   """src int32 (B, S), tgt_in int32 (B, T) (BOS + target[:-1]) -> logits float32 (B, T, V)."""
 
+  # Set by `make` from config.model (default_config says what each is), dtypes as jnp types.
   src_vocab_size: int
   tgt_vocab_size: int
   num_encoder_layers: int
   num_decoder_layers: int
   num_heads: int
   embed_dim: int
-  mlp_dim: int = 0  # 0 -> 4 * embed_dim
-  share_embeddings: bool = True
-  dropout: float = 0.0
-  dtype: Any = jnp.float32  # compute dtype
-  param_dtype: Any = jnp.float32
-  vocab_multiple: int = 1  # embedding tables are padded to a multiple of this (for sharding)
+  mlp_dim: int  # 0 -> 4 * embed_dim
+  share_embeddings: bool  # the task's data.shared_vocab
+  dropout: float
+  dtype: Any  # compute dtype
+  param_dtype: Any
+  vocab_multiple: int  # embedding tables are padded to a multiple of this (for sharding)
+  # Set by model.clone(decode=True, decode_len=L) for beam search, never by config.
   decode: bool = False
   decode_len: int = 0  # length of the self-attention cache when decoding
 
@@ -243,6 +246,19 @@ class Seq2Seq(nn.Module):
     encoded, mask = self.encode(src, train=train)
     return self.run_decoder(tgt_in, encoded, mask, train=train)
 
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.model's fields for a Seq2Seq and their defaults (the dates model of translate)."""
+  c = layers.shared_config("mlp_dim", "dropout", "dtype", "param_dtype", "vocab_multiple")
+  # Encoder layers (self-attention + MLP): > 0.
+  c.num_encoder_layers = 2
+  # Decoder layers (causal self-attention, cross-attention, MLP): > 0.
+  c.num_decoder_layers = 2
+  # Attention heads in every attention: > 0.
+  c.num_heads = 4
+  # Width of the embeddings and of every layer: > 0, a multiple of 2 * num_heads.
+  c.embed_dim = 64
+  return c
 
 
 def make(cfg, src_vocab_size: int, tgt_vocab_size: int, share_embeddings: bool) -> Seq2Seq:

@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
@@ -103,18 +104,19 @@ class Block(nn.Module):
 class TextEncoder(nn.Module):
   """tokens int32 (B, T), 0 = padding -> logits float32 (B, num_classes)."""
 
+  # Set by `make` from config.model (default_config says what each is), dtypes as jnp types.
   vocab_size: int  # including the padding id 0
   num_classes: int
   max_len: int
   num_layers: int
   num_heads: int
   embed_dim: int
-  mlp_dim: int = 0  # 0 -> 4 * embed_dim
-  dropout: float = 0.0
-  pooling: str = "mean"  # "mean" | "first"
-  positions: str = "learned"  # "learned" | "rotary"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  mlp_dim: int  # 0 -> 4 * embed_dim
+  dropout: float
+  pooling: str  # "mean" | "first"
+  positions: str  # "learned" | "rotary"
+  dtype: Any
+  param_dtype: Any
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
@@ -157,6 +159,20 @@ def padded_vocab(vocab_size: int, num_classes: int) -> int:
   return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.model's fields for a TextEncoder and their defaults."""
+  c = layers.shared_config("max_len", "mlp_dim", "dropout", "positions", "dtype", "param_dtype")
+  # Transformer blocks: > 0.
+  c.num_layers = 2
+  # Attention heads per block: > 0, dividing embed_dim.
+  c.num_heads = 4
+  # Width of the token embedding and of every block: > 0.
+  c.embed_dim = 64
+  # What the classifier reads: mean (of the real tokens' outputs) | first (a learned [CLS] token).
+  c.pooling = "mean"
+  return c
+
+
 def make(cfg, vocab_size: int, num_classes: int) -> TextEncoder:
   """Builds a TextEncoder from `config.model`; vocab_size counts the padding id 0 (the table is
   padded to a multiple of VOCAB_MULTIPLE)."""
@@ -166,10 +182,10 @@ def make(cfg, vocab_size: int, num_classes: int) -> TextEncoder:
     raise UsageError(f"model.embed_dim={ints['embed_dim']} must be divisible by "
                      f"model.num_heads={ints['num_heads']}")
   mlp_dim = layers.mlp_dim(cfg)
-  pooling = cfg.get("pooling", "mean")
+  pooling = cfg.pooling
   if pooling not in POOLING:
     raise UsageError(f"model.pooling={pooling!r} is unknown; valid: {', '.join(POOLING)}")
-  positions = cfg.get("positions", "learned")
+  positions = cfg.positions
   if positions not in POSITIONS:
     raise UsageError(f"model.positions={positions!r} is unknown; valid: {', '.join(POSITIONS)}")
   if positions == "rotary" and (ints["embed_dim"] // ints["num_heads"]) % 2:
