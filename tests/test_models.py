@@ -9,7 +9,7 @@ from bigmodel_jax import config as config_lib
 from bigmodel_jax import models
 from bigmodel_jax.errors import UsageError
 
-MODEL_NAMES = [n for n in models.names() if n != "layers"]
+MODEL_NAMES = models.names()
 
 
 def _specs(experiment):

@@ -14,8 +14,11 @@ import ml_collections
 from bigmodel_jax.errors import UsageError
 
 
+_NOT_MODELS = ("layers",)  # shared building blocks, not a model to choose by name
+
+
 def names() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__))
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_MODELS)
 
 
 def _module(name: str, allowed: list[str]):
