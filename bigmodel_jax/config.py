@@ -99,6 +99,18 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.parallel.cpu_devices = 0
   c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
   c.parallel.tensor = 1         # (-1 on either: all devices the other leaves)
+  # mesh only: logical axis name (on parameters and activations) -> mesh axes, as (name, axes)
+  # pairs; axes are one of data/fsdp/tensor, a tuple of them, or None (replicated).
+  c.parallel.logical_rules = (
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("length", None),
+      ("norm", None),
+  )
 
   # Multi-process runs (see README): explicit coordinator, or auto-detection on TPU/SLURM/...
   c.distributed = ml_collections.ConfigDict()
