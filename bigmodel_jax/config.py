@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from absl import flags
 import ml_collections
 
+from bigmodel_jax import optim_settings
 from bigmodel_jax.errors import UsageError
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
@@ -102,11 +103,24 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.train.steps = 1000
   c.train.batch_size = 32      # global, over all devices and micro-batches
   c.train.grad_accum_steps = 1
+  c.train.optimizer = "adamw"  # | sgd | adafactor (optim.py); all decay weights as AdamW does
+  c.train.momentum = 0.9       # sgd only; 0 -> plain SGD
+  c.train.nesterov = False     # sgd only
+  # After a linear warmup from 0 over warmup_steps: cosine (decay to min_lr_ratio of the peak at
+  # the last step) | linear (the same, linearly) | constant | wsd (warmup-stable-decay: constant,
+  # then linear decay to min_lr_ratio over the last decay_fraction of the steps).
+  c.train.schedule = "cosine"
+  # wsd only. 0.2: Hagele et al. 2024 (arXiv:2405.18392) report that a linear cooldown over ~20%
+  # of the steps matches a cosine schedule's final loss.
+  c.train.decay_fraction = 0.2
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 100
   c.train.min_lr_ratio = 0.1
   c.train.weight_decay = 0.1
-  c.train.decay_embeddings = False
+  # Parameters whose '/'-joined path (e.g. h_0/attn/query/kernel) this regex finds (re.search) get
+  # no weight decay: by default biases, norm scales and embeddings (GPT's wte/wpe among them).
+  # "(^|/)(bias|scale)$" decays embeddings too; "" decays everything.
+  c.train.no_decay = r"(^|/)(bias|scale|embedding)$|wte|wpe"
   c.train.b1 = 0.9
   c.train.b2 = 0.99
   c.train.grad_clip = 1.0
@@ -135,6 +149,18 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.parallel.cpu_devices = 0
   c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
   c.parallel.tensor = 1         # (-1 on either: all devices the other leaves)
+  # mesh only: logical axis name (on parameters and activations) -> mesh axes, as (name, axes)
+  # pairs; axes are one of data/fsdp/tensor, a tuple of them, or None (replicated).
+  c.parallel.logical_rules = (
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("length", None),
+      ("norm", None),
+  )
 
   # Multi-process runs (see README): explicit coordinator, or auto-detection on TPU/SLURM/...
   c.distributed = ml_collections.ConfigDict()
@@ -204,6 +230,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= t.min_lr_ratio <= 1:
     raise UsageError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (the final learning "
                      "rate as a fraction of train.learning_rate)")
+  optim_settings.validate(t)
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise UsageError("checkpoint.every_steps and checkpoint.keep must be positive integers")
   if t.on_nan not in ("stop", "skip"):

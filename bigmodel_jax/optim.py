@@ -1,36 +1,122 @@
-"""Optimizer: AdamW with linear warmup + cosine decay, global-norm clipping, a weight-decay mask."""
+"""The optimizer and learning-rate schedule that config.train names, with global-norm clipping and
+a weight-decay mask chosen by a regex over parameter paths (train.no_decay).
 
+Every optimizer applies weight decay the AdamW way, decoupled from its gradient statistics:
+lr(step) * weight_decay * param per step, so train.weight_decay means the same for all of them.
+The names and their checks are in optim_settings.py (without jax, for config.validate).
+"""
+
+import functools
+import re
+
+import flax.linen as nn
 import jax
 import optax
 
+from bigmodel_jax import optim_settings
 
-def learning_rate_schedule(t) -> optax.Schedule:
+# --- schedules: config.train -> optax.Schedule; step 0 is the first update -----------------------
+
+
+def _warmup_steps(t) -> int:
+  return min(t.warmup_steps, max(t.steps - 1, 0))
+
+
+def _ramp(start: float, end: float, steps: int) -> optax.Schedule:
+  """Linear from start to end over `steps`; a 0-step ramp is already at its end (and optax would
+  log a warning for it)."""
+  return optax.linear_schedule(start, end, steps) if steps > 0 else optax.constant_schedule(end)
+
+
+def cosine(t) -> optax.Schedule:
   """Linear warmup from 0 to train.learning_rate, then cosine decay to min_lr_ratio of it."""
-  warmup = min(t.warmup_steps, max(t.steps - 1, 0))
+  warmup = _warmup_steps(t)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=t.learning_rate, warmup_steps=warmup,
       decay_steps=max(t.steps, warmup + 1), end_value=t.learning_rate * t.min_lr_ratio)
 
 
-def decay_mask(params, decay_embeddings: bool = False):
-  """True where weight decay applies: matrices, not biases, norms or (by default) embeddings."""
+def linear(t) -> optax.Schedule:
+  """Linear warmup, then linear decay to min_lr_ratio of the peak at train.steps."""
+  warmup, peak = _warmup_steps(t), t.learning_rate
+  return optax.join_schedules(
+      [_ramp(0.0, peak, warmup), _ramp(peak, peak * t.min_lr_ratio, t.steps - warmup)], [warmup])
 
-  def decays(path, _):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name in ("bias", "scale"):
-      return False
-    if name == "embedding" or any("wte" in str(p) or "wpe" in str(p) for p in path):
-      return decay_embeddings
-    return True
 
-  return jax.tree_util.tree_map_with_path(decays, params)
+def constant(t) -> optax.Schedule:
+  """Linear warmup, then train.learning_rate to the end."""
+  warmup, peak = _warmup_steps(t), t.learning_rate
+  return optax.join_schedules([_ramp(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+
+
+def wsd(t) -> optax.Schedule:
+  """Warmup-stable-decay: linear warmup, constant, then linear decay to min_lr_ratio of the peak
+  over the last train.decay_fraction of the steps (never into the warmup). Until the decay the
+  rate does not depend on train.steps, so a checkpoint from the stable phase can be trained on
+  for longer; under cosine every step's rate depends on the run's length."""
+  warmup, peak = _warmup_steps(t), t.learning_rate
+  decay = min(round(t.decay_fraction * t.steps), t.steps - warmup)
+  return optax.join_schedules(
+      [_ramp(0.0, peak, warmup), optax.constant_schedule(peak),
+       _ramp(peak, peak * t.min_lr_ratio, decay)],
+      [warmup, t.steps - decay])
+
+
+SCHEDULES = {"cosine": cosine, "linear": linear, "constant": constant, "wsd": wsd}
+
+# --- optimizers: (config.train, schedule, decay mask) -> optax.GradientTransformation -------------
+
+
+def _adamw(t, schedule, mask):
+  return optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=mask)
+
+
+def _sgd(t, schedule, mask):
+  # optax.sgd with decoupled decay inserted where optax.adamw has it; without momentum there is
+  # no trace to keep (optax.sgd does the same).
+  return optax.chain(
+      optax.trace(decay=t.momentum, nesterov=t.nesterov) if t.momentum else optax.identity(),
+      optax.add_decayed_weights(t.weight_decay, mask),
+      optax.scale_by_learning_rate(schedule))
+
+
+def _adafactor(t, schedule, mask):
+  # optax.adafactor adds weight_decay_rate * param without the learning rate (0.1 would shrink the
+  # weights 10% a step); scaled by the schedule it is AdamW's decoupled decay.
+  rate = (lambda step: t.weight_decay * schedule(step)) if t.weight_decay else None
+  tx = optax.adafactor(schedule, weight_decay_rate=rate, weight_decay_mask=mask)
+  # tx.init sees boxed parameters (nn.Partitioned) and copies their logical axis names onto its
+  # statistics: right for Adam's moments, wrong for adafactor's row, column and placeholder ones,
+  # whose shapes differ (the mesh strategy fails to shard them). Built unboxed, they replicate.
+  return optax.GradientTransformationExtraArgs(lambda p: tx.init(nn.meta.unbox(p)), tx.update)
+
+
+OPTIMIZERS = {"adamw": _adamw, "sgd": _sgd, "adafactor": _adafactor}
+
+# --- weight-decay mask ---------------------------------------------------------------------------
+
+
+def param_path(path) -> str:
+  """'h_0/attn/query/kernel' for a tree_map_with_path path. The attribute key that boxed
+  parameters add (nn.Partitioned's `.value`, as tx.init sees them) is left out, so init and
+  update (unboxed) see the same names."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path
+                  if not isinstance(k, jax.tree_util.GetAttrKey))
+
+
+def decay_mask(params, no_decay: str):
+  """True where weight decay applies: parameters whose path `no_decay` does not match
+  (re.search); an empty `no_decay` decays every parameter."""
+  pattern = re.compile(no_decay) if no_decay else None
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: pattern is None or not pattern.search(param_path(path)), params)
 
 
 def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`t` is config.train. Returns the transformation and its learning-rate schedule."""
-  schedule = learning_rate_schedule(t)
+  optim_settings.validate(t)  # again: bench.py applies overrides without config.validate
+  schedule = SCHEDULES[t.schedule](t)
   parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-  parts.append(optax.adamw(
-      schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay,
-      mask=lambda p: decay_mask(p, t.decay_embeddings)))
+  parts.append(OPTIMIZERS[t.optimizer](t, schedule,
+                                       functools.partial(decay_mask, no_decay=t.no_decay)))
   return optax.chain(*parts), schedule

@@ -19,18 +19,6 @@ from bigmodel_jax.errors import UsageError
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXIS = "batch"  # pmap's axis name, for lax.pmean/psum inside the train step
 
-# Logical axis name (on parameters and activations) -> mesh axes.
-LOGICAL_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("length", None),
-    ("norm", None),
-)
-
 
 def initialize_distributed(cfg) -> None:
   """Starts JAX's multi-process runtime when config.distributed asks for it.
@@ -94,9 +82,23 @@ def pmean(tree, axis_name: str):
   return unflatten(jax.lax.pmean(flat, axis_name))
 
 
+def check_rules(rules) -> None:
+  """parallel.logical_rules: (logical name, mesh axes) pairs, the axes None, one mesh axis name
+  or a tuple of them. Checked for every strategy, so a typo does not wait for a mesh run."""
+  for rule in rules:
+    pair = isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+    axes = rule[1] if pair else None
+    if not pair or not (axes is None or axes in MESH_AXES or (
+        isinstance(axes, (tuple, list)) and all(a in MESH_AXES for a in axes))):
+      raise UsageError(f"parallel.logical_rules: {rule!r} is not a (logical name, mesh axes) "
+                       f"pair; mesh axes are None, one of {', '.join(MESH_AXES)}, or a tuple of "
+                       "them")
+
+
 def make(config):
   """The strategy named by config.parallel.strategy, checked against the devices present."""
   p, batch = config.parallel, config.train.batch_size
+  check_rules(p.logical_rules)
   n = p.num_devices or jax.device_count()
   if n > jax.device_count() or n < 0:
     raise UsageError(f"parallel.num_devices={p.num_devices} but there are {jax.device_count()} "
@@ -111,7 +113,7 @@ def make(config):
                        f"{n} devices; use a multiple of {n * config.train.grad_accum_steps}")
     return PmapStrategy(jax.local_devices()[:n])
   return MeshStrategy(mesh_shape(n, p.fsdp, p.tensor), batch, config.train.grad_accum_steps,
-                      jax.devices()[:n])
+                      jax.devices()[:n], p.logical_rules)
 
 
 def mesh_shape(n: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
@@ -178,12 +180,13 @@ class PmapStrategy:
 
 
 class MeshStrategy:
-  """`jax.jit` over a (data, fsdp, tensor) Mesh; parameters are sharded by their logical names."""
+  """`jax.jit` over a (data, fsdp, tensor) Mesh; parameters are sharded by their logical names,
+  which `rules` (config.parallel.logical_rules) map to mesh axes."""
 
   name = "mesh"
   axis_name = None  # XLA's SPMD partitioner inserts the collectives
 
-  def __init__(self, shape: tuple[int, int, int], batch_size: int, accum: int, devices):
+  def __init__(self, shape: tuple[int, int, int], batch_size: int, accum: int, devices, rules):
     self.mesh = jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
                               devices=devices)
     self.num_devices = self.mesh.size
@@ -194,10 +197,11 @@ class MeshStrategy:
     self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
     self.replicated = NamedSharding(self.mesh, P())
     self.state_sharding = None
+    self.rules = rules
 
   def shardings(self, init_fn, rng):
     specs = nn.get_partition_spec(jax.eval_shape(init_fn, rng))
-    return nn.logical_to_mesh_sharding(specs, self.mesh, LOGICAL_RULES)
+    return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
 
   def init_state(self, init_fn, rng):
     self.state_sharding = self.shardings(init_fn, rng)

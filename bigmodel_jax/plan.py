@@ -29,7 +29,8 @@ def plan(config, task) -> dict[str, float]:
   p, t = config.parallel, config.train
   n = p.num_devices or jax.device_count()
   shape = parallel.mesh_shape(n, p.fsdp, p.tensor) if p.strategy == "mesh" else (n, 1, 1)
-  strategy = parallel.MeshStrategy(shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n])
+  strategy = parallel.MeshStrategy(shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n],
+                                  p.logical_rules)
   tx, schedule = optim.make_optimizer(t)
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   rng = jax.random.key(config.seed)
