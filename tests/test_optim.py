@@ -204,11 +204,12 @@ def test_bad_logical_rules_are_one_line_usage_errors(data_dir, rules):
     parallel.make(config)
 
 
-def test_optimizer_settings_are_checked_without_importing_jax():
-  """config errors come back fast: run.py imports jax only after config.validate."""
+def test_optimizer_settings_are_checked_before_jax_starts():
+  """Config errors come before any device work: run.py sets up JAX's devices (which must happen
+  before a backend starts) only after config.validate, so validation must not start one."""
   code = ("import sys\nfrom bigmodel_jax import config as c\nx = c.load_experiment('textgen')\n"
           "x.train.optimizer = 'adam'\ntry:\n  c.validate(x)\nexcept ValueError:\n  pass\n"
-          "print('jax' in sys.modules)")
+          "from jax._src import xla_bridge\nprint(xla_bridge.backends_are_initialized())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(config_lib.EXPERIMENTS_DIR))
   assert out.stdout.strip() == "False"
