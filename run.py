@@ -12,16 +12,14 @@ import logging as std_logging
 import sys
 from typing import NamedTuple
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import RunError, UsageError
 
 _EXPERIMENT = flags.DEFINE_string("experiment", None, "Experiment name, optionally :preset.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes; default ./workdir/<name>.")
-_MODE = flags.DEFINE_string("mode", "train", "train, eval, plan, or a mode of the experiment's task.")
+_MODE = flags.DEFINE_string("mode", "train", "train, eval, plan, or a task's mode (e.g. sample).")
 
 
 class Args(NamedTuple):

@@ -24,14 +24,13 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigmodel_jax import checkpoint, config as config_lib, generate, metrics, optim, parallel
-from bigmodel_jax import steps
+from bigmodel_jax import checkpoint, generate, metrics, optim, parallel, steps
+from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.tasks import lm
 
@@ -178,8 +177,8 @@ def bench_generate(overrides: dict[str, str], new_tokens: int = 512) -> dict:
   prompt = np.arange(8, dtype=np.int32)
   out = {}
   for kind, fn in (("kv_cache", generate.generate), ("recompute", generate.generate_without_cache)):
-    run = lambda: fn(task.model, params, prompt, max_new_tokens=new_tokens,
-                     rng=jax.random.key(0), temperature=1.0)
+    run = functools.partial(fn, task.model, params, prompt, max_new_tokens=new_tokens,
+                            rng=jax.random.key(0), temperature=1.0)
     run()  # compile
     times = []
     for _ in range(3):

@@ -21,7 +21,6 @@ import orbax.checkpoint as ocp
 
 from bigmodel_jax.errors import RunError
 
-
 DIRECTORY = "checkpoints"
 MANIFEST = "manifest.bigmodel.json"
 ITEMS = ("state", "data", "config")
@@ -162,7 +161,8 @@ def damage(path: str) -> str | None:
       if not os.path.exists(full):
         return f"{name} is missing"
       if os.path.getsize(full) != saved.get("size"):
-        return f"{name} is {os.path.getsize(full)} bytes, {saved.get('size')} when saved (truncated?)"
+        return (f"{name} is {os.path.getsize(full)} bytes, {saved.get('size')} when saved "
+                "(truncated?)")
       if "blake2b" in saved and _fingerprint(full)["blake2b"] != saved["blake2b"]:
         return f"{name} does not match its checksum from when it was saved (bytes changed on disk)"
     return None

@@ -1,9 +1,9 @@
 """Experiment configs: load by name, apply presets and `--config.a.b=v` overrides, validate.
 
 An experiment is `experiments/<name>.py` with `get_config(arg) -> ConfigDict`; the part after a
-colon in `--experiment=textgen:tiny` is `arg`. Presets are flat dicts of dotted keys, applied with the
-same checked machinery as command-line overrides, so a typo in a preset fails like a typo on the
-command line. Every error here is a one-line `UsageError` raised before anything is written.
+colon in `--experiment=textgen:tiny` is `arg`. Presets are flat dicts of dotted keys, applied with
+the same checked machinery as command-line overrides, so a typo in a preset fails like a typo on
+the command line. Every error here is a one-line `UsageError` raised before anything is written.
 
 Every command that takes a config (run.py, the benchmark) reads `--config.a.b=v` through
 `split_overrides` and builds the config with `from_command_line`: one syntax, one set of errors.
@@ -11,17 +11,17 @@ A validated config is locked: code that sets a misspelt field fails instead of a
 """
 
 import ast
-import difflib
+from collections.abc import Mapping
 import importlib
 import math
 import os
-from typing import Any, Mapping
+from typing import Any
 
 from absl import flags
 import ml_collections
 
 from bigmodel_jax import optim_settings
-from bigmodel_jax.errors import UsageError
+from bigmodel_jax.errors import UsageError, did_you_mean
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
 
@@ -79,7 +79,7 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
     raise UsageError(f"--experiment is required; one of: {', '.join(available_experiments())}")
   name, _, arg = spec.partition(":")
   if name not in available_experiments():
-    raise UsageError(f"unknown experiment {name!r}{_suggest(name, available_experiments())}; "
+    raise UsageError(f"unknown experiment {name!r}{did_you_mean(name, available_experiments())}; "
                      f"valid: {', '.join(available_experiments())}")
   module = importlib.import_module(f"experiments.{name}")
   config = module.get_config(arg or None)
@@ -94,8 +94,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.experiment = ""
   c.task = task
   c.seed = 0
-  # Another run's workdir (or its checkpoints/ folder) to start from, e.g. for fine-tuning; parameter
-  # paths matching any regex in init_reinit keep their fresh initialisation.
+  # Another run's workdir (or its checkpoints/ folder) to start from, e.g. for fine-tuning;
+  # parameter paths matching any regex in init_reinit keep their fresh initialisation.
   c.init_from = ""
   c.init_reinit = ()
 
@@ -180,7 +180,7 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str | None,
   if arg is None:
     return config
   if arg not in presets:
-    raise UsageError(f"unknown preset {arg!r}{_suggest(arg, list(presets))}; "
+    raise UsageError(f"unknown preset {arg!r}{did_you_mean(arg, list(presets))}; "
                      f"valid: {', '.join(sorted(presets))} (or none for the default)")
   return set_values(config, presets[arg], source=f"preset {arg!r}")
 
@@ -282,17 +282,12 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-  close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-  return f" (did you mean {', '.join(close)}?)" if close else ""
-
-
 def _get(config, key: str, source: str):
   node = config
   for part in key.split("."):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       keys = leaf_keys(config)
-      raise UsageError(f"{source}: unknown config key {key!r}{_suggest(key, keys)}")
+      raise UsageError(f"{source}: unknown config key {key!r}{did_you_mean(key, keys)}")
     node = node[part]
   if isinstance(node, ml_collections.ConfigDict):
     raise UsageError(f"{source}: {key!r} is a group, set one of its keys: "

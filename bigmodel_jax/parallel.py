@@ -11,8 +11,9 @@ from absl import logging
 import flax.linen as nn
 import jax
 import jax.flatten_util
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigmodel_jax.errors import UsageError
 

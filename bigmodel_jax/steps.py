@@ -4,9 +4,9 @@ Nothing here touches devices, files or the host: `bigmodel_jax.parallel` wraps t
 jit, the trainer loops over them, and `--mode=plan` and the benchmark compile the same functions.
 """
 
+import flax
 import jax
 import jax.numpy as jnp
-import flax
 import optax
 
 from bigmodel_jax import parallel

@@ -14,11 +14,11 @@ import time
 from absl import logging
 import flax
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 
-from bigmodel_jax import checkpoint, metrics as metrics_lib, optim, parallel, plan, profiling
-from bigmodel_jax import safety, steps, tasks
+from bigmodel_jax import checkpoint, optim, parallel, plan, profiling, safety, steps, tasks
+from bigmodel_jax import metrics as metrics_lib
 from bigmodel_jax.errors import RunError, UsageError
 
 

@@ -10,9 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import corpora
-from bigmodel_jax.data import lm_pipeline
-from bigmodel_jax.data import tokenizers
+from bigmodel_jax.data import corpora, lm_pipeline, tokenizers
 from bigmodel_jax.errors import UsageError
 from tests.helpers import prepared_tfds_metadata
 

@@ -2,11 +2,11 @@
 
 import functools
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.generate import generate, generate_without_cache, sample_logits

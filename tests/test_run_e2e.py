@@ -70,7 +70,8 @@ def test_the_benchmark_takes_run_py_config_overrides(tmp_path):
                  capture_output=True)
   with open(tmp_path / "bench.json") as f:
     (result,) = json.load(f)["train"]
-  from bigmodel_jax import config as config_lib, tasks  # pylint: disable=g-import-not-at-top
+  from bigmodel_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from bigmodel_jax import tasks
   config = config_lib.from_command_line("textgen:tiny", {"model.num_layers": "1"})
   expected = tasks.get("lm")(config).flops_per_unit
   assert result["model_flops_per_s"] / result["tokens_per_s"] == pytest.approx(expected)

@@ -1,6 +1,6 @@
-"""Scale-out: two processes (gloo on 127.0.0.1), --mode=plan, and elastic resume onto fewer devices."""
+"""Scale-out: two processes (gloo on 127.0.0.1), --mode=plan, and elastic resume onto fewer
+devices."""
 
-import json
 import os
 import socket
 import subprocess
@@ -123,7 +123,8 @@ print(jax.device_count())
 def test_cpu_devices_auto_picks_one_per_core_that_divides(monkeypatch, overrides, expected):
   """cpu_devices=-1 on an 8-core host: the most devices that split the per-process micro-batch
   and that the mesh's model axes divide."""
-  from bigmodel_jax import config as config_lib, parallel
+  from bigmodel_jax import config as config_lib
+  from bigmodel_jax import parallel
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
   config = config_lib.load_experiment("textgen:tiny")
   config_lib.set_values(config, overrides, "test")

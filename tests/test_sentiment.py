@@ -2,15 +2,16 @@
 
 import collections
 import contextlib
+import functools
 import io
 import re
 
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
+import tensorflow_datasets as tfds
 
 from bigmodel_jax import config as config_lib
 from bigmodel_jax import models, trainer
@@ -35,7 +36,7 @@ def _config(**overrides):
 
 def _rule_label(text: str) -> int:
   """The label the module doc promises, recomputed from the text alone."""
-  text = re.sub(r"^(%s) " % "|".join(map(re.escape, reviews.OPENINGS)), "", text)
+  text = re.sub(rf"^({'|'.join(map(re.escape, reviews.OPENINGS))}) ", "", text)
   text = text[0].lower() + text[1:-1]  # drop the capital and the full stop
 
   def polarity(clause: str) -> int:
@@ -134,7 +135,7 @@ def test_every_preset_builds_a_model():
     config_lib.validate(config)
     model = models.make(config.model, classify_text.MODELS, vocab_size=300, num_classes=2)
     tokens = jax.ShapeDtypeStruct((2, config.model.max_len), np.int32)
-    shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)  # no allocation
+    shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)), tokens)  # shapes
     assert sum(x.size for x in jax.tree.leaves(shapes)) > 1000
 
 
@@ -236,7 +237,8 @@ def test_unprepared_or_unknown_tfds_dataset(tmp_path):
     classify_text.Task(_config(data__source="tfds:imdb_reviews",
                                data__tfds_data_dir=str(tmp_path)))
   assert "\n" not in str(e.value)
-  with pytest.raises(UsageError, match=r"unknown tfds dataset 'imdb_reveiws'; did you mean tfds:imdb_reviews"):
+  with pytest.raises(UsageError,
+                     match=r"unknown tfds dataset 'imdb_reveiws'; did you mean tfds:imdb_reviews"):
     classify_text.Task(_config(data__source="tfds:imdb_reveiws"))
 
 

@@ -163,7 +163,7 @@ def test_predict_writes_probabilities_and_labels_and_says_where(csv_run):
   config.predict.input = _write_csv(d / "new.csv", HEADER[:4], rows)
   output, printed = _run(config, workdir, "predict")
   assert output == os.path.join(workdir, "predictions.csv")
-  assert f"wrote 30 predictions" in printed and output in printed
+  assert "wrote 30 predictions" in printed and output in printed
   with open(output) as f:
     got = list(csv.DictReader(f))
   assert len(got) == 30 and list(got[0]) == ["line", "probability", "prediction"]

@@ -9,12 +9,12 @@ import io
 import itertools
 import os
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from flax import linen as nn
 
 from bigmodel_jax import beam_search, trainer
 from bigmodel_jax import config as config_lib

@@ -287,7 +287,7 @@ def _fingerprint(root: str, paths: list[str]) -> tuple[str, int]:
   for path in paths:
     st = os.stat(os.path.join(root, path))
     total += st.st_size
-    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8"))
+    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
   return digest.hexdigest()[:16], total
 
 

@@ -13,7 +13,6 @@ import ml_collections
 
 from bigmodel_jax.errors import UsageError
 
-
 _NOT_MODELS = ("layers",)  # shared building blocks, not a model to choose by name
 
 

@@ -34,11 +34,11 @@ import dataclasses
 import functools
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import layers

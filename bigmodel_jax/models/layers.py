@@ -7,9 +7,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
-from jax import lax
 
 from bigmodel_jax.errors import UsageError
 

@@ -22,9 +22,9 @@ Parameter tree:
 
 from typing import Any
 
+from flax import linen as nn
 import jax.numpy as jnp
 import ml_collections
-from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models.layers import dropout_and_dtypes, positive_int, shared_config

@@ -31,11 +31,11 @@ self-attention key/value at `cache_index` and advances it. `bigmodel_jax.beam_se
 import dataclasses
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import layers

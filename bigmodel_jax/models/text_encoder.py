@@ -29,10 +29,10 @@ Parameter tree (names kept stable: checkpoints depend on them):
 
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import linen as nn
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import layers

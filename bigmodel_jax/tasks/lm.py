@@ -9,10 +9,9 @@ import jax
 import numpy as np
 import optax
 
-from bigmodel_jax import generate
+from bigmodel_jax import generate, models
 from bigmodel_jax.data import corpora, lm_pipeline, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
-from bigmodel_jax import models
 from bigmodel_jax.models import gpt
 from bigmodel_jax.tasks import base
 

@@ -19,8 +19,7 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 _POINTS = flags.DEFINE_integer("points", 10, "How many runs to kill.")
 _EXPERIMENT = flags.DEFINE_string("experiment", "textgen:tiny", "Experiment to train.")
