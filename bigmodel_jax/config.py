@@ -168,6 +168,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
   c.distributed.auto = False
+  # Seconds to wait for the coordinator (and for JAX's own initialisation) before giving up.
+  c.distributed.timeout_s = 300
 
   # Persistent XLA compilation cache: a restarted run skips compiling ("" -> off).
   c.compile_cache_dir = "~/.cache/bigmodel_jax/xla"
@@ -248,6 +250,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.parallel[axis] < 1 and config.parallel[axis] != -1:
       raise UsageError(f"parallel.{axis}={config.parallel[axis]} must be >= 1, or -1 for all "
                        "devices left after the other axes")
+  d = config.distributed
+  if d.timeout_s <= 0:
+    raise UsageError(f"distributed.timeout_s={d.timeout_s} must be a positive number of seconds")
+  if d.coordinator:
+    from bigmodel_jax import parallel  # pylint: disable=g-import-not-at-top (starts no backend)
+    parallel.coordinator_address(d.coordinator)
   profile = tuple(t.profile_steps)
   if profile and not (len(profile) == 2 and all(isinstance(s, int) for s in profile)
                       and 1 <= profile[0] <= profile[1]):

@@ -6,6 +6,8 @@ conversions a checkpoint needs (to_host_layout for saving, abstract/from_restore
 """
 
 import os
+import socket
+import time
 
 from absl import logging
 import flax.linen as nn
@@ -15,7 +17,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from bigmodel_jax.errors import UsageError
+from bigmodel_jax.errors import RunError, UsageError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXIS = "batch"  # pmap's axis name, for lax.pmean/psum inside the train step
@@ -35,10 +37,43 @@ def initialize_distributed(cfg) -> None:
                      f" > 0 and 0 <= distributed.process_id < num_processes (got "
                      f"{cfg.num_processes} and {cfg.process_id})")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if cfg.coordinator:
-    jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
-  else:
-    jax.distributed.initialize()
+  if not cfg.coordinator:
+    try:
+      jax.distributed.initialize(initialization_timeout=cfg.timeout_s)
+    except ValueError as e:
+      raise RunError(f"distributed.auto=true but JAX found no cluster here ({e}); set "
+                     "distributed.coordinator, num_processes and process_id instead") from None
+    return
+  host, port = coordinator_address(cfg.coordinator)
+  if cfg.process_id != 0:  # process 0 serves the coordinator; the others must reach it
+    _wait_for(host, port, cfg.timeout_s)
+  # (JAX aborts the process, uncatchably, when its own timeout runs out: hence the probe above.)
+  jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id,
+                             initialization_timeout=cfg.timeout_s)
+
+
+def coordinator_address(address: str) -> tuple[str, int]:
+  """"host:port" -> (host, port), or a one-line UsageError."""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise UsageError(f"distributed.coordinator={address!r} must be host:port with a port in "
+                     "1-65535, e.g. 10.0.0.1:1234")
+  return host.strip("[]"), int(port)
+
+
+def _wait_for(host: str, port: int, timeout_s: int) -> None:
+  """Retries a TCP connection to the coordinator until it answers or timeout_s runs out."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host, port), timeout=min(5.0, timeout_s)).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise RunError(f"could not reach the coordinator {host}:{port} within "
+                       f"distributed.timeout_s={timeout_s} s ({e.strerror or e}); is process 0 "
+                       "running, and is the address right?") from None
+      time.sleep(0.5)
 
 
 def configure_cpu_devices(config) -> None:
