@@ -35,7 +35,13 @@ def best_mode(metric: str) -> str:
 
 
 def has_steps(directory: str) -> bool:
-  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+  return latest_step_number(directory) is not None
+
+
+def latest_step_number(directory: str) -> int | None:
+  """The highest step folder in a checkpoints/ directory (a listing; nothing is read or checked)."""
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  return max(steps, default=None)
 
 
 class Checkpointer:

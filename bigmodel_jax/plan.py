@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from bigmodel_jax import optim, parallel, steps
+from bigmodel_jax.errors import UsageError
 
 
 def shard_bytes(tree) -> int:
@@ -23,6 +24,32 @@ def shard_bytes(tree) -> int:
     shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
     total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
   return total
+
+
+def available_bytes_per_device() -> int | None:
+  """Memory one device can use: the accelerator's own limit, or on a CPU the host's available
+  memory shared by its CPU devices; None when unknown."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024 // jax.local_device_count()
+  except (OSError, KeyError, ValueError):
+    return None
+
+
+def check_fits(abstract_state) -> None:
+  """Refuses, before anything is allocated, a model whose parameters and optimizer state alone
+  exceed what a device has (activations come on top: --mode=plan measures those)."""
+  need = shard_bytes(abstract_state.params) + shard_bytes(abstract_state.opt_state)
+  have = available_bytes_per_device()
+  if have is not None and need > have:
+    raise UsageError(f"the model needs {need / 2**30:,.1f} GiB per device for parameters and "
+                     f"optimizer state, but a device has {have / 2**30:,.1f} GiB available; use a "
+                     "smaller model, parallel.strategy=mesh with parallel.fsdp, or more devices")
 
 
 def plan(config, task) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """What keeps a long run from losing work: workdir checks, preemption signals, the NaN guard."""
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -14,11 +15,18 @@ import numpy as np
 from bigmodel_jax.errors import RunError, UsageError
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str, writing: bool = False) -> None:
   """A usable --workdir: a directory, or a path we can create; probed by writing, not by mode bits
-  (root passes os.access everywhere, and read-only mounts don't show in mode bits)."""
+  (root passes os.access everywhere, and read-only mounts don't show in mode bits). A run that
+  writes (`writing`) also refuses a non-empty folder that is not one of our workdirs, so a user's
+  own files are never overwritten."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UsageError(f"--workdir={workdir} is a file; it must be a directory (or not exist yet)")
+  if writing and os.path.isdir(workdir) and not is_run_folder(workdir):
+    found = sorted(os.listdir(workdir))
+    raise UsageError(f"--workdir={workdir} holds files that are not a bigmodel_jax run "
+                     f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); use an empty "
+                     "or new folder so nothing of yours is overwritten")
   parent = os.path.abspath(workdir)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
@@ -29,6 +37,20 @@ def check_workdir(workdir: str) -> None:
       pass
   except OSError as e:
     raise UsageError(f"--workdir={workdir} is not writable ({parent}: {e.strerror})") from None
+
+
+def is_run_folder(path: str) -> bool:
+  """An empty folder, or one a run of ours wrote: its lock file, its checkpoints, or the
+  config.json a run writes (an experiment and a task)."""
+  names = set(os.listdir(path))
+  if not names or names & {WorkdirLock.FILE, "checkpoints"}:
+    return True
+  try:
+    with open(os.path.join(path, "config.json")) as f:
+      saved = json.load(f)
+    return isinstance(saved, dict) and {"experiment", "task"} <= set(saved)
+  except (OSError, ValueError):
+    return False
 
 
 class WorkdirLock:
@@ -83,15 +105,23 @@ class RemoveIfFailed:
     return False
 
 
+class Stopped(RunError):
+  """A stop signal arrived before training started: there is nothing to save."""
+
+
 class StopOnSignal:
   """SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, and exit cleanly.
 
-  A second signal while stopping aborts at once (exit 130): nothing is written, and the last
-  committed checkpoint stays the latest.
+  Installed before a run writes anything. Until `training()` is called (tokenizer training,
+  building the data, restoring, the first batch) a signal stops the run at once by raising
+  `Stopped`, so nothing half-built is kept and nobody waits minutes. A second signal while stopping
+  aborts at once (exit 130): nothing is written, and the last committed checkpoint stays the
+  latest.
   """
 
   def __init__(self):
     self.requested = None
+    self._setting_up = True
     self._previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
@@ -99,11 +129,19 @@ class StopOnSignal:
       except ValueError:  # not the main thread (e.g. some test runners)
         pass
 
+  def training(self) -> None:
+    """From now on a signal finishes the current step and saves; raises if one came already."""
+    self._setting_up = False
+    if self.requested:
+      raise Stopped(f"stopped by {self.requested} before training started; nothing was saved")
+
   def _handle(self, signum, frame):
     del frame
     if self.requested:
       os._exit(130)
     self.requested = signal.Signals(signum).name
+    if self._setting_up:
+      self.training()  # raises Stopped
     logging.warning("%s received: stopping after this step and saving a checkpoint",
                     self.requested)
 

@@ -7,6 +7,7 @@ file runs the loop around them: restore, train, evaluate, log, checkpoint, showc
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import time
@@ -41,9 +42,16 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   strategy = parallel.make(config)
   if mode == "plan":
     return plan.plan(config, task)
-  safety.check_workdir(workdir)
+  safety.check_workdir(workdir, writing=mode == "train")
   if mode == "train":
+    tx, _ = optim.make_optimizer(config.train)
+    plan.check_fits(strategy.abstract(functools.partial(steps.init_state, task=task, tx=tx),
+                                      jax.random.key(config.seed)))
     ckpt_dir = os.path.join(workdir, checkpoint.DIRECTORY)
+    done = checkpoint.latest_step_number(ckpt_dir)
+    if done is not None and done > config.train.steps:
+      raise UsageError(f"train.steps={config.train.steps} is below the step of the checkpoint in "
+                       f"{ckpt_dir} ({done}); raise train.steps to train on, or use --mode=eval")
     with safety.RemoveIfFailed(workdir, lambda: checkpoint.has_steps(ckpt_dir)):
       os.makedirs(workdir, exist_ok=True)
       # One writer per workdir; on several processes (one shared workdir) process 0 holds it.
@@ -82,9 +90,13 @@ class Evaluator:
     self.step_fn = strategy.compile(
         functools.partial(steps.eval_step, task=task, axis_name=strategy.axis_name), train=False)
 
-  def __call__(self, state, final: bool = False) -> dict[str, float]:
+  def __call__(self, state, final: bool = False, interrupted=lambda: False) -> dict | None:
+    """-> {metric: value}, or None when `interrupted()` turned true between batches."""
     totals = None
     for batch in self.task.eval_batches(self.batch_size):
+      if interrupted():
+        logging.warning("Evaluation stopped part-way by %s", interrupted())
+        return None
       m = self.strategy.metrics_to_host(
           self.step_fn(state, self.strategy.put_batch(batch), jax.random.key(0)))
       totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
@@ -98,8 +110,17 @@ class Evaluator:
     return values
 
 
-def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int | None = None,
-                       poison_steps: tuple[int, ...] = ()):
+def train_and_evaluate(config, workdir: str, task, strategy, **test_hooks):
+  # Signals are handled before anything is written: during setup one stops the run at once.
+  stop = safety.StopOnSignal()
+  try:
+    return _train_and_evaluate(config, workdir, task, strategy, stop, **test_hooks)
+  finally:
+    stop.restore()
+
+
+def _train_and_evaluate(config, workdir: str, task, strategy, stop, *,
+                        stop_after: int | None = None, poison_steps: tuple[int, ...] = ()):
   primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   # Process 0 builds what the run saves (e.g. trains the tokenizer); the others then load it.
@@ -134,15 +155,16 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
   profiler = profiling.StepProfiler(config.train.profile_steps, workdir, enabled=primary)
   progress = metrics_lib.Progress(config.train.steps, start)
   guard = safety.NanGuard(config.train.on_nan, config.train.max_nan_skips)
-  stop = safety.StopOnSignal()
   t = config.train
   units_per_step = t.batch_size * task.units_per_example
+  batches = itertools.chain([next(data)] if start < t.steps else [], data)  # first one in setup
+  stop.training()  # from here a signal finishes the step and saves
   pending, stopping = [], None
   try:
     for step in range(start + 1, t.steps + 1):
       profiler.before(step)
       with profiler.annotate(step):
-        state, (m, flags) = step_fn(state, strategy.put_batch(next(data)), step_rng)
+        state, (m, flags) = step_fn(state, strategy.put_batch(next(batches)), step_rng)
       profiler.after(step, state)
       pending.append(m)
       guard.add(step, flags)
@@ -171,12 +193,15 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
       paused = time.perf_counter()
       if step % t.eval_every == 0 or last:
         guard.check()
-        values = evaluate(state, final=step == t.steps)
-        writer.write(step, "validation", values)
-        metrics_lib.log_eval(step, "validation", values)
-        if best is not None:
-          best.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True,
-                    metrics={best_metric: values[best_metric]})
+        values = evaluate(state, final=step == t.steps, interrupted=lambda: stop.requested)
+        if values is not None:
+          writer.write(step, "validation", values)
+          metrics_lib.log_eval(step, "validation", values)
+          if best is not None:
+            best.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True,
+                      metrics={best_metric: values[best_metric]})
+      if stop.requested and not stopping:  # arrived during evaluation: save now, not a step on
+        stopping, last = stop.requested, True
       if step % config.checkpoint.every_steps == 0 or last:
         guard.check()  # never save a step after a NaN that is meant to stop the run
         safety.check_finite_params(state.params, step)
@@ -187,7 +212,6 @@ def train_and_evaluate(config, workdir: str, task, strategy, *, stop_after: int 
         break
   finally:
     profiler.stop()
-    stop.restore()
     ckpt.close()  # waits for async saves to commit
     if best is not None:
       best.close()

@@ -3,6 +3,7 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -90,9 +91,35 @@ CASES = [
      "train.min_lr_ratio=-0.5 must be in [0, 1]"),
     ("best_metric no eval reports", [TINY, "--config.checkpoint.best_metric=bleu"], 2,
      "checkpoint.best_metric='bleu' is not a metric"),
+    ("steps below the checkpoint's", [TINY, "--workdir={trained}", "--config.train.steps=1"], 2,
+     "train.steps=1 is below the step of the checkpoint"),
+    ("showcase prompt longer than the context", [TINY, "--config.sample.num_samples=1",
+                                                 "--config.sample.prompt=" + "y" * 40], 2,
+     "sample.prompt is 40 tokens but model.block_size=32"),
+    ("model larger than memory", [TINY, "--config.model.embed_dim=32768",
+                                  "--config.model.num_layers=16"], 2,
+     "GiB per device for parameters and optimizer state, but a device has"),
+    ("a folder of the user's own files", [TINY, "--workdir={tmp}/users_folder"], 2,
+     "holds files that are not a bigmodel_jax run (config.json, notes.txt)"),
+    ("malformed coordinator", [TINY, "--config.distributed.coordinator=10.0.0.1",
+                               "--config.distributed.num_processes=2",
+                               "--config.distributed.process_id=1"], 2, "must be host:port"),
+    ("unreachable coordinator", [TINY, "--config.distributed.coordinator=127.0.0.1:{port}",
+                                 "--config.distributed.num_processes=2",
+                                 "--config.distributed.process_id=1",
+                                 "--config.distributed.timeout_s=2"], 1,
+     "could not reach the coordinator 127.0.0.1:"),
+    ("auto with no cluster", [TINY, "--config.distributed.auto=true"], 1, "found no cluster"),
     ("profile_steps backwards", [TINY, "--config.train.profile_steps=9,3"], 2,
      "train.profile_steps=(9, 3)"),
 ]
+
+
+def _closed_port() -> int:
+  """A local port nothing listens on (bound, then released)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +129,9 @@ def scratch(tmp_path_factory):
     (tmp / folder).mkdir()
     (tmp / folder / "a.txt").write_bytes(content)
   (tmp / "a_file").write_text("not a directory")
+  (tmp / "users_folder").mkdir()
+  (tmp / "users_folder" / "notes.txt").write_text("mine")
+  (tmp / "users_folder" / "config.json").write_text('{"model_type": "gpt2"}')
   (tmp / "table.csv").write_text("age,income,plan\n31,40000,basic\n45,52000,pro\n")
   data = str(tmp / "tfds")
   trained = str(tmp / "trained")
@@ -119,7 +149,7 @@ def _listing(path: str):
 @pytest.mark.parametrize("args, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(scratch, args, code, message):
   tmp, trained, data = scratch
-  args = [a.format(tmp=tmp, trained=trained) for a in args]
+  args = [a.format(tmp=tmp, trained=trained, port=_closed_port()) for a in args]
   if not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={tmp}/workdir")
   workdir = next(a for a in args if a.startswith("--workdir="))[len("--workdir="):]

@@ -243,3 +243,42 @@ def test_non_finite_parameters_are_never_saved_or_evaluated(data_dir, trained, m
     trainer.run(tiny_config(data_dir, train__steps=2, train__on_nan="skip"), workdir)
   with pytest.raises(RunError, match="not finite"):
     safety.check_finite_params({"w": np.array([1.0, np.inf], np.float32)}, 7)
+
+
+def test_a_stop_during_setup_stops_at_once_and_leaves_nothing(data_dir, tmp_path, monkeypatch):
+  from bigmodel_jax.tasks import lm  # pylint: disable=g-import-not-at-top
+  setup = lm.Task.setup
+
+  def setup_then_preempted(self, workdir, create):
+    setup(self, workdir, create)  # (the tokenizer is written: the stop must not keep it)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # a long build: the signal must cut it short
+    raise AssertionError("the signal did not stop the setup")
+
+  monkeypatch.setattr(lm.Task, "setup", setup_then_preempted)
+  workdir = tmp_path / "run"
+  start = time.perf_counter()
+  with pytest.raises(RunError, match="stopped by SIGTERM before training started"):
+    trainer.run(tiny_config(data_dir), str(workdir))
+  assert time.perf_counter() - start < 4
+  assert not workdir.exists()
+
+
+def test_a_stop_during_evaluation_saves_without_a_second_evaluation(data_dir, tmp_path,
+                                                                     monkeypatch):
+  from bigmodel_jax.tasks import lm  # pylint: disable=g-import-not-at-top
+  eval_batches, calls = lm.Task.eval_batches, []
+
+  def preempted_while_evaluating(self, batch_size):
+    calls.append(1)
+    for i, batch in enumerate(eval_batches(self, batch_size)):
+      if i == 1 and len(calls) == 1:  # the first evaluation, part-way
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(lm.Task, "eval_batches", preempted_while_evaluating)
+  workdir = str(tmp_path / "run")
+  trainer.run(tiny_config(data_dir, train__eval_every=20, train__eval_batches=4), workdir)
+  assert len(calls) == 1  # stopped inside the step-20 evaluation, with no second one
+  assert read_metrics(workdir, "validation") == {}  # a cut-short evaluation is not reported
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["20"]

@@ -254,3 +254,14 @@ def test_csv_errors_are_one_line(tmp_path):
       UsageError, tabular.Task, _config(data__drop_columns=("radius",))).value)
   assert "data.source='parquet:x' is not valid" in str(pytest.raises(
       UsageError, tabular.Task, _config(data__source="parquet:x")).value)
+
+
+def test_predict_never_writes_over_its_input_or_into_a_directory(csv_run):
+  config, workdir, d = csv_run
+  config.predict.input = _write_csv(d / "rows.csv", HEADER[:4], [["a", 3, "basic", 2.0]])
+  before = (d / "rows.csv").read_bytes()
+  for output, match in ((config.predict.input, "is the input file"), (str(d), "is a directory")):
+    config.predict.output = output
+    with pytest.raises(UsageError, match=match):
+      trainer.run(config, workdir, "predict")
+  assert (d / "rows.csv").read_bytes() == before

@@ -16,11 +16,12 @@ from collections.abc import Iterator, Sequence
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import sentencepiece as spm
 
-from bigmodel_jax.errors import UsageError
+from bigmodel_jax.errors import RunError, UsageError
 
 _META_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
@@ -171,8 +172,13 @@ def build_tokenizer(name: str, train_texts: Sequence[str], *, vocab_size: int,
           "a fresh workdir or the settings it was trained with")
     return tok
   tok = cls.train(train_texts, vocab_size=vocab_size, model_type=model_type)
-  if directory:
-    tok.save(directory)
+  if directory:  # written aside and renamed: a stop part-way never leaves half a tokenizer
+    partial = directory.rstrip("/") + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    if os.path.isdir(directory) and not any(e.is_dir() for e in os.scandir(directory)):
+      shutil.rmtree(directory)  # files but no metadata: an older, half-written save
+    tok.save(partial)
+    os.replace(partial, directory)
   return tok
 
 
@@ -184,6 +190,11 @@ def load_tokenizer(directory: str) -> Tokenizer:
       meta = json.load(f)
   except FileNotFoundError:
     raise UsageError(f"no tokenizer in {directory} ({_META_FILE} missing)") from None
+  except (ValueError, UnicodeDecodeError):
+    raise RunError(f"{path} is damaged (not the JSON a saved tokenizer has); restore it from a "
+                   "copy, or train in a fresh workdir") from None
+  if not isinstance(meta, dict):
+    raise RunError(f"{path} is damaged (not the JSON a saved tokenizer has)")
   cls = _TOKENIZERS.get(meta.get("kind"))
   if cls is None:
     raise UsageError(f"{path} names tokenizer kind {meta.get('kind')!r}; "

@@ -37,6 +37,8 @@ class Task(base.Task):
           f"top_p={s.top_p} (in (0, 1]), top_k={s.top_k} (>= 0), max_new_tokens="
           f"{s.max_new_tokens} (>= 0), num_samples={s.num_samples} (>= 0); see config.sample")
     self.units_per_example = config.model.block_size
+    if config.data.tokenizer == "byte":  # one token per UTF-8 byte: checkable before any work
+      self._check_showcase_prompt(len(config.sample.prompt.encode("utf-8")))
     self.modes = {"sample": self.sample}
     self.tokenizer = None
     # The model is built now (with the configured vocabulary) so that shape errors come early.
@@ -70,6 +72,18 @@ class Task(base.Task):
       raise RunError(f"no tokenizer in {directory}; train first with "
                      f"python run.py --experiment={self.config.experiment} --workdir={workdir}")
     self.model = models.make(self.config.model, ("gpt",), vocab_size=self._vocab_size())
+    if create:
+      self._check_showcase_prompt(len(self.tokenizer.encode(self.config.sample.prompt)))
+
+  def _check_showcase_prompt(self, n: int) -> None:
+    """The samples shown after training must fit the context: say so before training, not after.
+    `n` is the prompt's length in tokens."""
+    s, context = self.config.sample, self.config.model.block_size
+    if s.num_samples > 0 and s.prompt:
+      if n >= context:
+        raise UsageError(f"sample.prompt is {n} tokens but model.block_size={context}: the samples "
+                         "shown after training would not fit; shorten the prompt, or set "
+                         "sample.num_samples=0")
 
   @functools.cached_property
   def _splits(self):

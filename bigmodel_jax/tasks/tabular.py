@@ -129,11 +129,17 @@ class Task(base.Task):
     if not p.input:
       raise UsageError("--mode=predict needs --config.predict.input=<csv file> with the feature "
                        f"columns: {', '.join(f['name'] for f in self.pre.features)}")
+    output = p.output or os.path.join(self.workdir, "predictions.csv")
+    if os.path.isdir(output):
+      raise UsageError(f"predict.output={output} is a directory; give a file path for the CSV")
+    if os.path.exists(output) and os.path.exists(os.path.expanduser(p.input)) and (
+        os.path.samefile(output, os.path.expanduser(p.input))):
+      raise UsageError(f"predict.output={output} is the input file; writing it would destroy the "
+                       "input, so give another path")
     table = tables.read_csv(os.path.expanduser(p.input), label_column=self.pre.label_column,
                             require_label=False, key="predict.input")
     probs = self.probabilities(variables, self.pre.transform(table, key="predict.input"))
     predicted = (probs >= 0.5).astype(int)
-    output = p.output or os.path.join(self.workdir, "predictions.csv")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", newline="") as f:
       writer = csv.writer(f)
