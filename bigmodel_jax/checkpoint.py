@@ -7,10 +7,13 @@ Layout under the workdir:
                                            step, so the choice survives a resume
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import time
 
 from absl import logging
@@ -19,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bigmodel_jax import files
 from bigmodel_jax.errors import RunError
 
 DIRECTORY = "checkpoints"
@@ -59,6 +63,7 @@ class Checkpointer:
     self.directory = os.path.abspath(
         os.path.join(workdir, "best_checkpoint" if best else DIRECTORY))
     self.on_corrupt = cfg.on_corrupt
+    self._failed = False
     by_metric = {}
     if best:  # orbax keeps the one save whose metrics score best (read back from disk on resume)
       name = cfg.best_metric
@@ -78,13 +83,45 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False,
            metrics: dict[str, float] | None = None) -> bool:
-    """Starts an async save; `metrics` (evaluation values) rank saves of a best checkpoint."""
-    saved = self._manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(config)))
-    self._write_manifests(exclude=step)  # orbax has waited for the earlier saves to commit
+    """Starts an async save; `metrics` (evaluation values) rank saves of a best checkpoint.
+
+    Refuses to start one that cannot fit on the disk, and turns a failed earlier async save into
+    a one-line RunError: the newest committed checkpoint stays the latest.
+    """
+    need = sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(self.directory).free
+    if need > free:
+      raise RunError(f"no space left for checkpoint {step} in {self.directory}: it needs about "
+                     f"{need / 2**20:,.1f} MiB and the disk has {free / 2**20:,.1f} MiB free. "
+                     f"{self._last_good()}")
+    with self._reporting_failures(step):
+      saved = self._manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          config=ocp.args.JsonSave(config)))
+      self._write_manifests(exclude=step)  # orbax has waited for the earlier saves to commit
     return saved
+
+  @contextlib.contextmanager
+  def _reporting_failures(self, step: int):
+    """An async save that failed (a full disk, a lost mount) surfaces in the next orbax call."""
+    try:
+      yield
+    except (OSError, ValueError) as e:
+      if self._failed:
+        return  # already reported; this is the same failure again (e.g. on close)
+      self._failed = True
+      message = " ".join(str(e).split())
+      reason = "no space left on the device" if "No space left" in message or (
+          getattr(e, "errno", None) == errno.ENOSPC) else message[:300]
+      raise RunError(f"a checkpoint save in {self.directory} failed (at or before step {step}): "
+                     f"{reason}. {self._last_good()}") from None
+
+  def _last_good(self) -> str:
+    steps = [s for s in self._manager.all_steps()
+             if os.path.isdir(os.path.join(self.directory, str(s)))]
+    return (f"The newest good checkpoint is step {max(steps)}." if steps else
+            "No checkpoint has been saved yet.")
 
   def restore_latest(self, abstract_state, data_iterator, config):
     """-> (state, step) from the newest valid checkpoint, or None if there is none at all.
@@ -139,9 +176,10 @@ class Checkpointer:
         os.replace(os.path.join(path, MANIFEST + ".tmp"), os.path.join(path, MANIFEST))
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._write_manifests()
-    self._manager.close()
+    with self._reporting_failures(step=self._manager.latest_step() or 0):
+      self._manager.wait_until_finished()
+      self._write_manifests()
+      self._manager.close()
 
 
 def _fingerprint(path: str) -> dict:
@@ -181,13 +219,16 @@ def damage(path: str) -> str | None:
       return f"{name} is missing"
   if not any(n.startswith("process_") for n in os.listdir(os.path.join(path, "data"))):
     return "the data-iterator state is missing"
+  try:
+    files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
+  except (OSError, RunError):
+    return "config/metadata is missing or not valid JSON"
   return None
 
 
 def check_compatible(path: str, abstract_state, config) -> None:
   """Raises RunError naming what differs between the checkpoint at `path` and this run."""
-  with open(os.path.join(path, "config", "metadata")) as f:
-    saved = json.load(f)
+  saved = files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
   current = config.to_dict()
   keys = ["task", "data.tokenizer", "data.vocab_size"] + [
       f"model.{k}" for k in current.get("model", {}) if k not in RUNTIME_MODEL_KEYS]

@@ -215,7 +215,7 @@ def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks that hold for every experiment (tasks and models check their own fields), then locks
   the config: its values may still change, but no field can be added."""
-  check_numbers(config)
+  check_values(config)
   t = config.train
   for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_every"):
     if t[key] <= 0:
@@ -267,14 +267,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
 SEED_RANGE = 2**32  # jax.random.key folds wider seeds onto 32 bits: 2**63 - 1 and -1 collide
 
 
-def check_numbers(config: ml_collections.ConfigDict) -> None:
+def check_values(config: ml_collections.ConfigDict) -> None:
   """Every number in the config is finite and fits where it goes: NaN and Inf settings are refused
   (a NaN learning rate would otherwise train to NaN parameters), integers fit int64, and seeds fit
-  the 32 bits a JAX or NumPy seed keeps."""
+  the 32 bits a JAX or NumPy seed keeps. Every text is valid UTF-8 (a command-line argument that
+  is not arrives as undecodable surrogates, and would fail later wherever it is written)."""
   for key in leaf_keys(config):
     value = _get(config, key, source="config")
     values = value if isinstance(value, (tuple, list)) else (value,)
     for v in values:
+      if isinstance(v, str):
+        try:
+          v.encode("utf-8")
+        except UnicodeEncodeError:
+          raise UsageError(f"{key}={v.encode('utf-8', 'replace').decode()!r} is not valid UTF-8; "
+                           "give the text (or path) in UTF-8") from None
       if isinstance(v, bool):
         continue
       if isinstance(v, float) and not math.isfinite(v):

@@ -101,6 +101,8 @@ CASES = [
      "GiB per device for parameters and optimizer state, but a device has"),
     ("a folder of the user's own files", [TINY, "--workdir={tmp}/users_folder"], 2,
      "holds files that are not a bigmodel_jax run (config.json, notes.txt)"),
+    ("text setting that is not UTF-8", [TINY, "--config.sample.prompt=ab\udcff"], 2,
+     "sample.prompt='ab?' is not valid UTF-8"),
     ("malformed coordinator", [TINY, "--config.distributed.coordinator=10.0.0.1",
                                "--config.distributed.num_processes=2",
                                "--config.distributed.process_id=1"], 2, "must be host:port"),

@@ -4,11 +4,13 @@ against the truth before training). A new experiment file is picked up here auto
 
 import contextlib
 import io
+import os
 
 import pytest
 
 from bigmodel_jax import config as config_lib
 from bigmodel_jax import tasks, trainer
+from bigmodel_jax.errors import RunError
 from bigmodel_jax.tasks import base
 from tests.helpers import read_metrics, tiny_config
 
@@ -47,6 +49,28 @@ def test_train_eval_and_plan_on_the_tiny_preset(experiment, data_dir, tmp_path):
   assert set(values) == final
   for name in task.eval_metrics:
     assert values[name] == pytest.approx(evals[2][name], rel=1e-4, abs=1e-6), name
+  _damaged_side_files_are_one_line_errors(config, workdir)
   report = _quietly(trainer.run, config, str(tmp_path / "never_written"), "plan")
   assert report["parameters"] > 0 and report["flops_per_step_per_device"] > 0
   assert not (tmp_path / "never_written").exists()
+
+
+def _damaged_side_files_are_one_line_errors(config, workdir):
+  """Every JSON file a run reads back (tokenizer metadata, dataset facts, preprocessing, the
+  checkpoint's config), when damaged, stops eval with a RunError naming it, not a traceback."""
+  read_back = [os.path.join(root, name) for root, _, names in os.walk(workdir) for name in names
+               if name.endswith(".json") and name != "config.json" and "tensorboard" not in root
+               and f"{os.sep}checkpoints{os.sep}" not in root]
+  read_back.append(os.path.join(workdir, "checkpoints", "2", "config", "metadata"))
+  for path in read_back:
+    with open(path, "rb") as f:
+      good = f.read()
+    with open(path, "wb") as f:
+      f.write(good[: len(good) // 2])  # a torn write
+    try:
+      with pytest.raises(RunError, match="is damaged") as e:
+        _quietly(trainer.run, config, workdir, "eval")
+      assert "\n" not in str(e.value)
+    finally:
+      with open(path, "wb") as f:
+        f.write(good)

@@ -449,3 +449,14 @@ def test_short_splits_are_usage_errors():
   with pytest.raises(UsageError, match=r"fewer than one eval batch of 4 x "
                      r"model.block_size=8 needs \(33\)"):
     lm_pipeline.eval_batches(_position_tokens(20), seq_len=8, batch_size=4)
+
+
+def test_sentencepiece_learns_from_a_corpus_of_only_very_long_lines():
+  # One 40,000-character line per document (minified code, a book per line): sentencepiece skips
+  # any "sentence" over its limit, so unsplit this would train on nothing.
+  words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+  docs = [" ".join(words[(i * 7 + j) % 5] for j in range(6000)) for i in range(3)]
+  assert all(len(d) > 1 << 15 and "\n" not in d for d in docs)
+  tok = tokenizers.build_tokenizer("sentencepiece", docs, vocab_size=300)
+  assert tok.decode(tok.encode(docs[0][:500])) == docs[0][:500]
+  assert len(tok.encode("alpha beta gamma")) < len("alpha beta gamma") // 2  # learned the words

@@ -282,3 +282,34 @@ def test_a_stop_during_evaluation_saves_without_a_second_evaluation(data_dir, tm
   assert len(calls) == 1  # stopped inside the step-20 evaluation, with no second one
   assert read_metrics(workdir, "validation") == {}  # a cut-short evaluation is not reported
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["20"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 900 KiB tmpfs: room for the tiny model's first checkpoints, not for all of them."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+  if result.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("disk_claims_space", [False, True])
+def test_a_full_disk_stops_at_the_failed_save_and_keeps_the_last_good_one(
+    data_dir, tiny_disk, monkeypatch, disk_claims_space):
+  import shutil  # pylint: disable=g-import-not-at-top
+  if disk_claims_space:  # skip our free-space check: orbax's async write itself hits ENOSPC
+    usage = shutil.disk_usage(tiny_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=2**40))
+  workdir = str(tiny_disk / "run")
+  with pytest.raises(RunError, match="no space left") as e:
+    trainer.run(tiny_config(data_dir, checkpoint__every_steps=5), workdir)
+  assert "newest good checkpoint is step" in str(e.value) and "\n" not in str(e.value)
+  good = int(str(e.value).rsplit("step ", 1)[1].rstrip("."))
+  assert good >= 5 and max(read_metrics(workdir)) <= good + 10  # stopped at (or next to) it
+  monkeypatch.undo()
+  config = tiny_config(data_dir, train__steps=good, checkpoint__every_steps=5)
+  assert trainer.run(config, workdir, "eval")["loss"] > 0  # the kept one restores

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import zlib
 
 import jax
 import numpy as np
@@ -282,3 +283,15 @@ def test_softmax_loss_weights_out_padding():
   nll = [np.log1p(np.exp(-2.0)), np.log1p(np.exp(3.0))]
   assert float(loss) == pytest.approx(np.mean(nll), rel=1e-5)
   assert [float(x) for x in metrics["accuracy"]] == [1.0, 2.0]  # the padded row is not counted
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+  # A valid PNG header that claims 60000 x 60000 pixels; decoding it would need 3.6 GB.
+  def chunk(kind, data):
+    return (len(data).to_bytes(4, "big") + kind + data
+            + zlib.crc32(kind + data).to_bytes(4, "big"))
+  header = (60000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+  path = tmp_path / "bomb.png"
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+  with pytest.raises(UsageError, match="bomb.png is too large to decode safely"):
+    images.read_image(str(path), (8, 8, 1))

@@ -22,6 +22,7 @@ pixel, after DeVries & Taylor 2017).
 
 from collections.abc import Callable
 import dataclasses
+import warnings
 
 from absl import logging
 import numpy as np
@@ -156,15 +157,21 @@ def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   h, w, c = shape
   try:
-    with Image.open(path) as img:
-      img = img.convert("L" if c == 1 else "RGB")
-      resample = Image.Resampling.BOX if img.width >= w and img.height >= h else (
-          Image.Resampling.BILINEAR)
-      img = img.resize((w, h), resample)
-      x = np.asarray(img, np.uint8)
+    with warnings.catch_warnings():
+      # A file that claims more pixels than pillow's limit is refused before it is decoded.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as img:
+        img = img.convert("L" if c == 1 else "RGB")
+        resample = Image.Resampling.BOX if img.width >= w and img.height >= h else (
+            Image.Resampling.BILINEAR)
+        img = img.resize((w, h), resample)
+        x = np.asarray(img, np.uint8)
   except FileNotFoundError:
     raise UsageError(f"predict.input={path} does not exist; give an image file "
                      "(PNG, JPEG, ...)") from None
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise UsageError(f"predict.input={path} is too large to decode safely ({e}); give an image "
+                     f"under {Image.MAX_IMAGE_PIXELS:,} pixels") from None
   except (UnidentifiedImageError, OSError, ValueError) as e:
     reason = " ".join(str(e).split())[:200]
     raise UsageError(f"predict.input={path} is not an image that pillow can read ({reason}); "

@@ -30,7 +30,8 @@ import os
 
 import numpy as np
 
-from bigmodel_jax.errors import UsageError
+from bigmodel_jax import files
+from bigmodel_jax.errors import RunError, UsageError
 
 SOURCES_HELP = "breast_cancer, csv:<path> (with data.label_column)"
 
@@ -221,8 +222,12 @@ class Preprocessing:
 
   @classmethod
   def load(cls, path: str) -> "Preprocessing":
-    with open(path) as f:
-      return cls(**json.load(f))
+    saved = files.read_json(path, "preprocessing (feature encoding)")
+    try:
+      return cls(**saved)
+    except TypeError:  # keys that are not this class's fields
+      raise RunError(f"{path} is damaged: its keys are not the preprocessing this code "
+                     "writes") from None
 
 
 def _float_or_nan(cell) -> float:

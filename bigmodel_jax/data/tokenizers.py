@@ -21,7 +21,8 @@ import shutil
 import numpy as np
 import sentencepiece as spm
 
-from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax import files
+from bigmodel_jax.errors import UsageError
 
 _META_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
@@ -186,15 +187,9 @@ def load_tokenizer(directory: str) -> Tokenizer:
   """Loads a tokenizer that `save(directory)` wrote."""
   path = os.path.join(directory, _META_FILE)
   try:
-    with open(path) as f:
-      meta = json.load(f)
+    meta = files.read_json(path, "a saved tokenizer's metadata")
   except FileNotFoundError:
     raise UsageError(f"no tokenizer in {directory} ({_META_FILE} missing)") from None
-  except (ValueError, UnicodeDecodeError):
-    raise RunError(f"{path} is damaged (not the JSON a saved tokenizer has); restore it from a "
-                   "copy, or train in a fresh workdir") from None
-  if not isinstance(meta, dict):
-    raise RunError(f"{path} is damaged (not the JSON a saved tokenizer has)")
   cls = _TOKENIZERS.get(meta.get("kind"))
   if cls is None:
     raise UsageError(f"{path} names tokenizer kind {meta.get('kind')!r}; "
@@ -237,7 +232,7 @@ def _training_chunks(texts: Sequence[str], max_chars: int, seed: int,
     text = texts[int(i)]
     total += len(text)
     lines, size = [], 0
-    for line in text.splitlines(keepends=True):
+    for line in _pieces(text.splitlines(keepends=True), chunk_chars):
       if lines and size + len(line) > chunk_chars:
         yield "".join(lines)
         lines, size = [], 0
@@ -247,6 +242,15 @@ def _training_chunks(texts: Sequence[str], max_chars: int, seed: int,
       yield "".join(lines)
     if total >= max_chars:
       return
+
+
+def _pieces(lines: Sequence[str], size: int) -> Iterator[str]:
+  """Lines, with any longer than `size` characters cut into pieces: sentencepiece silently skips
+  a "sentence" over its max_sentence_length, so a corpus of long lines (minified code, one line
+  per book) would otherwise train on nothing."""
+  for line in lines:
+    yield from (line[i:i + size] for i in range(0, len(line), size)) if len(line) > size else (
+        line,)
 
 
 def _spm_error(message: str, vocab_size: int) -> str:
