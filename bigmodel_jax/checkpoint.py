@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigmodel_jax import files
+from bigmodel_jax import json_files
 from bigmodel_jax.errors import RunError
 
 DIRECTORY = "checkpoints"
@@ -220,7 +220,7 @@ def damage(path: str) -> str | None:
   if not any(n.startswith("process_") for n in os.listdir(os.path.join(path, "data"))):
     return "the data-iterator state is missing"
   try:
-    files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
+    json_files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
   except (OSError, RunError):
     return "config/metadata is missing or not valid JSON"
   return None
@@ -228,7 +228,7 @@ def damage(path: str) -> str | None:
 
 def check_compatible(path: str, abstract_state, config) -> None:
   """Raises RunError naming what differs between the checkpoint at `path` and this run."""
-  saved = files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
+  saved = json_files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
   current = config.to_dict()
   keys = ["task", "data.tokenizer", "data.vocab_size"] + [
       f"model.{k}" for k in current.get("model", {}) if k not in RUNTIME_MODEL_KEYS]

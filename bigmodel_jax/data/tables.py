@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from bigmodel_jax import files
+from bigmodel_jax import json_files
 from bigmodel_jax.errors import RunError, UsageError
 
 SOURCES_HELP = "breast_cancer, csv:<path> (with data.label_column)"
@@ -222,7 +222,7 @@ class Preprocessing:
 
   @classmethod
   def load(cls, path: str) -> "Preprocessing":
-    saved = files.read_json(path, "preprocessing (feature encoding)")
+    saved = json_files.read_json(path, "preprocessing (feature encoding)")
     try:
       return cls(**saved)
     except TypeError:  # keys that are not this class's fields

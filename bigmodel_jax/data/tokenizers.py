@@ -21,7 +21,7 @@ import shutil
 import numpy as np
 import sentencepiece as spm
 
-from bigmodel_jax import files
+from bigmodel_jax import json_files
 from bigmodel_jax.errors import UsageError
 
 _META_FILE = "tokenizer.json"
@@ -187,7 +187,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
   """Loads a tokenizer that `save(directory)` wrote."""
   path = os.path.join(directory, _META_FILE)
   try:
-    meta = files.read_json(path, "a saved tokenizer's metadata")
+    meta = json_files.read_json(path, "a saved tokenizer's metadata")
   except FileNotFoundError:
     raise UsageError(f"no tokenizer in {directory} ({_META_FILE} missing)") from None
   cls = _TOKENIZERS.get(meta.get("kind"))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigmodel_jax import classification, files, models
+from bigmodel_jax import classification, json_files, models
 from bigmodel_jax.data import arrays, images
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
@@ -53,7 +53,7 @@ class Task(base.Task):
     """Loads the run's dataset facts from the workdir, or (create) measures and saves them."""
     path = os.path.join(workdir, DATASET_FILE)
     if os.path.exists(path):
-      saved = files.read_json(path, "dataset facts (shape, class names, statistics)")
+      saved = json_files.read_json(path, "dataset facts (shape, class names, statistics)")
       self.info = images.Info(tuple(saved["shape"]), saved["class_names"])
       self.stats = saved
     elif create:
