@@ -35,7 +35,7 @@ def deadline(seconds: float):
 def tree(tmp_path):
   """tmp/top.txt, tmp/other/x.txt and tmp/src/{a0..a9.txt, sub/b0..b9.txt}, each text distinct,
   plus src/link.txt -> a0.txt, src/outside.txt -> ../other/x.txt, src/loop -> src (absolute) and
-  src/sub/up -> .. (relative): two symlink loops."""
+  src/sub/up -> .. (relative): two symlink loops; and src/self.txt -> itself."""
   src = tmp_path / "src"
   (src / "sub").mkdir(parents=True)
   (tmp_path / "other").mkdir()
@@ -48,6 +48,7 @@ def tree(tmp_path):
   os.symlink("../other/x.txt", src / "outside.txt")
   os.symlink(src, src / "loop")
   os.symlink("..", src / "sub" / "up")
+  os.symlink("self.txt", src / "self.txt")  # a link to itself: matched by *.txt, never a file
   return tmp_path
 
 

@@ -48,14 +48,15 @@ def match(pattern: str) -> Matches:
     part = parts[i]
     if part == "**":
       stack.append((path, i + 1))  # zero folders
-      for name in _names(path, hidden=False):
+      for name, is_dir in _entries(path, hidden=False):
         child = os.path.join(path, name)
-        if os.path.isdir(child):
+        if is_dir:
           stack.append((child, i))
         elif i + 1 == len(parts):  # a trailing ** also matches the files in each folder
           matched.append(child)
     elif glob.has_magic(part):
-      for name in fnmatch.filter(_names(path, hidden=part.startswith(".")), part):
+      names = [name for name, _ in _entries(path, hidden=part.startswith("."))]
+      for name in fnmatch.filter(names, part):
         stack.append((os.path.join(path, name), i + 1))
     else:  # a plain name, ".." or "."
       child = os.path.join(path, part)
@@ -66,12 +67,20 @@ def match(pattern: str) -> Matches:
   return Matches(unique, len(real) - len(unique), folder_aliases)
 
 
-def _names(folder: str, hidden: bool) -> list[str]:
+def _entries(folder: str, hidden: bool) -> list[tuple[str, bool]]:
+  """[(name, is a folder or a symlink to one)]; scandir's type info spares a stat per file."""
+  out = []
   try:
-    names = os.listdir(folder or os.curdir)
+    with os.scandir(folder or os.curdir) as it:
+      for entry in it:
+        if hidden or not entry.name.startswith("."):
+          try:
+            out.append((entry.name, entry.is_dir()))
+          except OSError:  # e.g. a symlink loop of its own (ELOOP): not a folder
+            out.append((entry.name, False))
   except OSError:  # unreadable or not a folder: no matches there, as glob.glob
     return []
-  return names if hidden else [n for n in names if not n.startswith(".")]
+  return out
 
 
 def drop_repeated_contents(paths: Sequence[str], root: str = "") -> tuple[list[str], int]:
