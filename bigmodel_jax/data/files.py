@@ -5,9 +5,9 @@ folders; a name starting with "." only matches a pattern part starting with ".";
 folders are followed), but it enters each real folder (os.path.realpath) at most once per pattern
 part. glob.glob does not: through a symlink to its own ancestor it went ~40 levels deep (one file
 matched 41 times), and with `**` on both sides of `..` the matches multiply per level (measured:
-5,166 paths for 3 files); two loops in one tree and it did not finish in minutes, as each level
-doubles the routes. Here the work is bounded by
-(real folders) x (pattern parts), and the result is each matching regular file's real path, once.
+5,166 paths for 3 files); with two loops in one tree it did not finish in minutes, as each level
+doubles the routes. Here the work is bounded by (real folders) x (pattern parts), and the result
+is each matching regular file's real path, once.
 
 `drop_repeated_contents(paths)` keeps the first of files with the same bytes (two copies of a text
 under different names would otherwise land in train and validation). Only files whose size
