@@ -60,6 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.predict = ml_collections.ConfigDict()
   c.predict.input = ""        # --mode=predict: the text to classify
   c.predict.num_examples = 6  # showcase: eval texts shown with their predictions
+  # An input longer than model.max_len tokens: warn (classify its first max_len tokens and say
+  # so on stderr) | error (refuse it: a label for part of a text can be the wrong one).
+  c.predict.on_long_input = "warn"
   return config_lib.apply_preset(c, arg, PRESETS)
 
 

@@ -69,6 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.decode.batch_size = 250
   c.decode.show = 5           # showcase triples (plus up to 3 mistakes)
   c.decode.input = ""         # --mode=translate: text to translate ("" -> test sources)
+  # An input longer than data.max_source_len tokens: warn (translate its first tokens and say so
+  # on stderr) | error (refuse it: a translation of part of a text reads as a whole one).
+  c.decode.on_long_input = "warn"
   return config_lib.apply_preset(c, arg, PRESETS)
 
 

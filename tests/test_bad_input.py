@@ -17,7 +17,8 @@ TINY = "--experiment=textgen:tiny"
 
 CASES = [
     # (id, args, exit code, part of the message); {tmp} is a scratch folder, {trained} a trained
-    # workdir, {data} the test's TFDS cache.
+    # workdir, {data} the test's TFDS cache, {sentiment} and {translate} trained workdirs of those
+    # experiments (trained only when a chosen case names them).
     ("unknown experiment", ["--experiment=textgem"], 2, "unknown experiment 'textgem'"),
     ("unknown preset", ["--experiment=textgen:huge"], 2, "unknown preset 'huge'"),
     ("no experiment", [], 2, "--experiment is required"),
@@ -114,6 +115,17 @@ CASES = [
     ("auto with no cluster", [TINY, "--config.distributed.auto=true"], 1, "found no cluster"),
     ("profile_steps backwards", [TINY, "--config.train.profile_steps=9,3"], 2,
      "train.profile_steps=(9, 3)"),
+    ("text to classify longer than the model reads, refused",
+     ["--experiment=sentiment:tiny", "--workdir={sentiment}", "--mode=predict",
+      "--config.predict.on_long_input=error",
+      "--config.predict.input=" + "Slow, but good. " * 6250],
+     2, "predict.input is 100000 tokens long but the model reads 48 (model.max_len=48)"),
+    ("text to translate longer than the model reads, refused",
+     ["--experiment=translate:tiny", "--workdir={translate}", "--mode=translate",
+      "--config.decode.on_long_input=error", "--config.decode.input=" + "2021-03-03 " * 9091],
+     2, "decode.input is 100001 tokens long but the model reads 31 (data.max_source_len=32"),
+    ("unknown on_long_input", ["--experiment=sentiment:tiny", "--mode=predict",
+                               "--config.predict.on_long_input=cut"], 2, "valid: warn, error"),
 ]
 
 
@@ -141,6 +153,20 @@ def scratch(tmp_path_factory):
   return tmp, trained, data
 
 
+@pytest.fixture(scope="module")
+def trained_sentiment(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sentiment"))
+  trainer.run(tiny_config("", "sentiment:tiny", train__steps=2), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def trained_translate(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("translate"))
+  trainer.run(tiny_config("", "translate:tiny", train__steps=2), workdir)
+  return workdir
+
+
 def _listing(path: str):
   if not os.path.exists(path):
     return None
@@ -149,9 +175,11 @@ def _listing(path: str):
 
 
 @pytest.mark.parametrize("args, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(scratch, args, code, message):
+def test_bad_input(scratch, request, args, code, message):
   tmp, trained, data = scratch
-  args = [a.format(tmp=tmp, trained=trained, port=_closed_port()) for a in args]
+  workdirs = {name: request.getfixturevalue(f"trained_{name}")
+              for name in ("sentiment", "translate") if any(f"{{{name}}}" in a for a in args)}
+  args = [a.format(tmp=tmp, trained=trained, port=_closed_port(), **workdirs) for a in args]
   if not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={tmp}/workdir")
   workdir = next(a for a in args if a.startswith("--workdir="))[len("--workdir="):]

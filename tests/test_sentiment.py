@@ -4,6 +4,7 @@ import collections
 import contextlib
 import functools
 import io
+import logging
 import re
 
 import jax
@@ -189,6 +190,45 @@ def test_predict_mode_classifies_a_sentence(trained, capsys):
     trainer.run(config, workdir, "predict")
 
 
+def test_a_long_predict_input_is_cut_with_a_warning_or_refused(trained, caplog, capsys):
+  config, workdir, _ = trained
+  caplog.set_level(logging.WARNING, logger="absl")
+  text = "The plot was not bad, but the acting was dull. " * 2128  # 100,016 characters
+  config.predict.input = text[:48]  # what the model reads of it (byte tokens, model.max_len=48)
+  first_part = trainer.run(config, workdir, "predict")
+  assert "predict.input is" not in caplog.text
+  config.predict.input = text
+  out = trainer.run(config, workdir, "predict")
+  assert (f"predict.input is {len(text)} tokens long but the model reads 48 (model.max_len=48): "
+          "only its first 48 tokens were used; predict.on_long_input=error refuses") in caplog.text
+  assert out["label"] == first_part["label"]
+  assert out["probabilities"] == pytest.approx(first_part["probabilities"], abs=1e-6)
+  capsys.readouterr()
+  config.predict.on_long_input = "error"
+  try:
+    with pytest.raises(UsageError, match=(
+        rf"^predict.input is {len(text)} tokens long but the model reads 48 \(model.max_len=48\); "
+        r"shorten it, or set predict.on_long_input=warn to use its first 48 tokens$")):
+      trainer.run(config, workdir, "predict")
+    assert capsys.readouterr().out == ""  # refused before predicting anything
+  finally:
+    config.predict.on_long_input = "warn"
+
+
+def test_each_split_logs_once_how_many_texts_were_cut(tmp_path, caplog):
+  caplog.set_level(logging.WARNING, logger="absl")
+  task = classify_text.Task(_config(model__max_len=40))
+  task.setup(str(tmp_path), create=True)  # the tiny preset's byte tokenizer: a token is a byte
+  for split in ("train", "test", "train"):
+    task._arrays(split)
+    texts = task._texts(split)[0]
+    cut = sum(len(t.encode()) > 40 for t in texts)
+    assert 0 < cut < len(texts)
+    assert (f"{split} split: {cut} of {len(texts)} texts are longer than model.max_len=40 tokens "
+            "and were cut to their first 40") in caplog.text
+  assert len([r for r in caplog.records if "texts are longer than" in r.getMessage()]) == 2
+
+
 def test_modes_need_a_trained_workdir(tmp_path):
   with pytest.raises(RunError, match="no tokenizer in"):
     trainer.run(_config(), str(tmp_path / "empty"), "predict")
@@ -253,6 +293,8 @@ def test_unprepared_or_unknown_tfds_dataset(tmp_path):
     ({"model.name": "rnn", "model.cell": "rnn"}, r"model.cell='rnn' is unknown; valid: lstm, gru"),
     ({"model.name": "rnn", "model.hidden_dim": 0}, r"model.hidden_dim=0 must be a positive"),
     ({"predict.num_examples": -1}, r"predict.num_examples=-1 must be >= 0"),
+    ({"predict.on_long_input": "cut"}, r"predict.on_long_input='cut' is not valid; valid: warn, "
+     r"error"),
 ])
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, overrides, match):
   config = _config(**{k.replace(".", "__"): v for k, v in overrides.items()})

@@ -7,6 +7,7 @@ import datetime
 import functools
 import io
 import itertools
+import logging
 import os
 
 from flax import linen as nn
@@ -266,6 +267,50 @@ def test_eval_mode_and_translate_mode(trained, capsys):
   assert "Mar 3, '21\n  -> " in capsys.readouterr().out
 
 
+def test_a_long_decode_input_is_cut_with_a_warning_or_refused(trained, caplog, capsys):
+  config, workdir, _ = trained
+  caplog.set_level(logging.WARNING, logger="absl")
+  text = "Wednesday, March 3, 2021 " * 4000  # 100,000 characters, byte tokens
+  config.decode.input = text[:31]  # what the model reads of it: data.max_source_len=32 with EOS
+  (first_part,) = trainer.run(config, workdir, "translate")
+  assert "decode.input is" not in caplog.text
+  config.decode.input = text
+  (hyp,) = trainer.run(config, workdir, "translate")
+  assert ("decode.input is 100000 tokens long but the model reads 31 (data.max_source_len=32, "
+          "EOS included): only its first 31 tokens were used; decode.on_long_input=error "
+          "refuses such input") in caplog.text
+  assert hyp == first_part
+  capsys.readouterr()
+  config.decode.on_long_input = "error"
+  try:
+    with pytest.raises(UsageError, match=(
+        r"^decode.input is 100000 tokens long but the model reads 31 \(data.max_source_len=32, "
+        r"EOS included\); shorten it, or set decode.on_long_input=warn to use its first 31 "
+        r"tokens$")):
+      trainer.run(config, workdir, "translate")
+    assert capsys.readouterr().out == ""
+  finally:
+    config.decode.on_long_input = "warn"
+    config.decode.input = ""
+
+
+def test_each_split_logs_once_how_many_pairs_were_dropped_or_cut(data_dir, tmp_path, caplog):
+  caplog.set_level(logging.WARNING, logger="absl")
+  task = translate.Task(config_for(data_dir, data__max_source_len=16))
+  task.setup(str(tmp_path), create=True)  # byte tokens; targets (ISO dates + EOS) always fit
+  for split, action in (("train", "dropped"), ("validation", "cut to fit"), ("train", "")):
+    arrays = task._arrays(split)
+    sources = task._texts[split][0]
+    long = sum(len(s.encode()) + 1 > 16 for s in sources)
+    assert 0 < long < len(sources)
+    assert len(arrays["inputs"]) == len(sources) - (long if split == "train" else 0)
+    if action:
+      assert (f"{split} split: {long} of {len(sources)} pairs are longer than "
+              "data.max_source_len=16 or data.max_target_len=12 tokens (EOS included) and were "
+              f"{action}") in caplog.text
+  assert len([r for r in caplog.records if "pairs are longer than" in r.getMessage()]) == 2
+
+
 def test_training_ends_with_a_showcase_of_metrics_and_triples(trained):
   _, workdir, out = trained
   values = read_metrics(workdir, "validation")[40]
@@ -380,6 +425,8 @@ def test_unprepared_and_unknown_tfds_datasets_are_usage_errors(tmp_path):
     ({"model__embed_dim": 30, "model__num_heads": 4}, r"model.embed_dim=30 must be even and "
      r"divisible by model.num_heads=4"),
     ({"model__name": "gpt"}, r"model.name='gpt' is not valid; valid: seq2seq"),
+    ({"decode__on_long_input": "cut"}, r"decode.on_long_input='cut' is not valid; valid: warn, "
+     r"error"),
 ])
 def test_config_errors_are_one_line_usage_errors(data_dir, overrides, match):
   with pytest.raises(UsageError, match=match) as e:

@@ -14,9 +14,15 @@ Local corpora (pystdlib, text_files) are built once by our own TFDS builders int
 the files (paths, sizes, mtimes) and of val_percent, so a changed corpus builds a
 new dataset and an unchanged one is reused.
 
+Each file is read once: files are known by their real path (os.path.realpath), so a
+symlink, a `..` detour or a symlink loop does not bring a file in twice (`files.match` also
+never walks a real folder twice, so a loop cannot hang the glob); files with the same bytes
+under different names are kept once (the first in path order), so no text is in both splits.
+How many of each were dropped is logged.
+
 Train/validation split of local corpora is by file: a file goes to validation
-when crc32(its relative path) % 100 < val_percent, so the split is stable as
-files come and go. A single file is split by text instead (its last
+when crc32(its real path relative to the real root) % 100 < val_percent, so the
+split is stable as files come and go. A single file is split by text instead (its last
 val_percent% of lines -> validation); with a few files, if the hash leaves one
 split empty, the file with the smallest (or largest) hash moves over to fill it.
 """
@@ -32,7 +38,7 @@ import zlib
 from absl import logging
 import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import tfds_source
+from bigmodel_jax.data import files, tfds_source
 from bigmodel_jax.errors import UsageError
 
 DEFAULT_DATA_DIR = "~/.cache/bigmodel_jax/tensorflow_datasets"
@@ -120,23 +126,31 @@ def _pystdlib_files(root: str = "") -> tuple[str, list[str]]:
   file whose name (without .py) is `test` or `tests`, starts with `test_` or
   ends with `_test`/`_tests` (test/, lib2to3/tests/, idlelib/idle_test/, ...).
   """
-  root = root or sysconfig.get_paths()["stdlib"]
+  root = os.path.realpath(root or sysconfig.get_paths()["stdlib"])
   paths = []
-  for folder, dirs, files in os.walk(root):
+  # os.walk does not follow symlinks to folders (followlinks=False), so it cannot loop.
+  for folder, dirs, names in os.walk(root):
     dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not _is_test_name(d)]
-    for name in files:
+    for name in names:
       if name.endswith(".py") and not _is_test_name(name):
-        paths.append(os.path.relpath(os.path.join(folder, name), root))
-  return root, sorted(paths)
+        paths.append(os.path.realpath(os.path.join(folder, name)))
+  unique = sorted(set(paths))
+  _log_dropped("pystdlib", len(paths) - len(unique), "paths to a file already matched")
+  return root, [os.path.relpath(p, root) for p in unique]
 
 
 def _glob_files(pattern: str) -> tuple[str, list[str]]:
-  """Returns (root, sorted paths relative to root) of the files matching."""
+  """Returns (real root, sorted real paths relative to it) of the files matching, each once."""
   pattern = os.path.expanduser(pattern)
-  matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  matches, aliases, loops = files.match(pattern)
   if not matches:
     raise UsageError(f"text_files:{pattern} matches no files; give a glob of "
                      "UTF-8 text files, e.g. text_files:'data/**/*.txt'")
+  _log_dropped(f"text_files:{pattern}", aliases, "paths to a file already matched (symlinks, "
+               "'..')")
+  if loops:
+    logging.info("text_files:%s: did not walk %d routes to folders already walked (symlink "
+                 "loops, '..')", pattern, loops)
   # The root is the pattern's leading folders without glob magic, so relative
   # paths (and so the train/validation split) do not depend on where it lives.
   parts = []
@@ -144,10 +158,15 @@ def _glob_files(pattern: str) -> tuple[str, list[str]]:
     if glob.has_magic(part):
       break
     parts.append(part)
-  root = os.sep.join(parts) or "."
+  root = os.path.realpath(os.sep.join(parts) or (os.sep if os.path.isabs(pattern) else "."))
   if len(matches) == 1:
-    root = os.path.dirname(matches[0]) or "."
+    root = os.path.dirname(matches[0])
   return root, [os.path.relpath(p, root) for p in matches]
+
+
+def _log_dropped(source: str, count: int, what: str) -> None:
+  if count:
+    logging.warning("%s: read each file once: dropped %d %s", source, count, what)
 
 
 def _assign_splits(paths: list[str], val_percent: int) -> dict[str, list[str]]:
@@ -224,22 +243,24 @@ class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    if len(self._paths) == 1:
-      return {split: self._generate_examples(self._paths, split)
+    paths, repeated = files.drop_repeated_contents(self._paths, self._root)
+    _log_dropped(self._source, repeated, "files whose bytes repeat an earlier file's (the first "
+                 "is kept, so no text is in both train and validation)")
+    if len(paths) == 1:
+      # Read once, cut by text for both splits.
+      parts = _split_text(self._read(paths[0]) or "", self._val_percent)
+      return {split: self._generate_examples([paths[0]], text=parts[split])
               for split in ("train", "validation")}
-    splits = _assign_splits(self._paths, self._val_percent)
-    return {split: self._generate_examples(paths, split)
-            for split, paths in splits.items()}
+    splits = _assign_splits(paths, self._val_percent)
+    return {split: self._generate_examples(split_paths)
+            for split, split_paths in splits.items()}
 
-  def _generate_examples(self, paths: list[str], split: str):
+  def _generate_examples(self, paths: list[str], text: str | None = None):
+    """Documents of `paths`, each read here; or, with `text`, that text as the one file's."""
     for i, path in enumerate(paths):
-      text = self._read(path)
-      if text is None:
-        continue
-      if len(self._paths) == 1:
-        text = _split_text(text, self._val_percent)[split]
-      if text:
-        yield i, {"text": text, "path": path}
+      doc = self._read(path) if text is None else text
+      if doc:
+        yield i, {"text": doc, "path": path}
 
   def _read(self, path: str) -> str | None:
     with open(os.path.join(self._root, path), "rb") as f:

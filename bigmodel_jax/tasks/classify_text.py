@@ -10,7 +10,9 @@ Data (`config.data.source`):
 
 Texts are tokenized by `data.tokenizer` (byte, or sentencepiece trained on the training split and
 saved in the workdir's tokenizer/), truncated to `model.max_len` and padded at the end. Token ids
-are the tokenizer's + 1, so that 0 is padding: the models mask it out.
+are the tokenizer's + 1, so that 0 is padding: the models mask it out. Truncation is never silent:
+each split logs how many of its texts were cut, and a longer `predict.input` warns with both
+lengths (or, with predict.on_long_input=error, is refused).
 """
 
 import functools
@@ -23,7 +25,7 @@ import optax
 import tensorflow_datasets as tfds
 
 from bigmodel_jax import models
-from bigmodel_jax.data import arrays, reviews, tfds_source, tokenizers
+from bigmodel_jax.data import arrays, reviews, tfds_source, tokenizers, too_long
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -47,6 +49,7 @@ class Task(base.Task):
       raise UsageError(f"model.max_len={max_len!r} must be a positive integer")
     if config.predict.num_examples < 0:
       raise UsageError(f"predict.num_examples={config.predict.num_examples} must be >= 0")
+    too_long.check_policy("predict.on_long_input", config.predict.on_long_input)
     if d.source == "reviews":
       for key in ("num_train", "num_test"):
         if d[key] <= 0:
@@ -102,18 +105,26 @@ class Task(base.Task):
   @functools.cache
   def _arrays(self, split: str) -> dict[str, np.ndarray]:
     texts, labels = self._texts(split)
-    tokens = self.encode(texts)
-    logging.info("%s split: %d examples, %.1f%% truncated to model.max_len=%d", split,
-                 len(texts), 100 * np.mean(tokens[:, -1] > 0), tokens.shape[1])
+    tokens, lengths = self._encode(texts)
+    max_len = self.config.model.max_len
+    logging.info("%s split: %d examples", split, len(texts))
+    too_long.log_split(split, int(np.sum(lengths > max_len)), len(texts), "texts",
+                       f"model.max_len={max_len} tokens", f"cut to their first {max_len}")
     return {"tokens": tokens, "label": labels}
 
   def encode(self, texts) -> np.ndarray:
     """Texts -> int32 (N, max_len): tokenizer ids + 1, truncated, padded with 0 at the end."""
+    return self._encode(texts)[0]
+
+  def _encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+    """(encode(texts), each text's length in tokens before truncation)."""
     out = np.zeros((len(texts), self.config.model.max_len), np.int32)
-    for row, ids in zip(out, self.tokenizer.encode_many(texts)):
+    lengths = np.zeros(len(texts), np.int64)
+    for i, (row, ids) in enumerate(zip(out, self.tokenizer.encode_many(texts))):
+      lengths[i] = len(ids)
       ids = ids[:len(row)]
       row[:len(ids)] = ids + 1
-    return out
+    return out, lengths
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     return iter(arrays.train_dataset(self._arrays("train"), batch_size=batch_size, seed=seed,
@@ -161,10 +172,15 @@ class Task(base.Task):
 
   def predict(self, variables) -> dict:
     """`--mode=predict --config.predict.input="some text"`: prints and returns the label."""
-    text = self.config.predict.input
+    p = self.config.predict
+    text = p.input
     if not text.strip():
       raise UsageError('predict.input is empty; pass --config.predict.input="some text"')
-    probs = self.probabilities(variables, self.encode([text]))[0]
+    tokens, lengths = self._encode([text])
+    max_len = self.config.model.max_len
+    too_long.check_input("predict.input", int(lengths[0]), max_len, f"model.max_len={max_len}",
+                         "predict.on_long_input", p.on_long_input)
+    probs = self.probabilities(variables, tokens)[0]
     label = self.class_names[int(probs.argmax())]
     print(f"{label} ({probs.max():.3f}): {text}")
     print("  " + ", ".join(f"{n} {p:.3f}" for n, p in zip(self.class_names, probs)), flush=True)

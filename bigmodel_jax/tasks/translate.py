@@ -15,7 +15,9 @@ tokenizer/source and tokenizer/target) gives ids 0..V-1, followed by three speci
 BOS = V + 1, EOS = V + 2 (`models.seq2seq.special_ids`). Batches are {"inputs": (B, S) source
 + EOS, "targets": (B, T) target + EOS}, PAD-filled; the decoder reads BOS + targets[:, :-1]
 (teacher forcing). Over-long training pairs are dropped; validation/test pairs are truncated
-(BLEU and exact match still compare against the full reference text).
+(BLEU and exact match still compare against the full reference text); each split logs how many.
+A `decode.input` longer than data.max_source_len warns with both lengths and is cut (or, with
+decode.on_long_input=error, refused).
 """
 
 import functools
@@ -30,7 +32,7 @@ import sacrebleu
 import tensorflow_datasets as tfds
 
 from bigmodel_jax import beam_search, models
-from bigmodel_jax.data import arrays, dates, tfds_source, tokenizers
+from bigmodel_jax.data import arrays, dates, tfds_source, tokenizers, too_long
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.models import seq2seq
 from bigmodel_jax.tasks import base
@@ -80,6 +82,7 @@ class Task(base.Task):
         raise UsageError(f"{key}={config[section][name]} must be >= {low}")
     if not 1 <= d.holdout_percent <= 33:
       raise UsageError(f"data.holdout_percent={d.holdout_percent} must be in 1..33")
+    too_long.check_policy("decode.on_long_input", dec.on_long_input)
     if dec.length_penalty < 0:
       raise UsageError(f"decode.length_penalty={dec.length_penalty} must be >= 0 (0 = off)")
     if not 0 <= config.train.label_smoothing < 1:
@@ -118,25 +121,30 @@ class Task(base.Task):
     return _read_pairs(self._builder, d, *self._languages)
 
   def _encode(self, tok, texts, length: int):
-    """Texts -> (N, length) int32 ids + EOS, PAD-filled, cut to fit; and which ones fitted."""
+    """Texts -> (N, length) int32 ids + EOS, PAD-filled, cut to fit; and each text's length in
+    tokens before the cut (EOS not counted: it fits when length - 1 or fewer)."""
     pad, _, eos = seq2seq.special_ids(tok.vocab_size + seq2seq.NUM_SPECIAL)
     out = np.full((len(texts), length), pad, np.int32)
-    fits = np.ones(len(texts), bool)
+    lengths = np.zeros(len(texts), np.int64)
     for i, ids in enumerate(tok.encode_many(list(texts))):
-      fits[i] = len(ids) < length
+      lengths[i] = len(ids)
       ids = np.append(ids[:length - 1], eos)
       out[i, :len(ids)] = ids
-    return out, fits
+    return out, lengths
 
   @functools.lru_cache(maxsize=3)
   def _arrays(self, split: str) -> dict[str, np.ndarray]:
     d = self.config.data
     src, tgt = self._texts[split]
-    inputs, ok_src = self._encode(self.src_tok, src, d.max_source_len)
-    targets, ok_tgt = self._encode(self.tgt_tok, tgt, d.max_target_len)
-    keep = ok_src & ok_tgt if split == "train" else np.ones(len(src), bool)
-    logging.info("%s split: %d pairs (%d too long%s)", split, keep.sum(),
-                 len(src) - (ok_src & ok_tgt).sum(), ", dropped" if split == "train" else ", cut")
+    inputs, src_len = self._encode(self.src_tok, src, d.max_source_len)
+    targets, tgt_len = self._encode(self.tgt_tok, tgt, d.max_target_len)
+    fits = (src_len < d.max_source_len) & (tgt_len < d.max_target_len)
+    keep = fits if split == "train" else np.ones(len(src), bool)
+    logging.info("%s split: %d pairs", split, keep.sum())
+    too_long.log_split(split, int(np.sum(~fits)), len(src), "pairs",
+                       f"data.max_source_len={d.max_source_len} or data.max_target_len="
+                       f"{d.max_target_len} tokens (EOS included)",
+                       "dropped" if split == "train" else "cut to fit")
     if not keep.any():
       raise UsageError(f"no {split} pair fits data.max_source_len={d.max_source_len} and "
                        f"data.max_target_len={d.max_target_len} tokens")
@@ -185,14 +193,29 @@ class Task(base.Task):
 
   # --- decoding -----------------------------------------------------------------------------
 
-  def _translate(self, params, texts: list[str]) -> list[str]:
-    """Decodes texts on the host with the configured search, in fixed-size (padded) batches."""
+  def _encode_sources(self, texts: list[str], split: str = "") -> np.ndarray:
+    """Sources to decode -> (N, max_source_len) ids; cuts are logged under `split`, or, with no
+    split (texts = [decode.input]), warned about or refused by decode.on_long_input."""
+    d, dec = self.config.data, self.config.decode
+    src, lengths = self._encode(self.src_tok, texts, d.max_source_len)
+    if split:
+      too_long.log_split(split, int(np.sum(lengths >= d.max_source_len)), len(texts), "sources",
+                         f"data.max_source_len={d.max_source_len} tokens (EOS included)",
+                         "cut to fit for decoding")
+    else:
+      too_long.check_input("decode.input", int(lengths[0]), d.max_source_len - 1,
+                           f"data.max_source_len={d.max_source_len}, EOS included",
+                           "decode.on_long_input", dec.on_long_input)
+    return src
+
+  def _translate(self, params, src: np.ndarray) -> list[str]:
+    """Decodes encoded sources on the host with the configured search, in fixed-size (padded)
+    batches."""
     dec = self.config.decode
-    src, _ = self._encode(self.src_tok, texts, self.config.data.max_source_len)
-    size = min(dec.batch_size, len(texts))
+    size = min(dec.batch_size, len(src))
     eos = self.model.tgt_specials[2]
     out = []
-    for start in range(0, len(texts), size):
+    for start in range(0, len(src), size):
       chunk = src[start:start + size]
       rows = len(chunk)
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - rows, 0)])
@@ -206,7 +229,7 @@ class Task(base.Task):
     src, refs = self._texts["test"]
     n = self.config.decode.eval_examples or len(src)
     src, refs = list(src[:n]), list(refs[:n])
-    hyps = self._translate(variables["params"], src)
+    hyps = self._translate(variables["params"], self._encode_sources(src, "test"))
     values = {"test_bleu": float(sacrebleu.corpus_bleu(hyps, [refs]).score),
               "test_exact_match": float(np.mean([h.strip() == r.strip()
                                                  for h, r in zip(hyps, refs)]))}
@@ -217,7 +240,8 @@ class Task(base.Task):
     """`--mode=translate`: decode.input, or the first decode.show test sources."""
     dec = self.config.decode
     texts = [dec.input] if dec.input else list(self._texts["test"][0][:max(dec.show, 1)])
-    hyps = self._translate(variables["params"], texts)
+    src = self._encode_sources(texts, "" if dec.input else "test")
+    hyps = self._translate(variables["params"], src)
     for text, hyp in zip(texts, hyps):
       print(f"{text}\n  -> {hyp}", flush=True)
     return hyps
