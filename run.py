@@ -38,19 +38,24 @@ def quiet_libraries() -> None:
   """Keeps orbax's, grain's and TFDS's INFO chatter out of the log; their warnings still show."""
   noisy = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
   logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
+      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy)
+  )
 
 
 def main(args: Args) -> None:
   quiet_libraries()
   if len(args.positional) > 1:
-    _fail(UsageError(f"unexpected arguments {args.positional[1:]}; flags look like "
-                     "--experiment=textgen"))
+    _fail(
+        UsageError(
+            f"unexpected arguments {args.positional[1:]}; flags look like --experiment=textgen"
+        )
+    )
   try:
     config = config_lib.from_command_line(_EXPERIMENT.value, args.overrides)
     workdir = _WORKDIR.value or f"./workdir/{config.experiment.split(':')[0]}"
     # Imported late: config errors come back fast, without starting JAX.
     from bigmodel_jax import runtime, trainer  # pylint: disable=g-import-not-at-top
+
     runtime.initialize(config)
     trainer.run(config, workdir, _MODE.value)
   except (UsageError, RunError) as e:

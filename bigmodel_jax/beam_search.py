@@ -28,15 +28,22 @@ def _start(model, params, src, repeat: int, max_len: int):
   encoded, mask = model.apply({"params": params}, src, method="encode")  # (B, S, C), (B, S)
   encoded, mask = jnp.repeat(encoded, repeat, axis=0), jnp.repeat(mask, repeat, axis=0)
   bos = jnp.full((encoded.shape[0], 1), model.tgt_specials[1], jnp.int32)
-  _, state = decoder.apply({"params": params}, bos, encoded, mask, method="run_decoder",
-                           mutable=["cache"])
+  _, state = decoder.apply(
+      {"params": params}, bos, encoded, mask, method="run_decoder", mutable=["cache"]
+  )
   return decoder, state["cache"], mask
 
 
 def _step(decoder, params, cache, tokens, mask, i, max_len):
   """Feeds tokens (N,) -> log-probs (N, V) of the next token, with the bans applied; new cache."""
-  logits, state = decoder.apply({"params": params, "cache": cache}, tokens[:, None], None, mask,
-                                method="run_decoder", mutable=["cache"])
+  logits, state = decoder.apply(
+      {"params": params, "cache": cache},
+      tokens[:, None],
+      None,
+      mask,
+      method="run_decoder",
+      mutable=["cache"],
+  )
   logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32))  # (N, V)
   pad, bos, eos = decoder.tgt_specials
   ids = jnp.arange(logp.shape[-1])
@@ -58,10 +65,17 @@ def _greedy(model, params, src, max_len):
     tokens = tokens.at[:, i].set(new)
     return i + 1, tokens, new, logp, done | (new == eos), cache
 
-  carry = (0, jnp.full((B, max_len), pad, jnp.int32), jnp.full((B,), bos, jnp.int32),
-           jnp.zeros((B,), jnp.float32), jnp.zeros((B,), bool), cache)
+  carry = (
+      0,
+      jnp.full((B, max_len), pad, jnp.int32),
+      jnp.full((B,), bos, jnp.int32),
+      jnp.zeros((B,), jnp.float32),
+      jnp.zeros((B,), bool),
+      cache,
+  )
   _, tokens, _, logp, _, _ = jax.lax.while_loop(
-      lambda c: (c[0] < max_len) & ~jnp.all(c[4]), body, carry)
+      lambda c: (c[0] < max_len) & ~jnp.all(c[4]), body, carry
+  )
   return tokens, logp
 
 
@@ -93,7 +107,8 @@ def _beam(model, params, src, max_len, K, length_penalty):
     alive, parent = gather(seqs, keep), gather(beam, keep)  # (B, K, L), (B, K)
     flat = (rows * K + parent).reshape(-1)
     cache = jax.tree_util.tree_map_with_path(  # cross-attention keys/values are per row: kept
-        lambda p, x: x if x.ndim == 0 or "cross" in jax.tree_util.keystr(p) else x[flat], cache)
+        lambda p, x: x if x.ndim == 0 or "cross" in jax.tree_util.keystr(p) else x[flat], cache
+    )
     # Finished: EOS candidates among the top K, for rows that have fewer than K finished.
     done = jnp.all(fin_lp > NEG_INF / 2, axis=1, keepdims=True)  # (B, 1)
     new = is_eos & (jnp.arange(2 * K) < K)[None] & ~done & (top_lp > NEG_INF / 2)
@@ -122,8 +137,14 @@ def greedy(model, params, src, max_len: int):
 
 def beam_search(model, params, src, max_len: int, beam_size: int, length_penalty: float):
   """src int32 (B, S) -> best tokens (B, max_len) (PAD after EOS), scores (B,), log-probs (B,)."""
-  tokens, score, logp = _beam(model, params, jnp.asarray(src, jnp.int32), int(max_len),
-                              int(beam_size), float(length_penalty))
+  tokens, score, logp = _beam(
+      model,
+      params,
+      jnp.asarray(src, jnp.int32),
+      int(max_len),
+      int(beam_size),
+      float(length_penalty),
+  )
   return np.asarray(tokens), np.asarray(score), np.asarray(logp)
 
 
@@ -139,5 +160,5 @@ def strip(tokens, eos: int) -> list[np.ndarray]:
   out = []
   for row in np.asarray(tokens):
     end = np.flatnonzero(row == eos)
-    out.append(row[:end[0]] if len(end) else row)
+    out.append(row[: end[0]] if len(end) else row)
   return out

@@ -36,15 +36,23 @@ from bigmodel_jax.tasks import lm
 
 _PRESETS = flags.DEFINE_list("presets", ["baby", "default"], "textgen presets to time.")
 _SECTIONS = flags.DEFINE_list(
-    "sections", ["matmul", "train", "pipeline", "checkpoint", "generate", "scaling"],
-    "Which benchmarks to run.")
+    "sections",
+    ["matmul", "train", "pipeline", "checkpoint", "generate", "scaling"],
+    "Which benchmarks to run.",
+)
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed chunks per measurement (median taken).")
 _CHUNK = flags.DEFINE_integer("chunk", 10, "Steps per timed chunk.")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
 
-BABY = {"model.num_layers": 4, "model.num_heads": 4, "model.embed_dim": 128,
-        "model.block_size": 64, "model.use_bias": False, "train.batch_size": 12,
-        "model.vocab_multiple": 1}
+BABY = {
+    "model.num_layers": 4,
+    "model.num_heads": 4,
+    "model.embed_dim": 128,
+    "model.block_size": 64,
+    "model.use_bias": False,
+    "train.batch_size": 12,
+    "model.vocab_multiple": 1,
+}
 BABY_VOCAB = 65
 
 
@@ -66,15 +74,25 @@ class Trainable:
     tx, schedule = optim.make_optimizer(config.train)
     init_fn = functools.partial(steps.init_state, task=self.task, tx=tx)
     self.state = self.strategy.init_state(init_fn, jax.random.key(0))
-    self.step_fn = self.strategy.compile(functools.partial(
-        steps.train_step, task=self.task, tx=tx, schedule=schedule,
-        accum=config.train.grad_accum_steps, axis_name=self.strategy.axis_name))
+    self.step_fn = self.strategy.compile(
+        functools.partial(
+            steps.train_step,
+            task=self.task,
+            tx=tx,
+            schedule=schedule,
+            accum=config.train.grad_accum_steps,
+            axis_name=self.strategy.axis_name,
+        )
+    )
     self.tokens_per_step = config.train.batch_size * config.model.block_size
     rng = np.random.default_rng(0)
     shape = (config.train.batch_size, config.model.block_size)
-    self.batch = self.strategy.put_batch({
-        "inputs": rng.integers(0, vocab_size, shape, dtype=np.int32),
-        "targets": rng.integers(0, vocab_size, shape, dtype=np.int32)})
+    self.batch = self.strategy.put_batch(
+        {
+            "inputs": rng.integers(0, vocab_size, shape, dtype=np.int32),
+            "targets": rng.integers(0, vocab_size, shape, dtype=np.int32),
+        }
+    )
 
   def compile_seconds(self) -> float:
     start = time.perf_counter()
@@ -115,11 +133,15 @@ def bench_train(name: str, peak: float, overrides: dict[str, str]) -> dict:
   compile_s = t.compile_seconds()
   per_step = t.seconds_per_step(_REPEATS.value, _CHUNK.value)
   tokens_per_s = t.tokens_per_step / per_step
-  return {"preset": name, "compile_s": compile_s, "step_ms": per_step * 1e3,
-          "tokens_per_s": tokens_per_s,
-          "devices": t.strategy.num_devices,
-          "mfu": t.task.flops_per_unit * tokens_per_s / (peak * t.strategy.num_devices),
-          "model_flops_per_s": t.task.flops_per_unit * tokens_per_s}
+  return {
+      "preset": name,
+      "compile_s": compile_s,
+      "step_ms": per_step * 1e3,
+      "tokens_per_s": tokens_per_s,
+      "devices": t.strategy.num_devices,
+      "mfu": t.task.flops_per_unit * tokens_per_s / (peak * t.strategy.num_devices),
+      "model_flops_per_s": t.task.flops_per_unit * tokens_per_s,
+  }
 
 
 def bench_pipeline(train_step_per_s: float, overrides: dict[str, str]) -> dict:
@@ -134,8 +156,11 @@ def bench_pipeline(train_step_per_s: float, overrides: dict[str, str]) -> dict:
     for _ in range(n):
       next(it)
     batches_per_s = n / (time.perf_counter() - start)
-  return {"batches_per_s": batches_per_s, "train_steps_per_s": train_step_per_s,
-          "headroom": batches_per_s / train_step_per_s}
+  return {
+      "batches_per_s": batches_per_s,
+      "train_steps_per_s": train_step_per_s,
+      "headroom": batches_per_s / train_step_per_s,
+  }
 
 
 def bench_checkpoint(name: str, overrides: dict[str, str]) -> dict:
@@ -152,10 +177,13 @@ def bench_checkpoint(name: str, overrides: dict[str, str]) -> dict:
       t.seconds_per_step(1, 3)  # train a little while the save finishes in the background
     start = time.perf_counter()
     ckpt.close()
-    return {"preset": name, "blocked_s": statistics.median(blocked),
-            "final_wait_s": time.perf_counter() - start,
-            "state_mib": sum(x.nbytes for x in jax.tree.leaves(
-                t.strategy.to_host_layout(t.state))) / 2**20}
+    return {
+        "preset": name,
+        "blocked_s": statistics.median(blocked),
+        "final_wait_s": time.perf_counter() - start,
+        "state_mib": sum(x.nbytes for x in jax.tree.leaves(t.strategy.to_host_layout(t.state)))
+        / 2**20,
+    }
 
 
 class _Position:
@@ -170,15 +198,23 @@ class _Position:
 
 def bench_generate(overrides: dict[str, str], new_tokens: int = 512) -> dict:
   config = preset_config("default", overrides)
-  config_lib.set_values(config, {"model.block_size": max(config.model.block_size, new_tokens + 16)},
-                        "bench")
+  config_lib.set_values(
+      config, {"model.block_size": max(config.model.block_size, new_tokens + 16)}, "bench"
+  )
   task = lm.Task(config)
   params = task.model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
   prompt = np.arange(8, dtype=np.int32)
   out = {}
   for kind, fn in (("kv_cache", generate.generate), ("recompute", generate.generate_without_cache)):
-    run = functools.partial(fn, task.model, params, prompt, max_new_tokens=new_tokens,
-                            rng=jax.random.key(0), temperature=1.0)
+    run = functools.partial(
+        fn,
+        task.model,
+        params,
+        prompt,
+        max_new_tokens=new_tokens,
+        rng=jax.random.key(0),
+        temperature=1.0,
+    )
     run()  # compile
     times = []
     for _ in range(3):
@@ -194,20 +230,30 @@ def bench_generate(overrides: dict[str, str], new_tokens: int = 512) -> dict:
 def bench_scaling(peak: float, overrides: dict[str, str]) -> list[dict]:
   base = preset_config("default", overrides)
   rows = []
-  variants = [("base", {}), ("batch x2", {"train.batch_size": base.train.batch_size * 2}),
-              ("context x2", {"model.block_size": base.model.block_size * 2}),
-              ("width x2", {"model.embed_dim": base.model.embed_dim * 2}),
-              ("depth x2", {"model.num_layers": base.model.num_layers * 2})]
+  variants = [
+      ("base", {}),
+      ("batch x2", {"train.batch_size": base.train.batch_size * 2}),
+      ("context x2", {"model.block_size": base.model.block_size * 2}),
+      ("width x2", {"model.embed_dim": base.model.embed_dim * 2}),
+      ("depth x2", {"model.num_layers": base.model.num_layers * 2}),
+  ]
   for label, change in variants:
     config = preset_config("default", overrides)
     config_lib.set_values(config, change, "bench")
     t = Trainable(config, 256)
     t.compile_seconds()
     per_step = t.seconds_per_step(max(3, _REPEATS.value // 2), max(3, _CHUNK.value // 2))
-    rows.append({"variant": label, "step_ms": per_step * 1e3,
-                 "tokens_per_s": t.tokens_per_step / per_step,
-                 "mfu": t.task.flops_per_unit * t.tokens_per_step / per_step / (
-                     peak * t.strategy.num_devices)})
+    rows.append(
+        {
+            "variant": label,
+            "step_ms": per_step * 1e3,
+            "tokens_per_s": t.tokens_per_step / per_step,
+            "mfu": t.task.flops_per_unit
+            * t.tokens_per_step
+            / per_step
+            / (peak * t.strategy.num_devices),
+        }
+    )
   return rows
 
 
@@ -235,51 +281,79 @@ def run_benchmarks(overrides: dict[str, str]) -> None:
   sections = set(_SECTIONS.value)
   # Before JAX starts: one CPU device count that every preset's batch divides over.
   config = preset_config(_PRESETS.value[0], overrides)
-  batches = [preset_config(name, overrides).train.batch_size
-             for name in (*_PRESETS.value, "default")]
-  config_lib.set_values(config, {"train.batch_size": math.gcd(*batches),
-                                 "train.grad_accum_steps": 1}, "bench")
+  batches = [
+      preset_config(name, overrides).train.batch_size for name in (*_PRESETS.value, "default")
+  ]
+  config_lib.set_values(
+      config, {"train.batch_size": math.gcd(*batches), "train.grad_accum_steps": 1}, "bench"
+  )
   parallel.configure_cpu_devices(config)
-  results = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-             "num_devices": jax.device_count()}
+  results = {
+      "device": jax.devices()[0].device_kind,
+      "jax": jax.__version__,
+      "num_devices": jax.device_count(),
+  }
   peak, source = metrics.peak_flops_per_device()
   results["mfu_peak"] = {"flops": peak, "source": source}
   if "matmul" in sections:
     results["matmul"] = bench_matmul()
-    print(f"matmul peak: f32 {results['matmul']['f32_flops'] / 1e9:,.1f} GFLOP/s" + (
-        f", bf16 {results['matmul']['bf16_flops'] / 1e12:,.1f} TFLOP/s"
-        if "bf16_flops" in results["matmul"] else ""), flush=True)
+    print(
+        f"matmul peak: f32 {results['matmul']['f32_flops'] / 1e9:,.1f} GFLOP/s"
+        + (
+            f", bf16 {results['matmul']['bf16_flops'] / 1e12:,.1f} TFLOP/s"
+            if "bf16_flops" in results["matmul"]
+            else ""
+        ),
+        flush=True,
+    )
   if "train" in sections:
     results["train"] = [bench_train(name, peak, overrides) for name in _PRESETS.value]
-    print(f"{'preset':<12}{'devices':>8}{'compile s':>10}{'step ms':>10}{'tokens/s':>12}"
-          f"{'MFU':>8}")
+    print(
+        f"{'preset':<12}{'devices':>8}{'compile s':>10}{'step ms':>10}{'tokens/s':>12}"
+        f"{'MFU':>8}"
+    )
     for r in results["train"]:
-      print(f"{r['preset']:<12}{r['devices']:>8}{r['compile_s']:>10.1f}{r['step_ms']:>10.2f}"
-            f"{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}", flush=True)
+      print(
+          f"{r['preset']:<12}{r['devices']:>8}{r['compile_s']:>10.1f}{r['step_ms']:>10.2f}"
+          f"{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}",
+          flush=True,
+      )
   if "pipeline" in sections:
     default = next((r for r in results.get("train", []) if r["preset"] == "default"), None)
-    steps_per_s = 1e3 / default["step_ms"] if default else 1e3 / bench_train(
-        "default", peak, overrides)["step_ms"]
+    steps_per_s = (
+        1e3 / default["step_ms"]
+        if default
+        else 1e3 / bench_train("default", peak, overrides)["step_ms"]
+    )
     results["pipeline"] = bench_pipeline(steps_per_s, overrides)
-    print(f"input pipeline: {results['pipeline']['batches_per_s']:,.0f} batches/s = "
-          f"{results['pipeline']['headroom']:.1f}x what the default train step consumes",
-          flush=True)
+    print(
+        f"input pipeline: {results['pipeline']['batches_per_s']:,.0f} batches/s = "
+        f"{results['pipeline']['headroom']:.1f}x what the default train step consumes",
+        flush=True,
+    )
   if "checkpoint" in sections:
     results["checkpoint"] = bench_checkpoint("default", overrides)
     c = results["checkpoint"]
-    print(f"checkpoint: loop blocked {c['blocked_s'] * 1e3:.0f} ms per async save of "
-          f"{c['state_mib']:.1f} MiB (final wait {c['final_wait_s'] * 1e3:.0f} ms)", flush=True)
+    print(
+        f"checkpoint: loop blocked {c['blocked_s'] * 1e3:.0f} ms per async save of "
+        f"{c['state_mib']:.1f} MiB (final wait {c['final_wait_s'] * 1e3:.0f} ms)",
+        flush=True,
+    )
   if "generate" in sections:
     results["generate"] = g = bench_generate(overrides)
-    print(f"generation, {g['new_tokens']} new tokens: KV cache {g['kv_cache_tokens_per_s']:,.0f} "
-          f"tok/s, recompute {g['recompute_tokens_per_s']:,.0f} tok/s: {g['speedup']:.1f}x",
-          flush=True)
+    print(
+        f"generation, {g['new_tokens']} new tokens: KV cache {g['kv_cache_tokens_per_s']:,.0f} "
+        f"tok/s, recompute {g['recompute_tokens_per_s']:,.0f} tok/s: {g['speedup']:.1f}x",
+        flush=True,
+    )
   if "scaling" in sections:
     results["scaling"] = bench_scaling(peak, overrides)
     print(f"{'scaling':<12}{'step ms':>10}{'tokens/s':>12}{'MFU':>8}")
     for r in results["scaling"]:
-      print(f"{r['variant']:<12}{r['step_ms']:>10.2f}{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}",
-            flush=True)
+      print(
+          f"{r['variant']:<12}{r['step_ms']:>10.2f}{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}",
+          flush=True,
+      )
   with open(_OUT.value, "w") as f:
     json.dump(results, f, indent=2)
   print(f"wrote {os.path.abspath(_OUT.value)}")

@@ -33,7 +33,7 @@ RUNTIME_MODEL_KEYS = ("dropout", "dtype", "attention_impl", "remat")
 
 
 def best_mode(metric: str) -> str:
-  """"min" for metrics where lower is better (losses, perplexity, error rates), else "max"."""
+  """ "min" for metrics where lower is better (losses, perplexity, error rates), else "max"."""
   lower = metric.endswith("loss") or metric in ("perplexity",) or "error" in metric
   return "min" if lower else "max"
 
@@ -61,28 +61,41 @@ class Checkpointer:
 
   def __init__(self, workdir: str, cfg, *, best: bool = False, read_only: bool = False):
     self.directory = os.path.abspath(
-        os.path.join(workdir, "best_checkpoint" if best else DIRECTORY))
+        os.path.join(workdir, "best_checkpoint" if best else DIRECTORY)
+    )
     self.on_corrupt = cfg.on_corrupt
     self._failed = False
     by_metric = {}
     if best:  # orbax keeps the one save whose metrics score best (read back from disk on resume)
       name = cfg.best_metric
-      by_metric = dict(best_fn=lambda metrics: metrics[name], best_mode=best_mode(name),
-                       keep_checkpoints_without_metrics=False)
+      by_metric = dict(
+          best_fn=lambda metrics: metrics[name],
+          best_mode=best_mode(name),
+          keep_checkpoints_without_metrics=False,
+      )
     options = ocp.CheckpointManagerOptions(
         **by_metric,
         max_to_keep=1 if best else cfg.keep,
         enable_async_checkpointing=cfg.async_save,
         cleanup_tmp_directories=not read_only,  # leftovers of saves killed half-way
         read_only=read_only,
-        create=not read_only)
+        create=not read_only,
+    )
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False,
-           metrics: dict[str, float] | None = None) -> bool:
+  def save(
+      self,
+      step: int,
+      state,
+      data_iterator,
+      config: dict,
+      *,
+      force: bool = False,
+      metrics: dict[str, float] | None = None,
+  ) -> bool:
     """Starts an async save; `metrics` (evaluation values) rank saves of a best checkpoint.
 
     Refuses to start one that cannot fit on the disk, and turns a failed earlier async save into
@@ -91,14 +104,22 @@ class Checkpointer:
     need = sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape)) for x in jax.tree.leaves(state))
     free = shutil.disk_usage(self.directory).free
     if need > free:
-      raise RunError(f"no space left for checkpoint {step} in {self.directory}: it needs about "
-                     f"{need / 2**20:,.1f} MiB and the disk has {free / 2**20:,.1f} MiB free. "
-                     f"{self._last_good()}")
+      raise RunError(
+          f"no space left for checkpoint {step} in {self.directory}: it needs about "
+          f"{need / 2**20:,.1f} MiB and the disk has {free / 2**20:,.1f} MiB free. "
+          f"{self._last_good()}"
+      )
     with self._reporting_failures(step):
-      saved = self._manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(data_iterator),
-          config=ocp.args.JsonSave(config)))
+      saved = self._manager.save(
+          step,
+          force=force,
+          metrics=metrics,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=grain.checkpoint.CheckpointSave(data_iterator),
+              config=ocp.args.JsonSave(config),
+          ),
+      )
       self._write_manifests(exclude=step)  # orbax has waited for the earlier saves to commit
     return saved
 
@@ -112,16 +133,25 @@ class Checkpointer:
         return  # already reported; this is the same failure again (e.g. on close)
       self._failed = True
       message = " ".join(str(e).split())
-      reason = "no space left on the device" if "No space left" in message or (
-          getattr(e, "errno", None) == errno.ENOSPC) else message[:300]
-      raise RunError(f"a checkpoint save in {self.directory} failed (at or before step {step}): "
-                     f"{reason}. {self._last_good()}") from None
+      reason = (
+          "no space left on the device"
+          if "No space left" in message or (getattr(e, "errno", None) == errno.ENOSPC)
+          else message[:300]
+      )
+      raise RunError(
+          f"a checkpoint save in {self.directory} failed (at or before step {step}): "
+          f"{reason}. {self._last_good()}"
+      ) from None
 
   def _last_good(self) -> str:
-    steps = [s for s in self._manager.all_steps()
-             if os.path.isdir(os.path.join(self.directory, str(s)))]
-    return (f"The newest good checkpoint is step {max(steps)}." if steps else
-            "No checkpoint has been saved yet.")
+    steps = [
+        s for s in self._manager.all_steps() if os.path.isdir(os.path.join(self.directory, str(s)))
+    ]
+    return (
+        f"The newest good checkpoint is step {max(steps)}."
+        if steps
+        else "No checkpoint has been saved yet."
+    )
 
   def restore_latest(self, abstract_state, data_iterator, config):
     """-> (state, step) from the newest valid checkpoint, or None if there is none at all.
@@ -142,18 +172,26 @@ class Checkpointer:
         except Exception as e:  # orbax/tensorstore raise many kinds; all mean "unreadable"
           problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
       if self.on_corrupt != "fallback":
-        raise RunError(f"checkpoint {path} is damaged: {problem}. Move it away, or set "
-                       "--config.checkpoint.on_corrupt=fallback to restore the newest valid one")
+        raise RunError(
+            f"checkpoint {path} is damaged: {problem}. Move it away, or set "
+            "--config.checkpoint.on_corrupt=fallback to restore the newest valid one"
+        )
       aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints", str(step))
       if jax.process_index() == 0:
         os.makedirs(os.path.dirname(aside), exist_ok=True)
         os.replace(path, aside if not os.path.exists(aside) else f"{aside}.{int(time.time())}")
       self._manager.reload()
-      logging.warning("Checkpoint %s is damaged (%s); moved it to %s and fell back to an older "
-                      "one", path, problem, aside)
+      logging.warning(
+          "Checkpoint %s is damaged (%s); moved it to %s and fell back to an older one",
+          path,
+          problem,
+          aside,
+      )
     if steps:
-      raise RunError(f"no valid checkpoint in {self.directory} (all {len(steps)} damaged); "
-                     "refusing to start over in a workdir that has checkpoints")
+      raise RunError(
+          f"no valid checkpoint in {self.directory} (all {len(steps)} damaged); "
+          "refusing to start over in a workdir that has checkpoints"
+      )
     return None
 
   def _restore(self, step, abstract_state, data_iterator):
@@ -167,10 +205,16 @@ class Checkpointer:
       return
     for step in self._manager.all_steps():
       path = os.path.join(self.directory, str(step))
-      if step != exclude and os.path.isdir(path) and not os.path.exists(
-          os.path.join(path, MANIFEST)):
-        files = {os.path.relpath(os.path.join(root, f), path): _fingerprint(os.path.join(root, f))
-                 for root, _, names in os.walk(path) for f in names}
+      if (
+          step != exclude
+          and os.path.isdir(path)
+          and not os.path.exists(os.path.join(path, MANIFEST))
+      ):
+        files = {
+            os.path.relpath(os.path.join(root, f), path): _fingerprint(os.path.join(root, f))
+            for root, _, names in os.walk(path)
+            for f in names
+        }
         with open(os.path.join(path, MANIFEST + ".tmp"), "w") as f:
           json.dump(files, f)
         os.replace(os.path.join(path, MANIFEST + ".tmp"), os.path.join(path, MANIFEST))
@@ -205,8 +249,10 @@ def damage(path: str) -> str | None:
       if not os.path.exists(full):
         return f"{name} is missing"
       if os.path.getsize(full) != saved.get("size"):
-        return (f"{name} is {os.path.getsize(full)} bytes, {saved.get('size')} when saved "
-                "(truncated?)")
+        return (
+            f"{name} is {os.path.getsize(full)} bytes, {saved.get('size')} when saved "
+            "(truncated?)"
+        )
       if "blake2b" in saved and _fingerprint(full)["blake2b"] != saved["blake2b"]:
         return f"{name} does not match its checksum from when it was saved (bytes changed on disk)"
     return None
@@ -231,22 +277,30 @@ def check_compatible(path: str, abstract_state, config) -> None:
   saved = json_files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
   current = config.to_dict()
   keys = ["task", "data.tokenizer", "data.vocab_size"] + [
-      f"model.{k}" for k in current.get("model", {}) if k not in RUNTIME_MODEL_KEYS]
-  diffs = [f"{k}: checkpoint {_get(saved, k)!r}, now {_get(current, k)!r}" for k in keys
-           if _get(saved, k) != _get(current, k)]
+      f"model.{k}" for k in current.get("model", {}) if k not in RUNTIME_MODEL_KEYS
+  ]
+  diffs = [
+      f"{k}: checkpoint {_get(saved, k)!r}, now {_get(current, k)!r}"
+      for k in keys
+      if _get(saved, k) != _get(current, k)
+  ]
   base = lambda c: str(c.get("experiment", "")).split(":")[0]
   if base(saved) != base(current):
     diffs.insert(0, f"experiment: checkpoint {base(saved)!r}, now {base(current)!r}")
   if not diffs:  # same settings; still compare parameter shapes (e.g. a retrained tokenizer)
     saved_shapes = _shapes(ocp.StandardCheckpointer().metadata(os.path.join(path, "state")))
     now_shapes = _shapes(abstract_state)
-    diffs = [f"{k}: checkpoint {saved_shapes.get(k)}, now {now_shapes.get(k)}"
-             for k in sorted(set(saved_shapes) | set(now_shapes))
-             if k.startswith("params") and saved_shapes.get(k) != now_shapes.get(k)]
+    diffs = [
+        f"{k}: checkpoint {saved_shapes.get(k)}, now {now_shapes.get(k)}"
+        for k in sorted(set(saved_shapes) | set(now_shapes))
+        if k.startswith("params") and saved_shapes.get(k) != now_shapes.get(k)
+    ]
   if diffs:
-    raise RunError(f"checkpoint {path} does not fit this run: {'; '.join(diffs[:6])}"
-                   f"{' ...' if len(diffs) > 6 else ''}. Use another --workdir, or the same "
-                   "settings")
+    raise RunError(
+        f"checkpoint {path} does not fit this run: {'; '.join(diffs[:6])}"
+        f"{' ...' if len(diffs) > 6 else ''}. Use another --workdir, or the same "
+        "settings"
+    )
 
 
 def _get(tree: dict, dotted: str):
@@ -272,12 +326,18 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
   `path` is that run's workdir or its checkpoints/ folder; its latest step is used. Parameters whose
   path ('/'-joined) matches a regex in `reinit` keep their values from `fresh_params`.
   """
-  directory = os.path.join(path, "checkpoints") if os.path.isdir(
-      os.path.join(path, "checkpoints")) else path
+  directory = (
+      os.path.join(path, "checkpoints")
+      if os.path.isdir(os.path.join(path, "checkpoints"))
+      else path
+  )
   if not os.path.isdir(directory):
     raise RunError(f"config.init_from={path!r}: no such directory")
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state",),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(
+      os.path.abspath(directory),
+      item_names=("state",),
+      options=ocp.CheckpointManagerOptions(read_only=True),
+  )
   step = manager.latest_step()
   if step is None:
     raise RunError(f"config.init_from={path!r}: no checkpoint found in {directory}")
@@ -287,12 +347,23 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
   logging.info("Initialising parameters from %s step %d", directory, step)
   target = {"params": abstract_params}
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, partial_restore=True,
-        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target,
+                partial_restore=True,
+                restore_args=jax.tree.map(
+                    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
+                ),
+            )
+        ),
+    )
   except (ValueError, KeyError) as e:
-    raise RunError(f"config.init_from={path!r}: its parameters do not fit this model "
-                   f"({str(e).splitlines()[0][:300]})") from None
+    raise RunError(
+        f"config.init_from={path!r}: its parameters do not fit this model "
+        f"({str(e).splitlines()[0][:300]})"
+    ) from None
   params = restored.state["params"]
   patterns = [re.compile(p) for p in reinit]
 

@@ -54,7 +54,7 @@ def predict(fn: Callable, variables, inputs: np.ndarray, batch_size: int = 256) 
   jitted = jax.jit(fn)
   out = []
   for start in range(0, len(inputs), batch_size):
-    x = inputs[start:start + batch_size]
+    x = inputs[start : start + batch_size]
     rows = len(x)
     if rows < batch_size:
       x = np.concatenate([x, np.zeros((batch_size - rows,) + x.shape[1:], x.dtype)])

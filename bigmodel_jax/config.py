@@ -28,7 +28,8 @@ EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "expe
 
 def available_experiments() -> list[str]:
   return sorted(
-      f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".py") and not f.startswith("_"))
+      f[:-3] for f in os.listdir(EXPERIMENTS_DIR) if f.endswith(".py") and not f.startswith("_")
+  )
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -40,7 +41,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   args = iter(argv)
   for arg in args:
     if arg.startswith("--config."):
-      key, eq, value = arg[len("--config."):].partition("=")
+      key, eq, value = arg[len("--config.") :].partition("=")
       if not eq:
         value = next(args, None)
         if value is None or value.startswith("--"):
@@ -61,8 +62,9 @@ def parse_command_line(argv: list[str], flag_values=flags.FLAGS) -> tuple[list[s
     raise UsageError(str(e).splitlines()[0]) from None
 
 
-def from_command_line(spec: str, overrides: Mapping[str, str],
-                      values: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+def from_command_line(
+    spec: str, overrides: Mapping[str, str], values: Mapping[str, Any] | None = None
+) -> ml_collections.ConfigDict:
   """`--experiment=spec` with `values` (typed, e.g. a benchmark's shape) and then the
   command-line `overrides` applied, validated and locked."""
   config = load_experiment(spec)
@@ -79,8 +81,10 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
     raise UsageError(f"--experiment is required; one of: {', '.join(available_experiments())}")
   name, _, arg = spec.partition(":")
   if name not in available_experiments():
-    raise UsageError(f"unknown experiment {name!r}{did_you_mean(name, available_experiments())}; "
-                     f"valid: {', '.join(available_experiments())}")
+    raise UsageError(
+        f"unknown experiment {name!r}{did_you_mean(name, available_experiments())}; "
+        f"valid: {', '.join(available_experiments())}"
+    )
   module = importlib.import_module(f"experiments.{name}")
   config = module.get_config(arg or None)
   config.experiment = spec
@@ -101,11 +105,11 @@ def base_config(task: str) -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
-  c.train.batch_size = 32      # global, over all devices and micro-batches
+  c.train.batch_size = 32  # global, over all devices and micro-batches
   c.train.grad_accum_steps = 1
   c.train.optimizer = "adamw"  # | sgd | adafactor (optim.py); all decay weights as AdamW does
-  c.train.momentum = 0.9       # sgd only; 0 -> plain SGD
-  c.train.nesterov = False     # sgd only
+  c.train.momentum = 0.9  # sgd only; 0 -> plain SGD
+  c.train.nesterov = False  # sgd only
   # After a linear warmup from 0 over warmup_steps: cosine (decay to min_lr_ratio of the peak at
   # the last step) | linear (the same, linearly) | constant | wsd (warmup-stable-decay: constant,
   # then linear decay to min_lr_ratio over the last decay_fraction of the steps).
@@ -126,8 +130,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.train.grad_clip = 1.0
   c.train.log_every = 50
   c.train.eval_every = 250
-  c.train.eval_batches = 0     # 0 -> the whole validation split
-  c.train.on_nan = "stop"      # | skip: reject non-finite updates, up to max_nan_skips in a row
+  c.train.eval_batches = 0  # 0 -> the whole validation split
+  c.train.on_nan = "stop"  # | skip: reject non-finite updates, up to max_nan_skips in a row
   c.train.max_nan_skips = 10
   # (first, last): write a jax.profiler trace of those steps to <workdir>/tensorboard; () = off.
   c.train.profile_steps = ()
@@ -141,14 +145,14 @@ def base_config(task: str) -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "pmap"  # | mesh
-  c.parallel.num_devices = 0    # 0 -> all devices
+  c.parallel.num_devices = 0  # 0 -> all devices
   # CPU only: split the host into this many JAX devices, each running its own slice of the batch.
   # 0: JAX's default (one device using all cores); -1: the most devices, at most one per core,
   # that split the per-process micro-batch evenly. textgen uses -1: its Transformer trains
   # 1.2-1.5x faster data parallel over cores.
   c.parallel.cpu_devices = 0
-  c.parallel.fsdp = 1           # mesh only; data axis = devices / (fsdp * tensor)
-  c.parallel.tensor = 1         # (-1 on either: all devices the other leaves)
+  c.parallel.fsdp = 1  # mesh only; data axis = devices / (fsdp * tensor)
+  c.parallel.tensor = 1  # (-1 on either: all devices the other leaves)
   # mesh only: logical axis name (on parameters and activations) -> mesh axes, as (name, axes)
   # pairs; axes are one of data/fsdp/tensor, a tuple of them, or None (replicated).
   c.parallel.logical_rules = (
@@ -176,14 +180,17 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   return c
 
 
-def apply_preset(config: ml_collections.ConfigDict, arg: str | None,
-                 presets: Mapping[str, Mapping[str, Any]]) -> ml_collections.ConfigDict:
+def apply_preset(
+    config: ml_collections.ConfigDict, arg: str | None, presets: Mapping[str, Mapping[str, Any]]
+) -> ml_collections.ConfigDict:
   """Applies `presets[arg]` (a dict of dotted keys to values); arg None is the default preset."""
   if arg is None:
     return config
   if arg not in presets:
-    raise UsageError(f"unknown preset {arg!r}{did_you_mean(arg, list(presets))}; "
-                     f"valid: {', '.join(sorted(presets))} (or none for the default)")
+    raise UsageError(
+        f"unknown preset {arg!r}{did_you_mean(arg, list(presets))}; "
+        f"valid: {', '.join(sorted(presets))} (or none for the default)"
+    )
   return set_values(config, presets[arg], source=f"preset {arg!r}")
 
 
@@ -221,8 +228,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t[key] <= 0:
       raise UsageError(f"train.{key}={t[key]} must be a positive integer")
   if t.batch_size % t.grad_accum_steps:
-    raise UsageError(f"train.batch_size={t.batch_size} must be divisible by "
-                     f"train.grad_accum_steps={t.grad_accum_steps}")
+    raise UsageError(
+        f"train.batch_size={t.batch_size} must be divisible by "
+        f"train.grad_accum_steps={t.grad_accum_steps}"
+    )
   for key in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip", "eval_batches"):
     if t[key] < 0:
       raise UsageError(f"train.{key}={t[key]} must be >= 0")
@@ -230,37 +239,52 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 <= t[key] < 1:
       raise UsageError(f"train.{key}={t[key]} must be in [0, 1)")
   if not 0 <= t.min_lr_ratio <= 1:
-    raise UsageError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (the final learning "
-                     "rate as a fraction of train.learning_rate)")
+    raise UsageError(
+        f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (the final learning "
+        "rate as a fraction of train.learning_rate)"
+    )
   optim_settings.validate(t)
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise UsageError("checkpoint.every_steps and checkpoint.keep must be positive integers")
   if t.on_nan not in ("stop", "skip"):
     raise UsageError(f"train.on_nan={t.on_nan!r} is not valid; valid: stop, skip")
   if config.checkpoint.on_corrupt not in ("stop", "fallback"):
-    raise UsageError(f"checkpoint.on_corrupt={config.checkpoint.on_corrupt!r} is not valid; "
-                     "valid: stop, fallback")
+    raise UsageError(
+        f"checkpoint.on_corrupt={config.checkpoint.on_corrupt!r} is not valid; "
+        "valid: stop, fallback"
+    )
   if config.parallel.strategy not in ("pmap", "mesh"):
-    raise UsageError(f"parallel.strategy={config.parallel.strategy!r} is not valid; "
-                     "valid: pmap, mesh")
+    raise UsageError(
+        f"parallel.strategy={config.parallel.strategy!r} is not valid; valid: pmap, mesh"
+    )
   if config.parallel.cpu_devices < -1:
-    raise UsageError(f"parallel.cpu_devices={config.parallel.cpu_devices} must be >= 0, or -1 "
-                     "for one per core")
+    raise UsageError(
+        f"parallel.cpu_devices={config.parallel.cpu_devices} must be >= 0, or -1 "
+        "for one per core"
+    )
   for axis in ("fsdp", "tensor"):
     if config.parallel[axis] < 1 and config.parallel[axis] != -1:
-      raise UsageError(f"parallel.{axis}={config.parallel[axis]} must be >= 1, or -1 for all "
-                       "devices left after the other axes")
+      raise UsageError(
+          f"parallel.{axis}={config.parallel[axis]} must be >= 1, or -1 for all "
+          "devices left after the other axes"
+      )
   d = config.distributed
   if d.timeout_s <= 0:
     raise UsageError(f"distributed.timeout_s={d.timeout_s} must be a positive number of seconds")
   if d.coordinator:
     from bigmodel_jax import parallel  # pylint: disable=g-import-not-at-top (starts no backend)
+
     parallel.coordinator_address(d.coordinator)
   profile = tuple(t.profile_steps)
-  if profile and not (len(profile) == 2 and all(isinstance(s, int) for s in profile)
-                      and 1 <= profile[0] <= profile[1]):
-    raise UsageError(f"train.profile_steps={profile!r} must be (first, last) steps with "
-                     "1 <= first <= last, e.g. --config.train.profile_steps=10,12; () = off")
+  if profile and not (
+      len(profile) == 2
+      and all(isinstance(s, int) for s in profile)
+      and 1 <= profile[0] <= profile[1]
+  ):
+    raise UsageError(
+        f"train.profile_steps={profile!r} must be (first, last) steps with "
+        "1 <= first <= last, e.g. --config.train.profile_steps=10,12; () = off"
+    )
   config.lock()
 
 
@@ -280,17 +304,22 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         try:
           v.encode("utf-8")
         except UnicodeEncodeError:
-          raise UsageError(f"{key}={v.encode('utf-8', 'replace').decode()!r} is not valid UTF-8; "
-                           "give the text (or path) in UTF-8") from None
+          raise UsageError(
+              f"{key}={v.encode('utf-8', 'replace').decode()!r} is not valid UTF-8; "
+              "give the text (or path) in UTF-8"
+          ) from None
       if isinstance(v, bool):
         continue
       if isinstance(v, float) and not math.isfinite(v):
         raise UsageError(f"{key}={value!r} must be a finite number")
       name = key.rsplit(".", 1)[-1]
-      if isinstance(v, int) and (name == "seed" or name.endswith("_seed")) and not (
-          0 <= v < SEED_RANGE):
+      if (
+          isinstance(v, int)
+          and (name == "seed" or name.endswith("_seed"))
+          and not (0 <= v < SEED_RANGE)
+      ):
         raise UsageError(f"{key}={v} must be a seed in [0, {SEED_RANGE - 1}]")
-      if isinstance(v, int) and not -2**63 <= v < 2**63:
+      if isinstance(v, int) and not -(2**63) <= v < 2**63:
         raise UsageError(f"{key}={v} does not fit a 64-bit integer")
 
 
@@ -305,8 +334,10 @@ def _get(config, key: str, source: str):
       raise UsageError(f"{source}: unknown config key {key!r}{did_you_mean(key, keys)}")
     node = node[part]
   if isinstance(node, ml_collections.ConfigDict):
-    raise UsageError(f"{source}: {key!r} is a group, set one of its keys: "
-                     f"{', '.join(key + '.' + k for k in leaf_keys(node))}")
+    raise UsageError(
+        f"{source}: {key!r} is a group, set one of its keys: "
+        f"{', '.join(key + '.' + k for k in leaf_keys(node))}"
+    )
   return node
 
 
@@ -348,13 +379,17 @@ def _parse(key: str, text: str, current: Any) -> Any:
     if isinstance(current, str):
       return text
     if isinstance(current, (tuple, list)):
-      value = ast.literal_eval(text) if text.strip()[:1] in "([" else tuple(
-          _literal(p) for p in text.split(",") if p.strip())
+      value = (
+          ast.literal_eval(text)
+          if text.strip()[:1] in "(["
+          else tuple(_literal(p) for p in text.split(",") if p.strip())
+      )
       return tuple(value) if isinstance(value, (tuple, list)) else (value,)
     return _literal(text)
   except (ValueError, SyntaxError):
-    raise UsageError(f"--config.{key}={text!r}: expected {kind} "
-                     f"(current value {current!r})") from None
+    raise UsageError(
+        f"--config.{key}={text!r}: expected {kind} (current value {current!r})"
+    ) from None
 
 
 def _literal(text: str) -> Any:

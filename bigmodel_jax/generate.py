@@ -48,15 +48,18 @@ def _check(model, prompt, max_new_tokens, temperature, top_k, top_p, num_samples
   if not np.issubdtype(prompt.dtype, np.integer):
     raise UsageError(f"prompt must hold integer token ids; got dtype {prompt.dtype}")
   if prompt.min() < 0 or prompt.max() >= model.vocab_size:
-    raise UsageError(f"prompt has token ids outside [0, {model.vocab_size}) (model.vocab_size); "
-                     f"got min {prompt.min()}, max {prompt.max()}")
+    raise UsageError(
+        f"prompt has token ids outside [0, {model.vocab_size}) (model.vocab_size); "
+        f"got min {prompt.min()}, max {prompt.max()}"
+    )
   n, context = len(prompt), model.block_size
   if n >= context:
     raise UsageError(f"prompt is {n} tokens; the model's context (model.block_size) is {context}")
   if max_new_tokens < 0 or n + max_new_tokens > context:
     raise UsageError(
         f"max_new_tokens={max_new_tokens} with a {n}-token prompt does not fit the model's context "
-        f"(model.block_size) of {context}; use 0 <= max_new_tokens <= {context - n}")
+        f"(model.block_size) of {context}; use 0 <= max_new_tokens <= {context - n}"
+    )
   if temperature < 0:
     raise UsageError(f"temperature={temperature} must be >= 0 (0 means greedy)")
   if not 0 < top_p <= 1:
@@ -74,17 +77,19 @@ def _settings(temperature, top_k, top_p):
 
 # ---------------------------------------------------------------- with a KV cache
 
+
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8))
-def _generate_cached(decoder, params, prompt, rng, num_samples, max_new_tokens,
-                     temperature, top_k, top_p):
+def _generate_cached(
+    decoder, params, prompt, rng, num_samples, max_new_tokens, temperature, top_k, top_p
+):
   P, N = prompt.shape[0], max_new_tokens
   shapes = jax.eval_shape(
-      decoder.init, jax.random.key(0), jnp.zeros((num_samples, decoder.block_size), jnp.int32))
+      decoder.init, jax.random.key(0), jnp.zeros((num_samples, decoder.block_size), jnp.int32)
+  )
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
   def forward(cache, tokens):  # tokens (B, L) -> logits of the last position (B, V), new cache
-    logits, updated = decoder.apply(
-        {"params": params, "cache": cache}, tokens, mutable=["cache"])
+    logits, updated = decoder.apply({"params": params, "cache": cache}, tokens, mutable=["cache"])
     return logits[:, -1], updated["cache"]
 
   prompts = jnp.broadcast_to(prompt, (num_samples, P))  # (B, P)
@@ -104,8 +109,18 @@ def _generate_cached(decoder, params, prompt, rng, num_samples, max_new_tokens,
   return tokens
 
 
-def generate(model: GPT, params, prompt: np.ndarray, *, max_new_tokens: int, rng,
-             temperature=1.0, top_k=0, top_p=1.0, num_samples=1) -> np.ndarray:
+def generate(
+    model: GPT,
+    params,
+    prompt: np.ndarray,
+    *,
+    max_new_tokens: int,
+    rng,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    num_samples=1,
+) -> np.ndarray:
   """Samples continuations of `prompt` (P,) -> int32 (num_samples, P + max_new_tokens).
 
   `model` is the training model; this decodes with a KV cache (`decode=True`), one compiled
@@ -115,16 +130,25 @@ def generate(model: GPT, params, prompt: np.ndarray, *, max_new_tokens: int, rng
   if max_new_tokens == 0:
     return np.tile(prompt, (num_samples, 1))
   decoder = model.clone(decode=True, dropout=0.0, remat="none")
-  tokens = _generate_cached(decoder, params, jnp.asarray(prompt), rng, int(num_samples),
-                            int(max_new_tokens), *_settings(temperature, top_k, top_p))
+  tokens = _generate_cached(
+      decoder,
+      params,
+      jnp.asarray(prompt),
+      rng,
+      int(num_samples),
+      int(max_new_tokens),
+      *_settings(temperature, top_k, top_p),
+  )
   return np.asarray(tokens)
 
 
 # ---------------------------------------------------------------- without a cache
 
+
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8))
-def _generate_recompute(model, params, prompt, rng, num_samples, max_new_tokens,
-                        temperature, top_k, top_p):
+def _generate_recompute(
+    model, params, prompt, rng, num_samples, max_new_tokens, temperature, top_k, top_p
+):
   P, N = prompt.shape[0], max_new_tokens
   prompts = jnp.broadcast_to(prompt, (num_samples, P))
   tokens = jnp.zeros((num_samples, P + N), jnp.int32).at[:, :P].set(prompts)
@@ -138,13 +162,30 @@ def _generate_recompute(model, params, prompt, rng, num_samples, max_new_tokens,
   return jax.lax.fori_loop(0, N, step, tokens)
 
 
-def generate_without_cache(model: GPT, params, prompt: np.ndarray, *, max_new_tokens: int, rng,
-                           temperature=1.0, top_k=0, top_p=1.0, num_samples=1) -> np.ndarray:
+def generate_without_cache(
+    model: GPT,
+    params,
+    prompt: np.ndarray,
+    *,
+    max_new_tokens: int,
+    rng,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    num_samples=1,
+) -> np.ndarray:
   """Same as `generate`, but recomputes the full forward pass for every new token (O(T^2) each)."""
   prompt = _check(model, prompt, max_new_tokens, temperature, top_k, top_p, num_samples)
   if max_new_tokens == 0:
     return np.tile(prompt, (num_samples, 1))
   model = model.clone(decode=False, dropout=0.0)
-  tokens = _generate_recompute(model, params, jnp.asarray(prompt), rng, int(num_samples),
-                               int(max_new_tokens), *_settings(temperature, top_k, top_p))
+  tokens = _generate_recompute(
+      model,
+      params,
+      jnp.asarray(prompt),
+      rng,
+      int(num_samples),
+      int(max_new_tokens),
+      *_settings(temperature, top_k, top_p),
+  )
   return np.asarray(tokens)

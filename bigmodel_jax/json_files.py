@@ -17,6 +17,8 @@ def read_json(path: str, what: str, expect: type = dict) -> Any:
   except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
     value = None
   if not isinstance(value, expect):
-    raise RunError(f"{path} is damaged: it is not the JSON {what} this code writes. Restore it "
-                   "from a copy, or start again in a fresh workdir")
+    raise RunError(
+        f"{path} is damaged: it is not the JSON {what} this code writes. Restore it "
+        "from a copy, or start again in a fresh workdir"
+    )
   return value

@@ -71,7 +71,8 @@ def peak_flops_per_device() -> tuple[float, str]:
   if device.platform == "cpu":
     n = jax.local_device_count()
     return measure_matmul_flops() / max(n, 1), (
-        f"measured f32 1024x1024 matmul on the CPU, shared by {n} device(s)")
+        f"measured f32 1024x1024 matmul on the CPU, shared by {n} device(s)"
+    )
   flops = measure_matmul_flops(4096)
   return flops, f"measured f32 4096x4096 matmul on unknown device kind {kind!r}"
 
@@ -89,6 +90,7 @@ class MetricWriter:
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(path):
       with open(path) as f:
@@ -137,8 +139,13 @@ class Progress:
 
   def line(self, step: int, values: dict[str, float], eta: float) -> str:
     parts = [f"step {step}/{self.total} ({100 * step / self.total:.0f}%)"]
-    for key, fmt in (("loss", "{:.4f}"), ("lr", "{:.2e}"), ("grad_norm", "{:.3f}"),
-                     ("tokens_per_s", "{:,.0f}"), ("mfu", "{:.1%}")):
+    for key, fmt in (
+        ("loss", "{:.4f}"),
+        ("lr", "{:.2e}"),
+        ("grad_norm", "{:.3f}"),
+        ("tokens_per_s", "{:,.0f}"),
+        ("mfu", "{:.1%}"),
+    ):
       if key in values:
         parts.append(f"{key} " + fmt.format(values[key]))
     parts.append(f"ETA {_duration(eta)}")

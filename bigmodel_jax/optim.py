@@ -32,15 +32,20 @@ def cosine(t) -> optax.Schedule:
   """Linear warmup from 0 to train.learning_rate, then cosine decay to min_lr_ratio of it."""
   warmup = _warmup_steps(t)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.learning_rate, warmup_steps=warmup,
-      decay_steps=max(t.steps, warmup + 1), end_value=t.learning_rate * t.min_lr_ratio)
+      init_value=0.0,
+      peak_value=t.learning_rate,
+      warmup_steps=warmup,
+      decay_steps=max(t.steps, warmup + 1),
+      end_value=t.learning_rate * t.min_lr_ratio,
+  )
 
 
 def linear(t) -> optax.Schedule:
   """Linear warmup, then linear decay to min_lr_ratio of the peak at train.steps."""
   warmup, peak = _warmup_steps(t), t.learning_rate
   return optax.join_schedules(
-      [_ramp(0.0, peak, warmup), _ramp(peak, peak * t.min_lr_ratio, t.steps - warmup)], [warmup])
+      [_ramp(0.0, peak, warmup), _ramp(peak, peak * t.min_lr_ratio, t.steps - warmup)], [warmup]
+  )
 
 
 def constant(t) -> optax.Schedule:
@@ -57,9 +62,13 @@ def wsd(t) -> optax.Schedule:
   warmup, peak = _warmup_steps(t), t.learning_rate
   decay = min(round(t.decay_fraction * t.steps), t.steps - warmup)
   return optax.join_schedules(
-      [_ramp(0.0, peak, warmup), optax.constant_schedule(peak),
-       _ramp(peak, peak * t.min_lr_ratio, decay)],
-      [warmup, t.steps - decay])
+      [
+          _ramp(0.0, peak, warmup),
+          optax.constant_schedule(peak),
+          _ramp(peak, peak * t.min_lr_ratio, decay),
+      ],
+      [warmup, t.steps - decay],
+  )
 
 
 SCHEDULES = {"cosine": cosine, "linear": linear, "constant": constant, "wsd": wsd}
@@ -77,7 +86,8 @@ def _sgd(t, schedule, mask):
   return optax.chain(
       optax.trace(decay=t.momentum, nesterov=t.nesterov) if t.momentum else optax.identity(),
       optax.add_decayed_weights(t.weight_decay, mask),
-      optax.scale_by_learning_rate(schedule))
+      optax.scale_by_learning_rate(schedule),
+  )
 
 
 def _adafactor(t, schedule, mask):
@@ -100,8 +110,11 @@ def param_path(path) -> str:
   """'h_0/attn/query/kernel' for a tree_map_with_path path. The attribute key that boxed
   parameters add (nn.Partitioned's `.value`, as tx.init sees them) is left out, so init and
   update (unboxed) see the same names."""
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path
-                  if not isinstance(k, jax.tree_util.GetAttrKey))
+  return "/".join(
+      str(getattr(k, "key", getattr(k, "idx", k)))
+      for k in path
+      if not isinstance(k, jax.tree_util.GetAttrKey)
+  )
 
 
 def decay_mask(params, no_decay: str):
@@ -109,7 +122,8 @@ def decay_mask(params, no_decay: str):
   (re.search); an empty `no_decay` decays every parameter."""
   pattern = re.compile(no_decay) if no_decay else None
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: pattern is None or not pattern.search(param_path(path)), params)
+      lambda path, _: pattern is None or not pattern.search(param_path(path)), params
+  )
 
 
 def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -117,6 +131,7 @@ def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
   optim_settings.validate(t)  # again: bench.py applies overrides without config.validate
   schedule = SCHEDULES[t.schedule](t)
   parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-  parts.append(OPTIMIZERS[t.optimizer](t, schedule,
-                                       functools.partial(decay_mask, no_decay=t.no_decay)))
+  parts.append(
+      OPTIMIZERS[t.optimizer](t, schedule, functools.partial(decay_mask, no_decay=t.no_decay))
+  )
   return optax.chain(*parts), schedule

@@ -17,8 +17,10 @@ def validate(t) -> None:
   """`t` is config.train; raises a one-line UsageError naming the first bad key."""
   for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
     if t[key] not in valid:
-      raise UsageError(f"train.{key}={t[key]!r} is not valid{did_you_mean(t[key], valid)}; "
-                       f"valid: {', '.join(valid)}")
+      raise UsageError(
+          f"train.{key}={t[key]!r} is not valid{did_you_mean(t[key], valid)}; "
+          f"valid: {', '.join(valid)}"
+      )
   if not 0 <= t.momentum < 1:
     raise UsageError(f"train.momentum={t.momentum} must be in [0, 1)")
   if not 0 <= t.decay_fraction <= 1:

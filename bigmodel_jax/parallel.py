@@ -33,31 +33,38 @@ def initialize_distributed(cfg) -> None:
   if not (cfg.coordinator or cfg.auto):
     return
   if cfg.coordinator and not (cfg.num_processes > 0 and 0 <= cfg.process_id < cfg.num_processes):
-    raise UsageError(f"distributed.coordinator={cfg.coordinator!r} needs distributed.num_processes"
-                     f" > 0 and 0 <= distributed.process_id < num_processes (got "
-                     f"{cfg.num_processes} and {cfg.process_id})")
+    raise UsageError(
+        f"distributed.coordinator={cfg.coordinator!r} needs distributed.num_processes"
+        f" > 0 and 0 <= distributed.process_id < num_processes (got "
+        f"{cfg.num_processes} and {cfg.process_id})"
+    )
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if not cfg.coordinator:
     try:
       jax.distributed.initialize(initialization_timeout=cfg.timeout_s)
     except ValueError as e:
-      raise RunError(f"distributed.auto=true but JAX found no cluster here ({e}); set "
-                     "distributed.coordinator, num_processes and process_id instead") from None
+      raise RunError(
+          f"distributed.auto=true but JAX found no cluster here ({e}); set "
+          "distributed.coordinator, num_processes and process_id instead"
+      ) from None
     return
   host, port = coordinator_address(cfg.coordinator)
   if cfg.process_id != 0:  # process 0 serves the coordinator; the others must reach it
     _wait_for(host, port, cfg.timeout_s)
   # (JAX aborts the process, uncatchably, when its own timeout runs out: hence the probe above.)
-  jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id,
-                             initialization_timeout=cfg.timeout_s)
+  jax.distributed.initialize(
+      cfg.coordinator, cfg.num_processes, cfg.process_id, initialization_timeout=cfg.timeout_s
+  )
 
 
 def coordinator_address(address: str) -> tuple[str, int]:
-  """"host:port" -> (host, port), or a one-line UsageError."""
+  """ "host:port" -> (host, port), or a one-line UsageError."""
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit() or not 0 < int(port) < 65536:
-    raise UsageError(f"distributed.coordinator={address!r} must be host:port with a port in "
-                     "1-65535, e.g. 10.0.0.1:1234")
+    raise UsageError(
+        f"distributed.coordinator={address!r} must be host:port with a port in "
+        "1-65535, e.g. 10.0.0.1:1234"
+    )
   return host.strip("[]"), int(port)
 
 
@@ -70,9 +77,11 @@ def _wait_for(host: str, port: int, timeout_s: int) -> None:
       return
     except OSError as e:
       if time.monotonic() >= deadline:
-        raise RunError(f"could not reach the coordinator {host}:{port} within "
-                       f"distributed.timeout_s={timeout_s} s ({e.strerror or e}); is process 0 "
-                       "running, and is the address right?") from None
+        raise RunError(
+            f"could not reach the coordinator {host}:{port} within "
+            f"distributed.timeout_s={timeout_s} s ({e.strerror or e}); is process 0 "
+            "running, and is the address right?"
+        ) from None
       time.sleep(0.5)
 
 
@@ -83,8 +92,10 @@ def configure_cpu_devices(config) -> None:
   --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES) wins. No effect on GPU/TPU.
   """
   n = config.parallel.cpu_devices
-  explicit = ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-              or "JAX_NUM_CPU_DEVICES" in os.environ)
+  explicit = (
+      "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or "JAX_NUM_CPU_DEVICES" in os.environ
+  )
   if n == 0 or explicit or (n == -1 and config.distributed.auto):
     return  # (with auto-detected processes the per-process batch isn't known yet)
   if n == -1:
@@ -124,11 +135,16 @@ def check_rules(rules) -> None:
   for rule in rules:
     pair = isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
     axes = rule[1] if pair else None
-    if not pair or not (axes is None or axes in MESH_AXES or (
-        isinstance(axes, (tuple, list)) and all(a in MESH_AXES for a in axes))):
-      raise UsageError(f"parallel.logical_rules: {rule!r} is not a (logical name, mesh axes) "
-                       f"pair; mesh axes are None, one of {', '.join(MESH_AXES)}, or a tuple of "
-                       "them")
+    if not pair or not (
+        axes is None
+        or axes in MESH_AXES
+        or (isinstance(axes, (tuple, list)) and all(a in MESH_AXES for a in axes))
+    ):
+      raise UsageError(
+          f"parallel.logical_rules: {rule!r} is not a (logical name, mesh axes) "
+          f"pair; mesh axes are None, one of {', '.join(MESH_AXES)}, or a tuple of "
+          "them"
+      )
 
 
 def make(config):
@@ -137,19 +153,30 @@ def make(config):
   check_rules(p.logical_rules)
   n = p.num_devices or jax.device_count()
   if n > jax.device_count() or n < 0:
-    raise UsageError(f"parallel.num_devices={p.num_devices} but there are {jax.device_count()} "
-                     "devices; use 0 for all of them")
+    raise UsageError(
+        f"parallel.num_devices={p.num_devices} but there are {jax.device_count()} "
+        "devices; use 0 for all of them"
+    )
   if p.strategy == "pmap":
     if p.fsdp not in (1,) or p.tensor != 1:
-      raise UsageError(f"parallel.fsdp={p.fsdp} and parallel.tensor={p.tensor} need "
-                       "parallel.strategy=mesh; pmap is data parallel only (both must be 1)")
+      raise UsageError(
+          f"parallel.fsdp={p.fsdp} and parallel.tensor={p.tensor} need "
+          "parallel.strategy=mesh; pmap is data parallel only (both must be 1)"
+      )
     micro = batch // config.train.grad_accum_steps
     if micro % n:
-      raise UsageError(f"train.batch_size={batch} (per micro-batch {micro}) does not divide over "
-                       f"{n} devices; use a multiple of {n * config.train.grad_accum_steps}")
+      raise UsageError(
+          f"train.batch_size={batch} (per micro-batch {micro}) does not divide over "
+          f"{n} devices; use a multiple of {n * config.train.grad_accum_steps}"
+      )
     return PmapStrategy(jax.local_devices()[:n])
-  return MeshStrategy(mesh_shape(n, p.fsdp, p.tensor), batch, config.train.grad_accum_steps,
-                      jax.devices()[:n], p.logical_rules)
+  return MeshStrategy(
+      mesh_shape(n, p.fsdp, p.tensor),
+      batch,
+      config.train.grad_accum_steps,
+      jax.devices()[:n],
+      p.logical_rules,
+  )
 
 
 def mesh_shape(n: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
@@ -159,8 +186,9 @@ def mesh_shape(n: int, fsdp: int, tensor: int) -> tuple[int, int, int]:
   if tensor == -1:
     tensor = n // fsdp
   if fsdp * tensor == 0 or n % (fsdp * tensor):
-    raise UsageError(f"parallel.fsdp={fsdp} x parallel.tensor={tensor} does not divide the "
-                     f"{n} devices")
+    raise UsageError(
+        f"parallel.fsdp={fsdp} x parallel.tensor={tensor} does not divide the {n} devices"
+    )
   return n // (fsdp * tensor), fsdp, tensor
 
 
@@ -179,8 +207,13 @@ class PmapStrategy:
 
   def compile(self, step_fn, *, train: bool = True):
     """train: step_fn(state, batch, rng) -> (state, metrics), state donated; else -> metrics."""
-    return jax.pmap(step_fn, axis_name=BATCH_AXIS, donate_argnums=(0,) if train else (),
-                    in_axes=(0, 0, None), devices=self.devices)
+    return jax.pmap(
+        step_fn,
+        axis_name=BATCH_AXIS,
+        donate_argnums=(0,) if train else (),
+        in_axes=(0, 0, None),
+        devices=self.devices,
+    )
 
   def put_batch(self, batch):
     n = self.num_devices
@@ -196,8 +229,12 @@ class PmapStrategy:
   def abstract(self, init_fn, rng):
     device = self.devices[0]
     shapes = jax.eval_shape(lambda r: nn.meta.unbox(init_fn(r)), rng)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
-        s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(device)), shapes)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(
+            s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(device)
+        ),
+        shapes,
+    )
 
   def place(self, state):
     """A single-copy state (restored or built on the host) -> one copy per local device.
@@ -223,13 +260,16 @@ class MeshStrategy:
   axis_name = None  # XLA's SPMD partitioner inserts the collectives
 
   def __init__(self, shape: tuple[int, int, int], batch_size: int, accum: int, devices, rules):
-    self.mesh = jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                              devices=devices)
+    self.mesh = jax.make_mesh(
+        shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices
+    )
     self.num_devices = self.mesh.size
     shards = shape[0] * shape[1]
     if (batch_size // accum) % shards:
-      raise UsageError(f"train.batch_size={batch_size} (per micro-batch {batch_size // accum}) "
-                       f"does not divide over the {shards} data x fsdp shards of mesh {shape}")
+      raise UsageError(
+          f"train.batch_size={batch_size} (per micro-batch {batch_size // accum}) "
+          f"does not divide over the {shards} data x fsdp shards of mesh {shape}"
+      )
     self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
     self.replicated = NamedSharding(self.mesh, P())
     self.state_sharding = None
@@ -246,13 +286,17 @@ class MeshStrategy:
 
   def compile(self, step_fn, *, train: bool = True):
     """train: step_fn(state, batch, rng) -> (state, metrics), state donated; else -> metrics."""
-    return jax.jit(step_fn, donate_argnums=(0,) if train else (),
-                   in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
-                   out_shardings=(self.state_sharding, self.replicated) if train else self.replicated)
+    return jax.jit(
+        step_fn,
+        donate_argnums=(0,) if train else (),
+        in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+        out_shardings=(self.state_sharding, self.replicated) if train else self.replicated,
+    )
 
   def put_batch(self, batch):
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)), batch)
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)), batch
+    )
 
   def metrics_to_host(self, metrics):
     return metrics
@@ -263,8 +307,11 @@ class MeshStrategy:
   def abstract(self, init_fn, rng):
     self.state_sharding = self.shardings(init_fn, rng)
     shapes = jax.eval_shape(lambda r: nn.meta.unbox(init_fn(r)), rng)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, self.state_sharding)
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        shapes,
+        self.state_sharding,
+    )
 
   def place(self, state):
     """A single-copy state (restored or built on the host) -> this strategy's layout."""

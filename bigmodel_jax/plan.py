@@ -47,26 +47,38 @@ def check_fits(abstract_state) -> None:
   need = shard_bytes(abstract_state.params) + shard_bytes(abstract_state.opt_state)
   have = available_bytes_per_device()
   if have is not None and need > have:
-    raise UsageError(f"the model needs {need / 2**30:,.1f} GiB per device for parameters and "
-                     f"optimizer state, but a device has {have / 2**30:,.1f} GiB available; use a "
-                     "smaller model, parallel.strategy=mesh with parallel.fsdp, or more devices")
+    raise UsageError(
+        f"the model needs {need / 2**30:,.1f} GiB per device for parameters and "
+        f"optimizer state, but a device has {have / 2**30:,.1f} GiB available; use a "
+        "smaller model, parallel.strategy=mesh with parallel.fsdp, or more devices"
+    )
 
 
 def plan(config, task) -> dict[str, float]:
   p, t = config.parallel, config.train
   n = p.num_devices or jax.device_count()
   shape = parallel.mesh_shape(n, p.fsdp, p.tensor) if p.strategy == "mesh" else (n, 1, 1)
-  strategy = parallel.MeshStrategy(shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n],
-                                  p.logical_rules)
+  strategy = parallel.MeshStrategy(
+      shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n], p.logical_rules
+  )
   tx, schedule = optim.make_optimizer(t)
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   rng = jax.random.key(config.seed)
   state = strategy.abstract(init_fn, rng)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=strategy.batch_sharding)
-           for k, v in task.batch_spec(t.batch_size).items()}
-  step_fn = strategy.compile(functools.partial(
-      steps.train_step, task=task, tx=tx, schedule=schedule, accum=t.grad_accum_steps,
-      axis_name=None))
+  batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=strategy.batch_sharding)
+      for k, v in task.batch_spec(t.batch_size).items()
+  }
+  step_fn = strategy.compile(
+      functools.partial(
+          steps.train_step,
+          task=task,
+          tx=tx,
+          schedule=schedule,
+          accum=t.grad_accum_steps,
+          axis_name=None,
+      )
+  )
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - start
@@ -75,14 +87,20 @@ def plan(config, task) -> dict[str, float]:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   report = {
       "devices": n,
-      "mesh_data": shape[0], "mesh_fsdp": shape[1], "mesh_tensor": shape[2],
+      "mesh_data": shape[0],
+      "mesh_fsdp": shape[1],
+      "mesh_tensor": shape[2],
       "parameters": sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
       "param_bytes_per_device": shard_bytes(state.params),
       "optimizer_bytes_per_device": shard_bytes(state.opt_state),
       "batch_bytes_per_device": shard_bytes(batch),
       "activation_bytes_per_device": memory.temp_size_in_bytes,
-      "total_bytes_per_device": (memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+      "total_bytes_per_device": (
+          memory.argument_size_in_bytes
+          + memory.output_size_in_bytes
+          - memory.alias_size_in_bytes
+          + memory.temp_size_in_bytes
+      ),
       "flops_per_step_per_device": float(cost.get("flops", 0.0)),
       "compile_seconds": compile_s,
   }
@@ -92,15 +110,19 @@ def plan(config, task) -> dict[str, float]:
 
 def _print(config, r) -> None:
   gib = lambda b: f"{b / 2**30:,.3f} GiB"
-  print(f"plan for {config.experiment}: {r['parameters']:,} parameters on {r['devices']} devices, "
-        f"mesh data={r['mesh_data']} fsdp={r['mesh_fsdp']} tensor={r['mesh_tensor']}, global "
-        f"batch {config.train.batch_size} (accumulation {config.train.grad_accum_steps})")
-  rows = [("parameters", gib(r["param_bytes_per_device"])),
-          ("optimizer state", gib(r["optimizer_bytes_per_device"])),
-          ("batch", gib(r["batch_bytes_per_device"])),
-          ("activations and temporaries", gib(r["activation_bytes_per_device"])),
-          ("total (XLA's buffer assignment)", gib(r["total_bytes_per_device"])),
-          ("FLOPs per step", f"{r['flops_per_step_per_device']:.4g}"),
-          ("compile time", f"{r['compile_seconds']:.1f} s")]
+  print(
+      f"plan for {config.experiment}: {r['parameters']:,} parameters on {r['devices']} devices, "
+      f"mesh data={r['mesh_data']} fsdp={r['mesh_fsdp']} tensor={r['mesh_tensor']}, global "
+      f"batch {config.train.batch_size} (accumulation {config.train.grad_accum_steps})"
+  )
+  rows = [
+      ("parameters", gib(r["param_bytes_per_device"])),
+      ("optimizer state", gib(r["optimizer_bytes_per_device"])),
+      ("batch", gib(r["batch_bytes_per_device"])),
+      ("activations and temporaries", gib(r["activation_bytes_per_device"])),
+      ("total (XLA's buffer assignment)", gib(r["total_bytes_per_device"])),
+      ("FLOPs per step", f"{r['flops_per_step_per_device']:.4g}"),
+      ("compile time", f"{r['compile_seconds']:.1f} s"),
+  ]
   for name, value in rows:
     print(f"  per device  {name:<32} {value:>16}")

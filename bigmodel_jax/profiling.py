@@ -39,5 +39,7 @@ class StepProfiler:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
-      logging.info("Profile written under %s (TensorBoard's Profile tab, or Perfetto)",
-                   os.path.join(self.directory, "plugins", "profile"))
+      logging.info(
+          "Profile written under %s (TensorBoard's Profile tab, or Perfetto)",
+          os.path.join(self.directory, "plugins", "profile"),
+      )

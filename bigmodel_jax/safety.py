@@ -24,9 +24,11 @@ def check_workdir(workdir: str, writing: bool = False) -> None:
     raise UsageError(f"--workdir={workdir} is a file; it must be a directory (or not exist yet)")
   if writing and os.path.isdir(workdir) and not is_run_folder(workdir):
     found = sorted(os.listdir(workdir))
-    raise UsageError(f"--workdir={workdir} holds files that are not a bigmodel_jax run "
-                     f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); use an empty "
-                     "or new folder so nothing of yours is overwritten")
+    raise UsageError(
+        f"--workdir={workdir} holds files that are not a bigmodel_jax run "
+        f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); use an empty "
+        "or new folder so nothing of yours is overwritten"
+    )
   parent = os.path.abspath(workdir)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
@@ -74,8 +76,10 @@ class WorkdirLock:
     except BlockingIOError:
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
       os.close(fd)
-      raise RunError(f"workdir {os.path.dirname(self.path)} is in use by another run (pid "
-                     f"{holder}); wait for it to finish, or use another --workdir") from None
+      raise RunError(
+          f"workdir {os.path.dirname(self.path)} is in use by another run (pid "
+          f"{holder}); wait for it to finish, or use another --workdir"
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     self._fd = fd
@@ -142,8 +146,7 @@ class StopOnSignal:
     self.requested = signal.Signals(signum).name
     if self._setting_up:
       self.training()  # raises Stopped
-    logging.warning("%s received: stopping after this step and saving a checkpoint",
-                    self.requested)
+    logging.warning("%s received: stopping after this step and saving a checkpoint", self.requested)
 
   def restore(self) -> None:
     for sig, handler in self._previous.items():
@@ -158,8 +161,10 @@ def _all_finite(tree) -> jax.Array:
 def check_finite_params(params, step: int) -> None:
   """Refuses to let a checkpoint hold NaN or Inf parameters (one reduction on the devices)."""
   if not bool(_all_finite(params)):
-    raise RunError(f"parameters are not finite (NaN or Inf) at step {step}; not saving it. The "
-                   "last saved checkpoint is the newest good one")
+    raise RunError(
+        f"parameters are not finite (NaN or Inf) at step {step}; not saving it. The "
+        "last saved checkpoint is the newest good one"
+    )
 
 
 class NanGuard:
@@ -186,14 +191,19 @@ class NanGuard:
       what = " and ".join(bad)
       if self.on_nan == "stop":
         self._pending = []
-        raise RunError(f"{what} not finite (NaN or Inf) at step {step}; stopped without saving "
-                       "(train.on_nan=stop; train.on_nan=skip rejects such updates instead)")
+        raise RunError(
+            f"{what} not finite (NaN or Inf) at step {step}; stopped without saving "
+            "(train.on_nan=stop; train.on_nan=skip rejects such updates instead)"
+        )
       self.skipped_total += 1
       self.in_a_row += 1
-      logging.warning("step %d: %s not finite; update skipped (%d in a row)", step, what,
-                      self.in_a_row)
+      logging.warning(
+          "step %d: %s not finite; update skipped (%d in a row)", step, what, self.in_a_row
+      )
       if self.in_a_row > self.max_in_a_row:
         self._pending = []
-        raise RunError(f"{what} not finite for {self.in_a_row} steps in a row (up to step {step});"
-                       f" stopping (train.max_nan_skips={self.max_in_a_row})")
+        raise RunError(
+            f"{what} not finite for {self.in_a_row} steps in a row (up to step {step});"
+            f" stopping (train.max_nan_skips={self.max_in_a_row})"
+        )
     self._pending = []

@@ -23,12 +23,23 @@ class TrainState:
 def init_state(rng, *, task, tx) -> TrainState:
   variables = dict(task.init_variables(rng))
   params = variables.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), model_state=variables)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=variables
+  )
 
 
-def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
-               axis_name: str | None, poison_steps: tuple[int, ...] = ()):
+def train_step(
+    state: TrainState,
+    batch,
+    rng,
+    *,
+    task,
+    tx,
+    schedule,
+    accum: int,
+    axis_name: str | None,
+    poison_steps: tuple[int, ...] = (),
+):
   """One optimizer update over `batch`, split into `accum` micro-batches; pure.
 
   An update whose loss, gradients or update (what the optimizer would add to the parameters) are
@@ -44,8 +55,9 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
   def micro_step(carry, xs):
     grads, model_state = carry
     micro_batch, i = xs
-    g, (m, model_state) = grad_fn(state.params, model_state, micro_batch,
-                                  jax.random.fold_in(rng, i), True)
+    g, (m, model_state) = grad_fn(
+        state.params, model_state, micro_batch, jax.random.fold_in(rng, i), True
+    )
     return (jax.tree.map(jnp.add, grads, g), model_state), m
 
   if accum == 1:  # no scan: XLA:CPU runs some ops (conv weight gradients) far slower inside one
@@ -54,7 +66,8 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
     micro_batches = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (grads, model_state), metrics = jax.lax.scan(
-        micro_step, (zeros, state.model_state), (micro_batches, jnp.arange(accum)))
+        micro_step, (zeros, state.model_state), (micro_batches, jnp.arange(accum))
+    )
     grads = jax.tree.map(lambda g: g / accum, grads)
     metrics = jax.tree.map(lambda m: m.sum(0), metrics)
   if poison_steps:
@@ -68,25 +81,41 @@ def train_step(state: TrainState, batch, rng, *, task, tx, schedule, accum: int,
   flags = {"loss": jnp.isfinite(metrics["loss"][0]), "gradients": jnp.isfinite(grad_norm)}
 
   def keep(update_finite):  # keep everything as it was
-    return (state.params, state.opt_state, state.model_state, jnp.zeros((), jnp.float32),
-            update_finite)
+    return (
+        state.params,
+        state.opt_state,
+        state.model_state,
+        jnp.zeros((), jnp.float32),
+        update_finite,
+    )
 
   def apply(_):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     update_norm = optax.tree.norm(updates).astype(jnp.float32)
-    commit = lambda _: (optax.apply_updates(state.params, updates), opt_state, model_state,
-                        update_norm, jnp.array(True))
+    commit = lambda _: (
+        optax.apply_updates(state.params, updates),
+        opt_state,
+        model_state,
+        update_norm,
+        jnp.array(True),
+    )
     # Finite gradients can still make a non-finite update (e.g. an extreme learning rate).
     return jax.lax.cond(jnp.isfinite(update_norm), commit, lambda _: keep(jnp.array(False)), None)
 
   # lax.cond, not a select over the old and new trees: XLA updates the donated buffers in place.
   params, opt_state, new_model_state, update_norm, flags["update"] = jax.lax.cond(
-      flags["loss"] & flags["gradients"], apply, lambda _: keep(jnp.array(True)), None)
+      flags["loss"] & flags["gradients"], apply, lambda _: keep(jnp.array(True)), None
+  )
   one = jnp.ones((), jnp.float32)
-  metrics.update(grad_norm=(grad_norm, one), param_norm=(optax.tree.norm(params), one),
-                 update_norm=(update_norm, one), lr=(schedule(state.step), one))
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            model_state=new_model_state)
+  metrics.update(
+      grad_norm=(grad_norm, one),
+      param_norm=(optax.tree.norm(params), one),
+      update_norm=(update_norm, one),
+      lr=(schedule(state.step), one),
+  )
+  new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state
+  )
   return new_state, (metrics, flags)
 
 

@@ -33,25 +33,33 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   task = tasks.get(config.task)(config)
   valid = ["train", "eval", "plan", *task.modes]
   if mode not in valid:
-    raise UsageError(f"--mode={mode!r} is not valid for {config.experiment}; valid: "
-                     f"{', '.join(valid)}")
+    raise UsageError(
+        f"--mode={mode!r} is not valid for {config.experiment}; valid: {', '.join(valid)}"
+    )
   best_metric = config.checkpoint.best_metric
   if best_metric and best_metric not in task.eval_metrics:
-    raise UsageError(f"checkpoint.best_metric={best_metric!r} is not a metric every evaluation "
-                     f"of {config.task} reports; valid: {', '.join(task.eval_metrics)}")
+    raise UsageError(
+        f"checkpoint.best_metric={best_metric!r} is not a metric every evaluation "
+        f"of {config.task} reports; valid: {', '.join(task.eval_metrics)}"
+    )
   strategy = parallel.make(config)
   if mode == "plan":
     return plan.plan(config, task)
   safety.check_workdir(workdir, writing=mode == "train")
   if mode == "train":
     tx, _ = optim.make_optimizer(config.train)
-    plan.check_fits(strategy.abstract(functools.partial(steps.init_state, task=task, tx=tx),
-                                      jax.random.key(config.seed)))
+    plan.check_fits(
+        strategy.abstract(
+            functools.partial(steps.init_state, task=task, tx=tx), jax.random.key(config.seed)
+        )
+    )
     ckpt_dir = os.path.join(workdir, checkpoint.DIRECTORY)
     done = checkpoint.latest_step_number(ckpt_dir)
     if done is not None and done > config.train.steps:
-      raise UsageError(f"train.steps={config.train.steps} is below the step of the checkpoint in "
-                       f"{ckpt_dir} ({done}); raise train.steps to train on, or use --mode=eval")
+      raise UsageError(
+          f"train.steps={config.train.steps} is below the step of the checkpoint in "
+          f"{ckpt_dir} ({done}); raise train.steps to train on, or use --mode=eval"
+      )
     with safety.RemoveIfFailed(workdir, lambda: checkpoint.has_steps(ckpt_dir)):
       os.makedirs(workdir, exist_ok=True)
       # One writer per workdir; on several processes (one shared workdir) process 0 holds it.
@@ -63,12 +71,15 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   tx, _ = optim.make_optimizer(config.train)
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  restored = ckpt.restore_latest(strategy.abstract(init_fn, jax.random.key(config.seed)),
-                                 None, config)
+  restored = ckpt.restore_latest(
+      strategy.abstract(init_fn, jax.random.key(config.seed)), None, config
+  )
   ckpt.close()
   if restored is None:
-    raise RunError(f"no checkpoint in {ckpt.directory}; train first with python run.py "
-                   f"--experiment={config.experiment} --workdir={workdir}")
+    raise RunError(
+        f"no checkpoint in {ckpt.directory}; train first with python run.py "
+        f"--experiment={config.experiment} --workdir={workdir}"
+    )
   state, step = strategy.place(restored[0]), restored[1]
   if mode == "eval":
     values = Evaluator(task, strategy, config)(state, final=True)
@@ -88,7 +99,8 @@ class Evaluator:
     self.task, self.strategy = task, strategy
     self.batch_size = config.train.batch_size // jax.process_count()
     self.step_fn = strategy.compile(
-        functools.partial(steps.eval_step, task=task, axis_name=strategy.axis_name), train=False)
+        functools.partial(steps.eval_step, task=task, axis_name=strategy.axis_name), train=False
+    )
 
   def __call__(self, state, final: bool = False, interrupted=lambda: False) -> dict | None:
     """-> {metric: value}, or None when `interrupted()` turned true between batches."""
@@ -98,15 +110,18 @@ class Evaluator:
         logging.warning("Evaluation stopped part-way by %s", interrupted())
         return None
       m = self.strategy.metrics_to_host(
-          self.step_fn(state, self.strategy.put_batch(batch), jax.random.key(0)))
+          self.step_fn(state, self.strategy.put_batch(batch), jax.random.key(0))
+      )
       totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
     values = self.task.summarize(metrics_lib.reduce(totals))
     if final:
       values.update(self.task.final_metrics(_variables(self.strategy.to_host_layout(state))))
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:  # a NaN is never reported as a result
-      raise RunError(f"evaluation gave non-finite {', '.join(bad)} ({values[bad[0]]}): the "
-                     "parameters or the validation data hold NaN/Inf values")
+      raise RunError(
+          f"evaluation gave non-finite {', '.join(bad)} ({values[bad[0]]}): the "
+          "parameters or the validation data hold NaN/Inf values"
+      )
     return values
 
 
@@ -119,8 +134,16 @@ def train_and_evaluate(config, workdir: str, task, strategy, **test_hooks):
     stop.restore()
 
 
-def _train_and_evaluate(config, workdir: str, task, strategy, stop, *,
-                        stop_after: int | None = None, poison_steps: tuple[int, ...] = ()):
+def _train_and_evaluate(
+    config,
+    workdir: str,
+    task,
+    strategy,
+    stop,
+    *,
+    stop_after: int | None = None,
+    poison_steps: tuple[int, ...] = (),
+):
   primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   # Process 0 builds what the run saves (e.g. trains the tokenizer); the others then load it.
@@ -144,12 +167,26 @@ def _train_and_evaluate(config, workdir: str, task, strategy, stop, *,
       f.write(config.to_json_best_effort(indent=2))
   n_params = sum(x.size for x in jax.tree.leaves(strategy.to_host_layout(state).params))
   peak, peak_source = metrics_lib.peak_flops_per_device()
-  logging.info("Model: %s parameters; %s strategy on %d device(s); MFU peak %.3g FLOP/s per device "
-               "(%s)", f"{n_params:,}", strategy.name, strategy.num_devices, peak, peak_source)
+  logging.info(
+      "Model: %s parameters; %s strategy on %d device(s); MFU peak %.3g FLOP/s per device (%s)",
+      f"{n_params:,}",
+      strategy.name,
+      strategy.num_devices,
+      peak,
+      peak_source,
+  )
 
-  step_fn = strategy.compile(functools.partial(
-      steps.train_step, task=task, tx=tx, schedule=schedule, accum=config.train.grad_accum_steps,
-      axis_name=strategy.axis_name, poison_steps=tuple(poison_steps)))
+  step_fn = strategy.compile(
+      functools.partial(
+          steps.train_step,
+          task=task,
+          tx=tx,
+          schedule=schedule,
+          accum=config.train.grad_accum_steps,
+          axis_name=strategy.axis_name,
+          poison_steps=tuple(poison_steps),
+      )
+  )
   evaluate = Evaluator(task, strategy, config)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start)
   profiler = profiling.StepProfiler(config.train.profile_steps, workdir, enabled=primary)
@@ -170,8 +207,9 @@ def _train_and_evaluate(config, workdir: str, task, strategy, stop, *,
       guard.add(step, flags)
       if step == start + 1:
         jax.block_until_ready(state)
-        logging.info("First step (compile + run) took %.1f s",
-                     time.perf_counter() - progress.start_time())
+        logging.info(
+            "First step (compile + run) took %.1f s", time.perf_counter() - progress.start_time()
+        )
         progress.update(step)  # throughput from here on leaves compilation out
       if step == stop_after:
         stop.requested = f"stop_after={stop_after}"
@@ -184,8 +222,9 @@ def _train_and_evaluate(config, workdir: str, task, strategy, stop, *,
         per_step, eta = progress.update(step)
         values[f"{task.unit}_per_s"] = units_per_step / per_step
         if task.flops_per_unit:
-          values["mfu"] = task.flops_per_unit * units_per_step / per_step / (
-              peak * strategy.num_devices)
+          values["mfu"] = (
+              task.flops_per_unit * units_per_step / per_step / (peak * strategy.num_devices)
+          )
         values["skipped_steps"] = guard.skipped_total
         writer.write(step, "train", task.summarize(values))
         if primary:
@@ -198,8 +237,14 @@ def _train_and_evaluate(config, workdir: str, task, strategy, stop, *,
           writer.write(step, "validation", values)
           metrics_lib.log_eval(step, "validation", values)
           if best is not None:
-            best.save(step, strategy.to_host_layout(state), data, config.to_dict(), force=True,
-                      metrics={best_metric: values[best_metric]})
+            best.save(
+                step,
+                strategy.to_host_layout(state),
+                data,
+                config.to_dict(),
+                force=True,
+                metrics={best_metric: values[best_metric]},
+            )
       if stop.requested and not stopping:  # arrived during evaluation: save now, not a step on
         stopping, last = stop.requested, True
       if step % config.checkpoint.every_steps == 0 or last:

@@ -39,15 +39,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="classify_image")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "digits"    # | tfds:mnist | tfds:fashion_mnist | tfds:cifar10
-  c.data.tfds_data_dir = ""   # where tfds:<name> is prepared ("" -> TFDS's default)
+  c.data.source = "digits"  # | tfds:mnist | tfds:fashion_mnist | tfds:cifar10
+  c.data.tfds_data_dir = ""  # where tfds:<name> is prepared ("" -> TFDS's default)
   c.data.test_fraction = 0.2  # digits only: the held-out share of the fixed stratified split
-  c.data.split_seed = 0       # digits only
+  c.data.split_seed = 0  # digits only
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 1  # pixels of zero padding to crop back from; 0 = off
-  c.augment.flip = False      # random horizontal flips (not for digits)
-  c.augment.cutout = 0        # side of a square set to the mean pixel; 0 = off
+  c.augment.flip = False  # random horizontal flips (not for digits)
+  c.augment.cutout = 0  # side of a square set to the mean pixel; 0 = off
 
   # Where cnn and resnet share a field (widths, stage_sizes) this holds cnn's default, so the
   # resnet presets set their own.
@@ -64,9 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 500
 
   c.predict = ml_collections.ConfigDict()
-  c.predict.input = ""        # an image file for --mode=predict
+  c.predict.input = ""  # an image file for --mode=predict
   c.predict.top_k = 3
-  c.predict.invert = "auto"   # auto: invert a light-background image for dark-background data
+  c.predict.invert = "auto"  # auto: invert a light-background image for dark-background data
   return config_lib.apply_preset(c, arg, PRESETS)
 
 
@@ -74,25 +74,47 @@ _RESNET = {"model.name": "resnet", "model.widths": (16, 32, 64), "model.stage_si
 
 PRESETS = {
     "tiny": {
-        "model.widths": (8, 16), "model.hidden": 32, "train.steps": 30, "train.batch_size": 32,
-        "train.warmup_steps": 5, "train.log_every": 10, "train.eval_every": 15,
+        "model.widths": (8, 16),
+        "model.hidden": 32,
+        "train.steps": 30,
+        "train.batch_size": 32,
+        "train.warmup_steps": 5,
+        "train.log_every": 10,
+        "train.eval_every": 15,
         "checkpoint.every_steps": 15,
     },
     "resnet": {**_RESNET, "train.steps": 1500},
     "mnist": {
-        "data.source": "tfds:mnist", "augment.crop_padding": 2, "model.dropout": 0.25,
-        "train.steps": 5000, "train.batch_size": 128, "train.eval_every": 1000,
+        "data.source": "tfds:mnist",
+        "augment.crop_padding": 2,
+        "model.dropout": 0.25,
+        "train.steps": 5000,
+        "train.batch_size": 128,
+        "train.eval_every": 1000,
         "checkpoint.every_steps": 1000,
     },
     "fashion_mnist": {
-        **_RESNET, "data.source": "tfds:fashion_mnist", "augment.crop_padding": 2,
-        "augment.flip": True, "train.steps": 10000, "train.batch_size": 128,
-        "train.eval_every": 1000, "checkpoint.every_steps": 1000,
+        **_RESNET,
+        "data.source": "tfds:fashion_mnist",
+        "augment.crop_padding": 2,
+        "augment.flip": True,
+        "train.steps": 10000,
+        "train.batch_size": 128,
+        "train.eval_every": 1000,
+        "checkpoint.every_steps": 1000,
     },
     "cifar10": {
-        **_RESNET, "data.source": "tfds:cifar10", "model.stage_sizes": (3, 3, 3),
-        "augment.crop_padding": 4, "augment.flip": True, "augment.cutout": 8,
-        "train.steps": 30000, "train.batch_size": 128, "train.learning_rate": 2e-3,
-        "train.warmup_steps": 500, "train.eval_every": 2000, "checkpoint.every_steps": 2000,
+        **_RESNET,
+        "data.source": "tfds:cifar10",
+        "model.stage_sizes": (3, 3, 3),
+        "augment.crop_padding": 4,
+        "augment.flip": True,
+        "augment.cutout": 8,
+        "train.steps": 30000,
+        "train.batch_size": 128,
+        "train.learning_rate": 2e-3,
+        "train.warmup_steps": 500,
+        "train.eval_every": 2000,
+        "checkpoint.every_steps": 2000,
     },
 }

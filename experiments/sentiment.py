@@ -33,15 +33,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="classify_text")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "reviews"   # | tfds:<name>, e.g. tfds:imdb_reviews
-  c.data.num_train = 20000    # reviews only: generated training reviews
-  c.data.num_test = 2000      # reviews only: held-out reviews (another seed)
-  c.data.seed = 0             # reviews only: the generator's seed
-  c.data.tfds_data_dir = ""   # tfds only; "" -> TFDS's default
-  c.data.text_key = "text"    # tfds only: the Text feature
+  c.data.source = "reviews"  # | tfds:<name>, e.g. tfds:imdb_reviews
+  c.data.num_train = 20000  # reviews only: generated training reviews
+  c.data.num_test = 2000  # reviews only: held-out reviews (another seed)
+  c.data.seed = 0  # reviews only: the generator's seed
+  c.data.tfds_data_dir = ""  # tfds only; "" -> TFDS's default
+  c.data.text_key = "text"  # tfds only: the Text feature
   c.data.label_key = "label"  # tfds only: the ClassLabel feature
   c.data.tokenizer = "sentencepiece"  # | byte
-  c.data.vocab_size = 512     # sentencepiece only; byte is always 256
+  c.data.vocab_size = 512  # sentencepiece only; byte is always 256
   c.data.spm_model_type = "bpe"  # | unigram
 
   c.model = models.default_config(*MODELS)
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 500
 
   c.predict = ml_collections.ConfigDict()
-  c.predict.input = ""        # --mode=predict: the text to classify
+  c.predict.input = ""  # --mode=predict: the text to classify
   c.predict.num_examples = 6  # showcase: eval texts shown with their predictions
   # An input longer than model.max_len tokens: warn (classify its first max_len tokens and say
   # so on stderr) | error (refuse it: a label for part of a text can be the wrong one).
@@ -68,21 +68,45 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 PRESETS = {
     "tiny": {
-        "data.num_train": 32, "data.num_test": 60, "data.tokenizer": "byte",
-        "model.max_len": 48, "model.embed_dim": 32, "model.num_layers": 1, "model.num_heads": 2,
-        "model.hidden_dim": 32, "train.steps": 40, "train.batch_size": 16,
-        "train.learning_rate": 3e-3, "train.warmup_steps": 5, "train.log_every": 10,
-        "train.eval_every": 20, "checkpoint.every_steps": 20, "predict.num_examples": 2,
+        "data.num_train": 32,
+        "data.num_test": 60,
+        "data.tokenizer": "byte",
+        "model.max_len": 48,
+        "model.embed_dim": 32,
+        "model.num_layers": 1,
+        "model.num_heads": 2,
+        "model.hidden_dim": 32,
+        "train.steps": 40,
+        "train.batch_size": 16,
+        "train.learning_rate": 3e-3,
+        "train.warmup_steps": 5,
+        "train.log_every": 10,
+        "train.eval_every": 20,
+        "checkpoint.every_steps": 20,
+        "predict.num_examples": 2,
     },
     "lstm": {
-        "model.name": "rnn", "model.num_layers": 1, "model.embed_dim": 64,
-        "model.hidden_dim": 128, "train.learning_rate": 3e-3, "train.steps": 600,
-        "train.eval_every": 200, "checkpoint.every_steps": 200,
+        "model.name": "rnn",
+        "model.num_layers": 1,
+        "model.embed_dim": 64,
+        "model.hidden_dim": 128,
+        "train.learning_rate": 3e-3,
+        "train.steps": 600,
+        "train.eval_every": 200,
+        "checkpoint.every_steps": 200,
     },
     "imdb": {
-        "data.source": "tfds:imdb_reviews", "data.vocab_size": 8000, "model.max_len": 256,
-        "model.embed_dim": 256, "model.num_layers": 4, "model.num_heads": 8,
-        "train.steps": 4000, "train.batch_size": 64, "train.learning_rate": 3e-4,
-        "train.weight_decay": 0.1, "train.eval_every": 1000, "checkpoint.every_steps": 1000,
+        "data.source": "tfds:imdb_reviews",
+        "data.vocab_size": 8000,
+        "model.max_len": 256,
+        "model.embed_dim": 256,
+        "model.num_layers": 4,
+        "model.num_heads": 8,
+        "train.steps": 4000,
+        "train.batch_size": 64,
+        "train.learning_rate": 3e-4,
+        "train.weight_decay": 0.1,
+        "train.eval_every": 1000,
+        "checkpoint.every_steps": 1000,
     },
 }

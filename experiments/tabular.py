@@ -39,8 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "breast_cancer"  # | csv:<path>
-  c.data.label_column = ""    # csv: the binary label's column
-  c.data.drop_columns = ()    # columns to ignore (IDs, free text)
+  c.data.label_column = ""  # csv: the binary label's column
+  c.data.drop_columns = ()  # columns to ignore (IDs, free text)
   c.data.max_categories = 50  # csv: most distinct values a string column may have (one-hot)
   c.data.test_fraction = 0.2  # held-out share of the fixed stratified split
   c.data.split_seed = 0
@@ -61,14 +61,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 500
 
   c.predict = ml_collections.ConfigDict()
-  c.predict.input = ""        # a CSV with the feature columns, for --mode=predict
-  c.predict.output = ""       # "" -> <workdir>/predictions.csv
+  c.predict.input = ""  # a CSV with the feature columns, for --mode=predict
+  c.predict.output = ""  # "" -> <workdir>/predictions.csv
   return config_lib.apply_preset(c, arg, PRESETS)
 
 
 PRESETS = {
     "tiny": {
-        "train.steps": 40, "train.batch_size": 32, "train.learning_rate": 1e-2,
-        "train.log_every": 10, "train.eval_every": 20, "checkpoint.every_steps": 20,
+        "train.steps": 40,
+        "train.batch_size": 32,
+        "train.learning_rate": 1e-2,
+        "train.log_every": 10,
+        "train.eval_every": 20,
+        "checkpoint.every_steps": 20,
     },
 }

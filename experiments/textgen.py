@@ -30,11 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "pystdlib"  # | text_files:<glob> | tfds:<name>
-  c.data.tfds_data_dir = ""   # "" -> TFDS's default for tfds:, our cache for local corpora
-  c.data.text_key = ""        # tfds feature holding the text; "" -> the only Text feature
+  c.data.tfds_data_dir = ""  # "" -> TFDS's default for tfds:, our cache for local corpora
+  c.data.text_key = ""  # tfds feature holding the text; "" -> the only Text feature
   c.data.val_percent = 5
-  c.data.tokenizer = "byte"   # | sentencepiece
-  c.data.vocab_size = 256     # sentencepiece only; byte is always 256
+  c.data.tokenizer = "byte"  # | sentencepiece
+  c.data.vocab_size = 256  # sentencepiece only; byte is always 256
   c.data.spm_model_type = "bpe"  # | unigram
 
   c.model = models.default_config(*MODELS)
@@ -61,34 +61,71 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 PRESETS = {
     "tiny": {
         "data.val_percent": 20,
-        "model.num_layers": 2, "model.num_heads": 2, "model.embed_dim": 32,
-        "model.block_size": 32, "train.steps": 40, "train.batch_size": 8,
-        "train.warmup_steps": 5, "train.log_every": 10, "train.eval_every": 20,
-        "train.eval_batches": 2, "checkpoint.every_steps": 20,
-        "sample.max_new_tokens": 24, "sample.num_samples": 1,
+        "model.num_layers": 2,
+        "model.num_heads": 2,
+        "model.embed_dim": 32,
+        "model.block_size": 32,
+        "train.steps": 40,
+        "train.batch_size": 8,
+        "train.warmup_steps": 5,
+        "train.log_every": 10,
+        "train.eval_every": 20,
+        "train.eval_batches": 2,
+        "checkpoint.every_steps": 20,
+        "sample.max_new_tokens": 24,
+        "sample.num_samples": 1,
     },
     "gpt2_124m": {
-        "data.tokenizer": "sentencepiece", "data.vocab_size": 50257,
-        "model.num_layers": 12, "model.num_heads": 12, "model.embed_dim": 768,
-        "model.block_size": 1024, "model.dtype": "bfloat16", "model.vocab_multiple": 128,
-        "train.steps": 20000, "train.batch_size": 64, "train.learning_rate": 6e-4,
-        "train.warmup_steps": 1000, "train.b2": 0.95, "train.eval_every": 1000,
-        "train.log_every": 100, "checkpoint.every_steps": 1000, "sample.max_new_tokens": 256,
+        "data.tokenizer": "sentencepiece",
+        "data.vocab_size": 50257,
+        "model.num_layers": 12,
+        "model.num_heads": 12,
+        "model.embed_dim": 768,
+        "model.block_size": 1024,
+        "model.dtype": "bfloat16",
+        "model.vocab_multiple": 128,
+        "train.steps": 20000,
+        "train.batch_size": 64,
+        "train.learning_rate": 6e-4,
+        "train.warmup_steps": 1000,
+        "train.b2": 0.95,
+        "train.eval_every": 1000,
+        "train.log_every": 100,
+        "checkpoint.every_steps": 1000,
+        "sample.max_new_tokens": 256,
     },
     "1b": {
-        "data.tokenizer": "sentencepiece", "data.vocab_size": 50257,
-        "model.num_layers": 18, "model.num_heads": 16, "model.embed_dim": 2048,
-        "model.mlp_dim": 8192, "model.block_size": 2048, "model.positions": "rotary",
-        "model.use_bias": False, "model.dtype": "bfloat16", "model.vocab_multiple": 128,
-        "model.remat": "full", "train.steps": 50000, "train.batch_size": 256,
-        "train.learning_rate": 3e-4, "train.warmup_steps": 2000, "train.b2": 0.95,
-        "train.eval_every": 1000, "train.log_every": 100, "checkpoint.every_steps": 1000,
-        "parallel.strategy": "mesh", "parallel.fsdp": -1,
+        "data.tokenizer": "sentencepiece",
+        "data.vocab_size": 50257,
+        "model.num_layers": 18,
+        "model.num_heads": 16,
+        "model.embed_dim": 2048,
+        "model.mlp_dim": 8192,
+        "model.block_size": 2048,
+        "model.positions": "rotary",
+        "model.use_bias": False,
+        "model.dtype": "bfloat16",
+        "model.vocab_multiple": 128,
+        "model.remat": "full",
+        "train.steps": 50000,
+        "train.batch_size": 256,
+        "train.learning_rate": 3e-4,
+        "train.warmup_steps": 2000,
+        "train.b2": 0.95,
+        "train.eval_every": 1000,
+        "train.log_every": 100,
+        "checkpoint.every_steps": 1000,
+        "parallel.strategy": "mesh",
+        "parallel.fsdp": -1,
     },
 }
 # Llama-7B-like depth and width, with a 4x GELU MLP: 6.6B parameters; otherwise as 1b.
 PRESETS["7b"] = {
     **PRESETS["1b"],
-    "model.num_layers": 32, "model.num_heads": 32, "model.embed_dim": 4096,
-    "model.mlp_dim": 16384, "train.steps": 100000, "train.batch_size": 512,
+    "model.num_layers": 32,
+    "model.num_heads": 32,
+    "model.embed_dim": 4096,
+    "model.mlp_dim": 16384,
+    "train.steps": 100000,
+    "train.batch_size": 512,
 }

@@ -33,16 +33,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="translate")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "dates"     # | tfds:<name> with a Translation feature
+  c.data.source = "dates"  # | tfds:<name> with a Translation feature
   c.data.tfds_data_dir = ""
-  c.data.source_lang = ""     # tfds: the source language; "" -> the dataset's supervised source
+  c.data.source_lang = ""  # tfds: the source language; "" -> the dataset's supervised source
   c.data.target_lang = ""
   c.data.train_examples = 30000  # dates: how many to generate; tfds: a cap (0 = whole split)
-  c.data.eval_examples = 1000    # dates: validation and test sizes; tfds: a cap (0 = all)
+  c.data.eval_examples = 1000  # dates: validation and test sizes; tfds: a cap (0 = all)
   c.data.holdout_percent = 1  # tfds without validation/test splits: % of train held out for each
-  c.data.seed = 0             # dates: train seed (validation seed + 1, test seed + 2)
-  c.data.tokenizer = "byte"   # | sentencepiece (trained on the training split, saved in workdir)
-  c.data.vocab_size = 8000    # sentencepiece only
+  c.data.seed = 0  # dates: train seed (validation seed + 1, test seed + 2)
+  c.data.tokenizer = "byte"  # | sentencepiece (trained on the training split, saved in workdir)
+  c.data.vocab_size = 8000  # sentencepiece only
   c.data.spm_model_type = "bpe"  # | unigram
   c.data.shared_vocab = True  # one tokenizer and embedding table for both sides
   c.data.max_source_len = 32  # tokens, EOS included
@@ -62,13 +62,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 400
 
   c.decode = ml_collections.ConfigDict()
-  c.decode.beam_size = 4      # 1 = greedy
+  c.decode.beam_size = 4  # 1 = greedy
   c.decode.length_penalty = 0.6  # GNMT alpha; 0 = plain log-probability
-  c.decode.max_len = 12       # tokens per hypothesis, EOS included
+  c.decode.max_len = 12  # tokens per hypothesis, EOS included
   c.decode.eval_examples = 1000  # test examples decoded at the final eval (0 = all)
   c.decode.batch_size = 250
-  c.decode.show = 5           # showcase triples (plus up to 3 mistakes)
-  c.decode.input = ""         # --mode=translate: text to translate ("" -> test sources)
+  c.decode.show = 5  # showcase triples (plus up to 3 mistakes)
+  c.decode.input = ""  # --mode=translate: text to translate ("" -> test sources)
   # An input longer than data.max_source_len tokens: warn (translate its first tokens and say so
   # on stderr) | error (refuse it: a translation of part of a text reads as a whole one).
   c.decode.on_long_input = "warn"
@@ -76,27 +76,57 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 _BASE = {
-    "data.tokenizer": "sentencepiece", "data.vocab_size": 8000, "data.train_examples": 0,
-    "data.eval_examples": 0, "data.max_source_len": 128, "data.max_target_len": 128,
-    "model.num_encoder_layers": 6, "model.num_decoder_layers": 6, "model.num_heads": 8,
-    "model.embed_dim": 512, "model.mlp_dim": 2048, "model.dropout": 0.1,
-    "train.label_smoothing": 0.1, "train.steps": 30000, "train.batch_size": 128,
-    "train.learning_rate": 7e-4, "train.warmup_steps": 4000, "train.b2": 0.98,
-    "train.eval_every": 2000, "train.log_every": 200, "checkpoint.every_steps": 2000,
-    "checkpoint.best_metric": "loss", "decode.max_len": 128, "decode.eval_examples": 0,
+    "data.tokenizer": "sentencepiece",
+    "data.vocab_size": 8000,
+    "data.train_examples": 0,
+    "data.eval_examples": 0,
+    "data.max_source_len": 128,
+    "data.max_target_len": 128,
+    "model.num_encoder_layers": 6,
+    "model.num_decoder_layers": 6,
+    "model.num_heads": 8,
+    "model.embed_dim": 512,
+    "model.mlp_dim": 2048,
+    "model.dropout": 0.1,
+    "train.label_smoothing": 0.1,
+    "train.steps": 30000,
+    "train.batch_size": 128,
+    "train.learning_rate": 7e-4,
+    "train.warmup_steps": 4000,
+    "train.b2": 0.98,
+    "train.eval_every": 2000,
+    "train.log_every": 200,
+    "checkpoint.every_steps": 2000,
+    "checkpoint.best_metric": "loss",
+    "decode.max_len": 128,
+    "decode.eval_examples": 0,
     "decode.batch_size": 64,
 }
 
 PRESETS = {
     "tiny": {
-        "data.train_examples": 512, "data.eval_examples": 32,
-        "model.num_encoder_layers": 1, "model.num_decoder_layers": 1, "model.num_heads": 2,
-        "model.embed_dim": 32, "train.steps": 40, "train.batch_size": 16,
-        "train.warmup_steps": 5, "train.log_every": 10, "train.eval_every": 20,
-        "checkpoint.every_steps": 20, "decode.beam_size": 2, "decode.eval_examples": 16,
-        "decode.batch_size": 16, "decode.show": 2,
+        "data.train_examples": 512,
+        "data.eval_examples": 32,
+        "model.num_encoder_layers": 1,
+        "model.num_decoder_layers": 1,
+        "model.num_heads": 2,
+        "model.embed_dim": 32,
+        "train.steps": 40,
+        "train.batch_size": 16,
+        "train.warmup_steps": 5,
+        "train.log_every": 10,
+        "train.eval_every": 20,
+        "checkpoint.every_steps": 20,
+        "decode.beam_size": 2,
+        "decode.eval_examples": 16,
+        "decode.batch_size": 16,
+        "decode.show": 2,
     },
     "ted_pt_en": {"data.source": "tfds:ted_hrlr_translate/pt_to_en", **_BASE},
-    "opus_medical": {"data.source": "tfds:opus/medical", "data.source_lang": "de",
-                     "data.target_lang": "en", **_BASE},
+    "opus_medical": {
+        "data.source": "tfds:opus/medical",
+        "data.source_lang": "de",
+        "data.target_lang": "en",
+        **_BASE,
+    },
 }

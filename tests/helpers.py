@@ -39,11 +39,17 @@ def prepared_tfds_metadata(data_dir, name, splits):
   """
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   template = tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_path, dataset_name=builder.name,
-      filetype_suffix="array_record")
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0,
-                          filename_template=template)
-      for s, n in splits.items()]))
+      data_dir=builder.data_path, dataset_name=builder.name, filetype_suffix="array_record"
+  )
+  builder.info.set_splits(
+      tfds.core.SplitDict(
+          [
+              tfds.core.SplitInfo(
+                  name=s, shard_lengths=[n], num_bytes=0, filename_template=template
+              )
+              for s, n in splits.items()
+          ]
+      )
+  )
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)

@@ -29,103 +29,251 @@ CASES = [
     ("override without value", [TINY, "--config.train.steps"], 2, "needs a value"),
     ("negative steps", [TINY, "--config.train.steps=-3"], 2, "train.steps=-3 must be a positive"),
     ("zero steps", [TINY, "--config.train.steps=0"], 2, "train.steps=0 must be a positive"),
-    ("batch not divisible by devices", [TINY, "--config.train.batch_size=12"], 2,
-     "does not divide over 8 devices"),
+    (
+        "batch not divisible by devices",
+        [TINY, "--config.train.batch_size=12"],
+        2,
+        "does not divide over 8 devices",
+    ),
     ("fsdp with pmap", [TINY, "--config.parallel.fsdp=2"], 2, "need parallel.strategy=mesh"),
-    ("cpu devices below -1", [TINY, "--config.parallel.cpu_devices=-2"], 2,
-     "parallel.cpu_devices=-2 must be >= 0"),
+    (
+        "cpu devices below -1",
+        [TINY, "--config.parallel.cpu_devices=-2"],
+        2,
+        "parallel.cpu_devices=-2 must be >= 0",
+    ),
     ("unknown strategy", [TINY, "--config.parallel.strategy=ddp"], 2, "valid: pmap, mesh"),
-    ("mesh does not divide", [TINY, "--config.parallel.strategy=mesh",
-                              "--config.parallel.fsdp=3"], 2, "does not divide the 8 devices"),
-    ("heads do not divide width", [TINY, "--config.model.num_heads=3"], 2,
-     "must be divisible by model.num_heads=3"),
+    (
+        "mesh does not divide",
+        [TINY, "--config.parallel.strategy=mesh", "--config.parallel.fsdp=3"],
+        2,
+        "does not divide the 8 devices",
+    ),
+    (
+        "heads do not divide width",
+        [TINY, "--config.model.num_heads=3"],
+        2,
+        "must be divisible by model.num_heads=3",
+    ),
     ("unknown tokenizer", [TINY, "--config.data.tokenizer=wordpiece"], 2, "data.tokenizer"),
-    ("sentencepiece vocabulary too small", [TINY, "--config.data.tokenizer=sentencepiece",
-                                            "--config.data.vocab_size=10"], 2, "data.vocab_size"),
+    (
+        "sentencepiece vocabulary too small",
+        [TINY, "--config.data.tokenizer=sentencepiece", "--config.data.vocab_size=10"],
+        2,
+        "data.vocab_size",
+    ),
     ("unknown on_nan", [TINY, "--config.train.on_nan=ignore"], 2, "valid: stop, skip"),
-    ("unknown optimizer", [TINY, "--config.train.optimizer=adam"], 2,
-     "train.optimizer='adam' is not valid (did you mean adamw?)"),
-    ("logical rule to no mesh axis",
-     [TINY, "--config.parallel.logical_rules=(('embed', 'model'),)"], 2,
-     "parallel.logical_rules: ('embed', 'model') is not a (logical name, mesh axes) pair"),
+    (
+        "unknown optimizer",
+        [TINY, "--config.train.optimizer=adam"],
+        2,
+        "train.optimizer='adam' is not valid (did you mean adamw?)",
+    ),
+    (
+        "logical rule to no mesh axis",
+        [TINY, "--config.parallel.logical_rules=(('embed', 'model'),)"],
+        2,
+        "parallel.logical_rules: ('embed', 'model') is not a (logical name, mesh axes) pair",
+    ),
     ("unknown data scheme", [TINY, "--config.data.source=s3://bucket"], 2, "pystdlib"),
     ("missing data file", [TINY, "--config.data.source=text_files:{tmp}/nope.txt"], 2, "nope.txt"),
     ("glob matching nothing", [TINY, "--config.data.source=text_files:{tmp}/*.md"], 2, "*.md"),
     ("empty corpus", [TINY, "--config.data.source=text_files:{tmp}/empty/*.txt"], 2, "empty"),
-    ("corpus shorter than a sequence", [TINY, "--config.data.source=text_files:{tmp}/short/*"], 2,
-     "block_size"),
+    (
+        "corpus shorter than a sequence",
+        [TINY, "--config.data.source=text_files:{tmp}/short/*"],
+        2,
+        "block_size",
+    ),
     ("non-UTF-8 text", [TINY, "--config.data.source=text_files:{tmp}/binary/*"], 2, "UTF-8"),
-    ("unknown tfds dataset", [TINY, "--config.data.source=tfds:tiny_shakespear"], 2,
-     "unknown tfds dataset"),
-    ("tfds dataset not prepared", [TINY, "--config.data.source=tfds:tiny_shakespeare",
-                                   "--config.data.tfds_data_dir={tmp}/no_tfds"], 2,
-     "not prepared"),
+    (
+        "unknown tfds dataset",
+        [TINY, "--config.data.source=tfds:tiny_shakespear"],
+        2,
+        "unknown tfds dataset",
+    ),
+    (
+        "tfds dataset not prepared",
+        [
+            TINY,
+            "--config.data.source=tfds:tiny_shakespeare",
+            "--config.data.tfds_data_dir={tmp}/no_tfds",
+        ],
+        2,
+        "not prepared",
+    ),
     ("workdir not writable", [TINY, "--workdir=/sys/bigmodel_jax_test"], 2, "not writable"),
     ("workdir is a file", [TINY, "--workdir={tmp}/a_file"], 2, "is a file"),
-    ("init_from pointing nowhere", [TINY, "--config.init_from={tmp}/nowhere"], 1,
-     "config.init_from"),
+    (
+        "init_from pointing nowhere",
+        [TINY, "--config.init_from={tmp}/nowhere"],
+        1,
+        "config.init_from",
+    ),
     ("unknown mode", [TINY, "--mode=serve"], 2, "--mode='serve' is not valid"),
     ("unknown flag", [TINY, "--epochs=3"], 2, "Unknown command line flag 'epochs'"),
     ("stray argument", [TINY, "train"], 2, "unexpected arguments"),
     ("sampling with no checkpoint", [TINY, "--mode=sample"], 1, "train first"),
     ("eval with no checkpoint", [TINY, "--mode=eval"], 1, "train first"),
-    ("prompt longer than the context", [TINY, "--workdir={trained}", "--mode=sample",
-                                        "--config.sample.prompt=" + "x" * 40], 2,
-     "model.block_size"),
-    ("temperature below zero", [TINY, "--workdir={trained}", "--mode=sample",
-                                "--config.sample.temperature=-0.5"], 2, "temperature=-0.5"),
-    ("CSV without the label column", ["--experiment=tabular:tiny",
-                                      "--config.data.source=csv:{tmp}/table.csv",
-                                      "--config.data.label_column=churned"], 2, "churned"),
-    ("missing CSV file", ["--experiment=tabular:tiny", "--config.data.source=csv:{tmp}/no.csv",
-                          "--config.data.label_column=y"], 2, "no.csv"),
-    ("top_p above one", [TINY, "--workdir={trained}", "--mode=sample",
-                         "--config.sample.top_p=1.5"], 2, "top_p=1.5"),
-    ("NaN learning rate", [TINY, "--config.train.learning_rate=nan"], 2,
-     "train.learning_rate=nan must be a finite number"),
-    ("infinite temperature", [TINY, "--workdir={trained}", "--mode=sample",
-                              "--config.sample.temperature=inf"], 2, "must be a finite number"),
-    ("seed beyond 64 bits", [TINY, "--config.seed=99999999999999999999"], 2,
-     "must be a seed in [0, 4294967295]"),
+    (
+        "prompt longer than the context",
+        [TINY, "--workdir={trained}", "--mode=sample", "--config.sample.prompt=" + "x" * 40],
+        2,
+        "model.block_size",
+    ),
+    (
+        "temperature below zero",
+        [TINY, "--workdir={trained}", "--mode=sample", "--config.sample.temperature=-0.5"],
+        2,
+        "temperature=-0.5",
+    ),
+    (
+        "CSV without the label column",
+        [
+            "--experiment=tabular:tiny",
+            "--config.data.source=csv:{tmp}/table.csv",
+            "--config.data.label_column=churned",
+        ],
+        2,
+        "churned",
+    ),
+    (
+        "missing CSV file",
+        [
+            "--experiment=tabular:tiny",
+            "--config.data.source=csv:{tmp}/no.csv",
+            "--config.data.label_column=y",
+        ],
+        2,
+        "no.csv",
+    ),
+    (
+        "top_p above one",
+        [TINY, "--workdir={trained}", "--mode=sample", "--config.sample.top_p=1.5"],
+        2,
+        "top_p=1.5",
+    ),
+    (
+        "NaN learning rate",
+        [TINY, "--config.train.learning_rate=nan"],
+        2,
+        "train.learning_rate=nan must be a finite number",
+    ),
+    (
+        "infinite temperature",
+        [TINY, "--workdir={trained}", "--mode=sample", "--config.sample.temperature=inf"],
+        2,
+        "must be a finite number",
+    ),
+    (
+        "seed beyond 64 bits",
+        [TINY, "--config.seed=99999999999999999999"],
+        2,
+        "must be a seed in [0, 4294967295]",
+    ),
     ("b2 of one", [TINY, "--config.train.b2=1"], 2, "train.b2=1.0 must be in [0, 1)"),
-    ("negative min_lr_ratio", [TINY, "--config.train.min_lr_ratio=-0.5"], 2,
-     "train.min_lr_ratio=-0.5 must be in [0, 1]"),
-    ("best_metric no eval reports", [TINY, "--config.checkpoint.best_metric=bleu"], 2,
-     "checkpoint.best_metric='bleu' is not a metric"),
-    ("steps below the checkpoint's", [TINY, "--workdir={trained}", "--config.train.steps=1"], 2,
-     "train.steps=1 is below the step of the checkpoint"),
-    ("showcase prompt longer than the context", [TINY, "--config.sample.num_samples=1",
-                                                 "--config.sample.prompt=" + "y" * 40], 2,
-     "sample.prompt is 40 tokens but model.block_size=32"),
-    ("model larger than memory", [TINY, "--config.model.embed_dim=32768",
-                                  "--config.model.num_layers=16"], 2,
-     "GiB per device for parameters and optimizer state, but a device has"),
-    ("a folder of the user's own files", [TINY, "--workdir={tmp}/users_folder"], 2,
-     "holds files that are not a bigmodel_jax run (config.json, notes.txt)"),
-    ("text setting that is not UTF-8", [TINY, "--config.sample.prompt=ab\udcff"], 2,
-     "sample.prompt='ab?' is not valid UTF-8"),
-    ("malformed coordinator", [TINY, "--config.distributed.coordinator=10.0.0.1",
-                               "--config.distributed.num_processes=2",
-                               "--config.distributed.process_id=1"], 2, "must be host:port"),
-    ("unreachable coordinator", [TINY, "--config.distributed.coordinator=127.0.0.1:{port}",
-                                 "--config.distributed.num_processes=2",
-                                 "--config.distributed.process_id=1",
-                                 "--config.distributed.timeout_s=2"], 1,
-     "could not reach the coordinator 127.0.0.1:"),
+    (
+        "negative min_lr_ratio",
+        [TINY, "--config.train.min_lr_ratio=-0.5"],
+        2,
+        "train.min_lr_ratio=-0.5 must be in [0, 1]",
+    ),
+    (
+        "best_metric no eval reports",
+        [TINY, "--config.checkpoint.best_metric=bleu"],
+        2,
+        "checkpoint.best_metric='bleu' is not a metric",
+    ),
+    (
+        "steps below the checkpoint's",
+        [TINY, "--workdir={trained}", "--config.train.steps=1"],
+        2,
+        "train.steps=1 is below the step of the checkpoint",
+    ),
+    (
+        "showcase prompt longer than the context",
+        [TINY, "--config.sample.num_samples=1", "--config.sample.prompt=" + "y" * 40],
+        2,
+        "sample.prompt is 40 tokens but model.block_size=32",
+    ),
+    (
+        "model larger than memory",
+        [TINY, "--config.model.embed_dim=32768", "--config.model.num_layers=16"],
+        2,
+        "GiB per device for parameters and optimizer state, but a device has",
+    ),
+    (
+        "a folder of the user's own files",
+        [TINY, "--workdir={tmp}/users_folder"],
+        2,
+        "holds files that are not a bigmodel_jax run (config.json, notes.txt)",
+    ),
+    (
+        "text setting that is not UTF-8",
+        [TINY, "--config.sample.prompt=ab\udcff"],
+        2,
+        "sample.prompt='ab?' is not valid UTF-8",
+    ),
+    (
+        "malformed coordinator",
+        [
+            TINY,
+            "--config.distributed.coordinator=10.0.0.1",
+            "--config.distributed.num_processes=2",
+            "--config.distributed.process_id=1",
+        ],
+        2,
+        "must be host:port",
+    ),
+    (
+        "unreachable coordinator",
+        [
+            TINY,
+            "--config.distributed.coordinator=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            "--config.distributed.process_id=1",
+            "--config.distributed.timeout_s=2",
+        ],
+        1,
+        "could not reach the coordinator 127.0.0.1:",
+    ),
     ("auto with no cluster", [TINY, "--config.distributed.auto=true"], 1, "found no cluster"),
-    ("profile_steps backwards", [TINY, "--config.train.profile_steps=9,3"], 2,
-     "train.profile_steps=(9, 3)"),
-    ("text to classify longer than the model reads, refused",
-     ["--experiment=sentiment:tiny", "--workdir={sentiment}", "--mode=predict",
-      "--config.predict.on_long_input=error",
-      "--config.predict.input=" + "Slow, but good. " * 6250],
-     2, "predict.input is 100000 tokens long but the model reads 48 (model.max_len=48)"),
-    ("text to translate longer than the model reads, refused",
-     ["--experiment=translate:tiny", "--workdir={translate}", "--mode=translate",
-      "--config.decode.on_long_input=error", "--config.decode.input=" + "2021-03-03 " * 9091],
-     2, "decode.input is 100001 tokens long but the model reads 31 (data.max_source_len=32"),
-    ("unknown on_long_input", ["--experiment=sentiment:tiny", "--mode=predict",
-                               "--config.predict.on_long_input=cut"], 2, "valid: warn, error"),
+    (
+        "profile_steps backwards",
+        [TINY, "--config.train.profile_steps=9,3"],
+        2,
+        "train.profile_steps=(9, 3)",
+    ),
+    (
+        "text to classify longer than the model reads, refused",
+        [
+            "--experiment=sentiment:tiny",
+            "--workdir={sentiment}",
+            "--mode=predict",
+            "--config.predict.on_long_input=error",
+            "--config.predict.input=" + "Slow, but good. " * 6250,
+        ],
+        2,
+        "predict.input is 100000 tokens long but the model reads 48 (model.max_len=48)",
+    ),
+    (
+        "text to translate longer than the model reads, refused",
+        [
+            "--experiment=translate:tiny",
+            "--workdir={translate}",
+            "--mode=translate",
+            "--config.decode.on_long_input=error",
+            "--config.decode.input=" + "2021-03-03 " * 9091,
+        ],
+        2,
+        "decode.input is 100001 tokens long but the model reads 31 (data.max_source_len=32",
+    ),
+    (
+        "unknown on_long_input",
+        ["--experiment=sentiment:tiny", "--mode=predict", "--config.predict.on_long_input=cut"],
+        2,
+        "valid: warn, error",
+    ),
 ]
 
 
@@ -170,24 +318,35 @@ def trained_translate(tmp_path_factory):
 def _listing(path: str):
   if not os.path.exists(path):
     return None
-  return sorted((os.path.relpath(os.path.join(r, f), path), os.path.getsize(os.path.join(r, f)))
-                for r, _, fs in os.walk(path) for f in fs) if os.path.isdir(path) else "file"
+  return (
+      sorted(
+          (os.path.relpath(os.path.join(r, f), path), os.path.getsize(os.path.join(r, f)))
+          for r, _, fs in os.walk(path)
+          for f in fs
+      )
+      if os.path.isdir(path)
+      else "file"
+  )
 
 
 @pytest.mark.parametrize("args, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(scratch, request, args, code, message):
   tmp, trained, data = scratch
-  workdirs = {name: request.getfixturevalue(f"trained_{name}")
-              for name in ("sentiment", "translate") if any(f"{{{name}}}" in a for a in args)}
+  workdirs = {
+      name: request.getfixturevalue(f"trained_{name}")
+      for name in ("sentiment", "translate")
+      if any(f"{{{name}}}" in a for a in args)
+  }
   args = [a.format(tmp=tmp, trained=trained, port=_closed_port(), **workdirs) for a in args]
   if not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={tmp}/workdir")
-  workdir = next(a for a in args if a.startswith("--workdir="))[len("--workdir="):]
+  workdir = next(a for a in args if a.startswith("--workdir="))[len("--workdir=") :]
   if TINY in args and not any("tfds_data_dir" in a for a in args):
     args.append(f"--config.data.tfds_data_dir={data}")
   before = _listing(workdir)
-  result = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+      [sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   lines = result.stderr.strip().splitlines()
   assert result.returncode == code, result.stderr[-2000:]
   assert lines and lines[-1].startswith("error: ") and message in lines[-1], lines[-1:]

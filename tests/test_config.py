@@ -19,9 +19,17 @@ def test_default_and_presets_load():
 
 def test_overrides_parse_by_field_type():
   c = config_lib.load_experiment("textgen:tiny")
-  config_lib.apply_overrides(c, {
-      "model.num_layers": "3", "train.learning_rate": "1e-4", "model.use_bias": "false",
-      "sample.prompt": "class ", "train.batch_size": "16", "init_reinit": "wte,ln_f"})
+  config_lib.apply_overrides(
+      c,
+      {
+          "model.num_layers": "3",
+          "train.learning_rate": "1e-4",
+          "model.use_bias": "false",
+          "sample.prompt": "class ",
+          "train.batch_size": "16",
+          "init_reinit": "wte,ln_f",
+      },
+  )
   assert c.model.num_layers == 3 and isinstance(c.model.num_layers, int)
   assert c.train.learning_rate == pytest.approx(1e-4)
   assert c.model.use_bias is False
@@ -32,21 +40,24 @@ def test_overrides_parse_by_field_type():
   assert isinstance(c.train.weight_decay, float)
 
 
-@pytest.mark.parametrize("spec, overrides, message", [
-    ("textgenn", {}, "unknown experiment 'textgenn' (did you mean textgen?)"),
-    ("textgen:tinyy", {}, "unknown preset 'tinyy' (did you mean tiny?)"),
-    ("textgen", {"model.num_layer": "2"}, "did you mean model.num_layers"),
-    ("textgen", {"model.num_layers": "two"}, "expected int"),
-    ("textgen", {"model.use_bias": "maybe"}, "expected bool"),
-    ("textgen", {"model": "2"}, "'model' is a group"),
-    ("textgen", {"train.steps": "-5"}, "train.steps=-5 must be a positive integer"),
-    ("textgen", {"train.batch_size": "0"}, "train.batch_size=0 must be a positive integer"),
-    ("textgen", {"train.grad_accum_steps": "3"}, "must be divisible by train.grad_accum_steps"),
-    ("textgen", {"parallel.strategy": "ddp"}, "valid: pmap, mesh"),
-    ("textgen", {"train.learning_rate": "-1"}, "train.learning_rate=-1.0 must be >= 0"),
-    ("textgen", {"train.profile_steps": "5,3"}, "train.profile_steps=(5, 3) must be"),
-    ("textgen", {"train.profile_steps": "0,3"}, "1 <= first <= last"),
-])
+@pytest.mark.parametrize(
+    "spec, overrides, message",
+    [
+        ("textgenn", {}, "unknown experiment 'textgenn' (did you mean textgen?)"),
+        ("textgen:tinyy", {}, "unknown preset 'tinyy' (did you mean tiny?)"),
+        ("textgen", {"model.num_layer": "2"}, "did you mean model.num_layers"),
+        ("textgen", {"model.num_layers": "two"}, "expected int"),
+        ("textgen", {"model.use_bias": "maybe"}, "expected bool"),
+        ("textgen", {"model": "2"}, "'model' is a group"),
+        ("textgen", {"train.steps": "-5"}, "train.steps=-5 must be a positive integer"),
+        ("textgen", {"train.batch_size": "0"}, "train.batch_size=0 must be a positive integer"),
+        ("textgen", {"train.grad_accum_steps": "3"}, "must be divisible by train.grad_accum_steps"),
+        ("textgen", {"parallel.strategy": "ddp"}, "valid: pmap, mesh"),
+        ("textgen", {"train.learning_rate": "-1"}, "train.learning_rate=-1.0 must be >= 0"),
+        ("textgen", {"train.profile_steps": "5,3"}, "train.profile_steps=(5, 3) must be"),
+        ("textgen", {"train.profile_steps": "0,3"}, "1 <= first <= last"),
+    ],
+)
 def test_bad_configs_are_one_line_usage_errors(spec, overrides, message):
   with pytest.raises(UsageError) as e:
     config_lib.from_command_line(spec, overrides)
@@ -62,7 +73,8 @@ def test_a_preset_typo_fails_like_a_command_line_typo():
 
 def test_command_line_overrides_come_back_from_the_parser():
   rest, overrides = config_lib.split_overrides(
-      ["run.py", "--config.model.num_layers=3", "--mode=eval", "--config.sample.prompt", "def "])
+      ["run.py", "--config.model.num_layers=3", "--mode=eval", "--config.sample.prompt", "def "]
+  )
   assert rest == ["run.py", "--mode=eval"]
   assert overrides == {"model.num_layers": "3", "sample.prompt": "def "}
   with pytest.raises(UsageError, match="needs a value"):

@@ -36,8 +36,15 @@ def test_every_task_subclasses_the_contract():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_train_eval_and_plan_on_the_tiny_preset(experiment, data_dir, tmp_path):
-  config = tiny_config(data_dir, f"{experiment}:tiny", train__steps=2, train__eval_every=1,
-                       train__eval_batches=1, train__log_every=1, checkpoint__every_steps=2)
+  config = tiny_config(
+      data_dir,
+      f"{experiment}:tiny",
+      train__steps=2,
+      train__eval_every=1,
+      train__eval_batches=1,
+      train__log_every=1,
+      checkpoint__every_steps=2,
+  )
   task = tasks.get(config.task)
   workdir = str(tmp_path / "run")
   _quietly(trainer.run, config, workdir)
@@ -58,9 +65,15 @@ def test_train_eval_and_plan_on_the_tiny_preset(experiment, data_dir, tmp_path):
 def _damaged_side_files_are_one_line_errors(config, workdir):
   """Every JSON file a run reads back (tokenizer metadata, dataset facts, preprocessing, the
   checkpoint's config), when damaged, stops eval with a RunError naming it, not a traceback."""
-  read_back = [os.path.join(root, name) for root, _, names in os.walk(workdir) for name in names
-               if name.endswith(".json") and name != "config.json" and "tensorboard" not in root
-               and f"{os.sep}checkpoints{os.sep}" not in root]
+  read_back = [
+      os.path.join(root, name)
+      for root, _, names in os.walk(workdir)
+      for name in names
+      if name.endswith(".json")
+      and name != "config.json"
+      and "tensorboard" not in root
+      and f"{os.sep}checkpoints{os.sep}" not in root
+  ]
   read_back.append(os.path.join(workdir, "checkpoints", "2", "config", "metadata"))
   for path in read_back:
     with open(path, "rb") as f:

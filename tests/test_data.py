@@ -18,7 +18,7 @@ tfds.disable_progress_bar()
 
 CODE = (
     "class Foo(Bar):\n"
-    "    \"\"\"Docstring with ünïcödé, 日本語 and an emoji 🐍.\"\"\"\n"
+    '    """Docstring with ünïcödé, 日本語 and an emoji 🐍."""\n'
     "\n"
     "    def method(self, x):\n"
     "        if x:\n"
@@ -60,25 +60,38 @@ def _code_corpus(num_docs=60):
 
 
 def test_pystdlib_file_rule_skips_tests_and_site_packages(tmp_path):
-  for rel in ["a.py", "pkg/b.py", "unittest/case.py", "doctest.py", "readme.txt",
-              "test/x.py", "tests/y.py", "idlelib/idle_test/z.py",
-              "lib2to3/tests/data/w.py", "test_foo.py", "pkg/foo_test.py",
-              "tkinter/test/test_widgets.py", "site-packages/p.py",
-              "dist-packages/q.py", "__pycache__/a.py"]:
+  for rel in [
+      "a.py",
+      "pkg/b.py",
+      "unittest/case.py",
+      "doctest.py",
+      "readme.txt",
+      "test/x.py",
+      "tests/y.py",
+      "idlelib/idle_test/z.py",
+      "lib2to3/tests/data/w.py",
+      "test_foo.py",
+      "pkg/foo_test.py",
+      "tkinter/test/test_widgets.py",
+      "site-packages/p.py",
+      "dist-packages/q.py",
+      "__pycache__/a.py",
+  ]:
     _write(str(tmp_path / rel), "x = 1\n")
   root, paths = corpora._pystdlib_files(str(tmp_path))
   assert root == str(tmp_path)
   assert paths == ["a.py", "doctest.py", "pkg/b.py", "unittest/case.py"]
 
 
-def test_pystdlib_builds_in_sorted_order_with_hash_split_and_is_reused(
-    tmp_path, monkeypatch):
+def test_pystdlib_builds_in_sorted_order_with_hash_split_and_is_reused(tmp_path, monkeypatch):
   splits = corpora.load_text_splits("pystdlib", data_dir=str(tmp_path))
   root, paths = corpora._pystdlib_files()
   # Copies are kept once (3.11: concurrent/__init__.py and xmlrpc/__init__.py are the same bytes).
   paths, _ = files.drop_repeated_contents(paths, root)
-  expected = {split: [p for p in split_paths if os.path.getsize(os.path.join(root, p))]
-              for split, split_paths in corpora._assign_splits(paths, 5).items()}
+  expected = {
+      split: [p for p in split_paths if os.path.getsize(os.path.join(root, p))]
+      for split, split_paths in corpora._assign_splits(paths, 5).items()
+  }
   assert len(splits["train"]) == len(expected["train"]) > 500
   assert len(splits["validation"]) == len(expected["validation"]) > 10
   for split in ("train", "validation"):
@@ -86,13 +99,13 @@ def test_pystdlib_builds_in_sorted_order_with_hash_split_and_is_reused(
       with open(os.path.join(root, expected[split][i]), encoding="utf-8") as f:
         assert splits[split][i] == f.read()
   assert all(zlib.crc32(p.encode()) % 100 < 5 for p in expected["validation"])
-  total = sum(len(t) for t in splits["train"]) + sum(
-      len(t) for t in splits["validation"])
+  total = sum(len(t) for t in splits["train"]) + sum(len(t) for t in splits["validation"])
   assert total > 5_000_000  # the real standard library, not a stub
 
   # Unchanged corpus: read back without building again.
   def fail(*args, **kwargs):
     raise AssertionError("rebuilt an unchanged corpus")
+
   monkeypatch.setattr(corpora.PyStdlib, "download_and_prepare", fail)
   again = corpora.load_text_splits("pystdlib", data_dir=str(tmp_path))
   assert again["validation"][3] == splits["validation"][3]
@@ -109,8 +122,9 @@ def test_text_files_split_by_file_cover_the_corpus_and_rebuild_on_change(tmp_pat
   assert sorted(train + val) == sorted(files.values())
   assert val and train
   # The split follows the hash of the path relative to the glob's root.
-  expected_val = sorted(t for rel, t in files.items()
-                        if zlib.crc32(rel[len("src/"):].encode()) % 100 < 20)
+  expected_val = sorted(
+      t for rel, t in files.items() if zlib.crc32(rel[len("src/") :].encode()) % 100 < 20
+  )
   assert sorted(val) == expected_val
 
   _write(str(tmp_path / "src/d0/f0.txt"), "changed text\n")
@@ -123,8 +137,9 @@ def test_text_files_split_by_file_cover_the_corpus_and_rebuild_on_change(tmp_pat
 def test_text_files_single_file_is_split_at_a_line(tmp_path):
   text = "".join(f"line {i}\n" for i in range(100))
   _write(str(tmp_path / "one.txt"), text)
-  splits = corpora.load_text_splits(f"text_files:{tmp_path}/one.txt",
-                                    data_dir=str(tmp_path / "tfds"))
+  splits = corpora.load_text_splits(
+      f"text_files:{tmp_path}/one.txt", data_dir=str(tmp_path / "tfds")
+  )
   train, val = splits["train"][0], splits["validation"][0]
   assert train + val == text
   assert val.startswith("line 95\n")
@@ -133,14 +148,12 @@ def test_text_files_single_file_is_split_at_a_line(tmp_path):
 def test_text_files_few_files_still_get_a_validation_split(tmp_path):
   for i in range(3):
     _write(str(tmp_path / f"f{i}.txt"), f"text {i}\n")
-  splits = corpora.load_text_splits(f"text_files:{tmp_path}/*.txt",
-                                    data_dir=str(tmp_path / "tfds"))
+  splits = corpora.load_text_splits(f"text_files:{tmp_path}/*.txt", data_dir=str(tmp_path / "tfds"))
   assert len(splits["validation"]) >= 1 and len(splits["train"]) >= 1
   assert len(splits["validation"]) + len(splits["train"]) == 3
 
 
-def test_first_build_of_a_local_corpus_says_building_not_downloading(tmp_path, capsys,
-                                                                     caplog):
+def test_first_build_of_a_local_corpus_says_building_not_downloading(tmp_path, capsys, caplog):
   caplog.set_level(logging.INFO, logger="absl")
   for i in range(3):
     _write(str(tmp_path / f"src/f{i}.txt"), f"text {i}\n")
@@ -158,21 +171,28 @@ def test_first_build_of_a_local_corpus_says_building_not_downloading(tmp_path, c
   assert f"{source}: reusing" in caplog.text and "building" not in caplog.text
 
 
-@pytest.mark.parametrize("source, files, match", [
-    ("wikipedia", {}, r"unknown data source 'wikipedia'; valid: pystdlib, "
-                      r"text_files:<glob>, tfds:<name>"),
-    ("text_files:{d}/*.md", {"a.txt": "x"}, r"\*\.md matches no files"),
-    ("text_files:{d}/*.txt", {"a.txt": "fine\n", "b.txt": b"caf\xe9\n"},
-     r"b\.txt is not UTF-8 .*the text must be UTF-8"),
-    ("text_files:{d}/*.txt", {"a.txt": "", "b.txt": ""},
-     r"all 2 matched files are empty"),
-])
+@pytest.mark.parametrize(
+    "source, files, match",
+    [
+        (
+            "wikipedia",
+            {},
+            r"unknown data source 'wikipedia'; valid: pystdlib, text_files:<glob>, tfds:<name>",
+        ),
+        ("text_files:{d}/*.md", {"a.txt": "x"}, r"\*\.md matches no files"),
+        (
+            "text_files:{d}/*.txt",
+            {"a.txt": "fine\n", "b.txt": b"caf\xe9\n"},
+            r"b\.txt is not UTF-8 .*the text must be UTF-8",
+        ),
+        ("text_files:{d}/*.txt", {"a.txt": "", "b.txt": ""}, r"all 2 matched files are empty"),
+    ],
+)
 def test_local_source_errors_are_one_line(tmp_path, source, files, match):
   for rel, data in files.items():
     _write(str(tmp_path / rel), data)
   with pytest.raises(UsageError, match=match) as e:
-    corpora.load_text_splits(source.format(d=tmp_path),
-                             data_dir=str(tmp_path / "tfds"))
+    corpora.load_text_splits(source.format(d=tmp_path), data_dir=str(tmp_path / "tfds"))
   assert "\n" not in str(e.value)
 
 
@@ -184,25 +204,25 @@ def test_local_source_errors_are_one_line(tmp_path, source, files, match):
 @pytest.fixture
 def mock_tfds(tmp_path):
   data_dir = str(tmp_path / "tfds_meta")
-  prepared_tfds_metadata(data_dir, "tiny_shakespeare",
-                     {"train": 1, "validation": 1, "test": 1})
+  prepared_tfds_metadata(data_dir, "tiny_shakespeare", {"train": 1, "validation": 1, "test": 1})
   prepared_tfds_metadata(data_dir, "lm1b", {"train": 30, "test": 1})
   prepared_tfds_metadata(data_dir, "ag_news_subset", {"train": 10, "test": 1})
-  with tfds.testing.mock_data(num_examples=7, data_dir=data_dir,
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with tfds.testing.mock_data(
+      num_examples=7, data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES
+  ):
     yield
 
 
-@pytest.mark.parametrize("name, val_split", [("tiny_shakespeare", "validation"),
-                                             ("lm1b", "test")])
-def test_tfds_text_datasets_pick_their_validation_split(
-    mock_tfds, monkeypatch, name, val_split):
+@pytest.mark.parametrize("name, val_split", [("tiny_shakespeare", "validation"), ("lm1b", "test")])
+def test_tfds_text_datasets_pick_their_validation_split(mock_tfds, monkeypatch, name, val_split):
   del mock_tfds
   asked = []
   original = tfds.core.DatasetBuilder.as_data_source
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source",
-                      lambda self, split, **kw: asked.append(split) or original(
-                          self, split, **kw))
+  monkeypatch.setattr(
+      tfds.core.DatasetBuilder,
+      "as_data_source",
+      lambda self, split, **kw: asked.append(split) or original(self, split, **kw),
+  )
   splits = corpora.load_text_splits(f"tfds:{name}")
   assert asked == ["train", val_split]
   assert len(splits["train"]) == 7
@@ -214,24 +234,30 @@ def test_tfds_text_datasets_pick_their_validation_split(
 def test_tfds_without_validation_split_carves_it_from_train(tmp_path):
   data_dir = str(tmp_path / "meta")
   prepared_tfds_metadata(data_dir, "tiny_shakespeare", {"train": 100})
-  with tfds.testing.mock_data(num_examples=5, data_dir=data_dir,
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with tfds.testing.mock_data(
+      num_examples=5, data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES
+  ):
     builder = tfds.builder("tiny_shakespeare")
     assert list(builder.info.splits) == ["train"]
     with pytest.MonkeyPatch.context() as mp:
       asked = []
       original = tfds.core.DatasetBuilder.as_data_source
-      mp.setattr(tfds.core.DatasetBuilder, "as_data_source",
-                 lambda self, split, **kw: asked.append(split) or original(
-                     self, split, **kw))
+      mp.setattr(
+          tfds.core.DatasetBuilder,
+          "as_data_source",
+          lambda self, split, **kw: asked.append(split) or original(self, split, **kw),
+      )
       corpora.load_text_splits("tfds:tiny_shakespeare", val_percent=10)
   assert asked == ["train[:90%]", "train[90%:]"]
 
 
 def test_tfds_text_key_is_required_when_ambiguous(mock_tfds):
   del mock_tfds
-  with pytest.raises(UsageError, match=r"2 text features; set data.text_key .*"
-                     r"description \(Text\), label \(ClassLabel\), title \(Text\)"):
+  with pytest.raises(
+      UsageError,
+      match=r"2 text features; set data.text_key .*"
+      r"description \(Text\), label \(ClassLabel\), title \(Text\)",
+  ):
     corpora.load_text_splits("tfds:ag_news_subset")
   with pytest.raises(UsageError, match=r"data.text_key='body' is not a text feature"):
     corpora.load_text_splits("tfds:ag_news_subset", text_key="body")
@@ -240,12 +266,18 @@ def test_tfds_text_key_is_required_when_ambiguous(mock_tfds):
 
 
 def test_tfds_unknown_or_unprepared_dataset_errors(tmp_path):
-  with pytest.raises(UsageError, match=r"unknown tfds dataset 'tiny_shakespear'; "
-                     r"did you mean tfds:tiny_shakespeare\?"):
+  with pytest.raises(
+      UsageError,
+      match=r"unknown tfds dataset 'tiny_shakespear'; did you mean tfds:tiny_shakespeare\?",
+  ):
     corpora.load_text_splits("tfds:tiny_shakespear", data_dir=str(tmp_path))
-  with pytest.raises(UsageError, match=(
-      rf"tfds:lm1b is not prepared in {tmp_path}/lm1b/.* cannot be downloaded "
-      r"offline; .*tfds build lm1b.*--config.data.tfds_data_dir")) as e:
+  with pytest.raises(
+      UsageError,
+      match=(
+          rf"tfds:lm1b is not prepared in {tmp_path}/lm1b/.* cannot be downloaded "
+          r"offline; .*tfds build lm1b.*--config.data.tfds_data_dir"
+      ),
+  ) as e:
     corpora.load_text_splits("tfds:lm1b", data_dir=str(tmp_path))
   assert "\n" not in str(e.value)
 
@@ -256,24 +288,22 @@ def test_tfds_unknown_or_unprepared_dataset_errors(tmp_path):
 
 
 def test_byte_tokenizer_round_trips_any_text(tmp_path):
-  tok = tokenizers.build_tokenizer("byte", [], vocab_size=0,
-                                   directory=str(tmp_path))
+  tok = tokenizers.build_tokenizer("byte", [], vocab_size=0, directory=str(tmp_path))
   ids = tok.encode(CODE)
   assert ids.dtype == np.int32 and ids.max() < 256
   assert len(ids) == len(CODE.encode("utf-8")) > len(CODE)  # multi-byte chars
   assert tok.decode(ids) == CODE
   assert tok.decode(np.concatenate([ids[:3], [300, -1]])) == CODE[:3]
   assert tok.decode(ids[-1:].tolist() + [0xE6]) == "d\ufffd"  # cut UTF-8
-  assert isinstance(tokenizers.load_tokenizer(str(tmp_path)),
-                    tokenizers.ByteTokenizer)
+  assert isinstance(tokenizers.load_tokenizer(str(tmp_path)), tokenizers.ByteTokenizer)
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])
 def test_sentencepiece_round_trips_code_exactly_and_saves(tmp_path, model_type):
   docs = _code_corpus() + [CODE]
-  tok = tokenizers.build_tokenizer("sentencepiece", docs, vocab_size=400,
-                                   model_type=model_type,
-                                   directory=str(tmp_path))
+  tok = tokenizers.build_tokenizer(
+      "sentencepiece", docs, vocab_size=400, model_type=model_type, directory=str(tmp_path)
+  )
   assert tok.vocab_size == 400
   for text in [CODE, docs[0], "    \n\n\t  x\n", ""]:
     ids = tok.encode(text)
@@ -285,39 +315,57 @@ def test_sentencepiece_round_trips_code_exactly_and_saves(tmp_path, model_type):
   loaded = tokenizers.load_tokenizer(str(tmp_path))
   np.testing.assert_array_equal(loaded.encode(CODE), tok.encode(CODE))
   assert [x.tolist() for x in loaded.encode_many(docs[:3])] == [
-      tok.encode(d).tolist() for d in docs[:3]]
+      tok.encode(d).tolist() for d in docs[:3]
+  ]
 
 
-def test_build_tokenizer_reuses_directory_and_refuses_mismatch(tmp_path,
-                                                              monkeypatch):
+def test_build_tokenizer_reuses_directory_and_refuses_mismatch(tmp_path, monkeypatch):
   docs = _code_corpus(20)
-  first = tokenizers.build_tokenizer("sentencepiece", docs, vocab_size=300,
-                                     model_type="bpe", directory=str(tmp_path))
+  first = tokenizers.build_tokenizer(
+      "sentencepiece", docs, vocab_size=300, model_type="bpe", directory=str(tmp_path)
+  )
 
   def fail(*args, **kwargs):
     raise AssertionError("retrained although the directory had a tokenizer")
+
   monkeypatch.setattr(tokenizers.SentencePieceTokenizer, "train", fail)
-  again = tokenizers.build_tokenizer("sentencepiece", ["other"], vocab_size=300,
-                                     model_type="bpe", directory=str(tmp_path))
+  again = tokenizers.build_tokenizer(
+      "sentencepiece", ["other"], vocab_size=300, model_type="bpe", directory=str(tmp_path)
+  )
   assert again.model_proto == first.model_proto
-  with pytest.raises(UsageError, match=r"holds a sentencepiece \(vocab_size=300, "
-                     r"model_type=bpe\) tokenizer but the config asks for "
-                     r"sentencepiece \(vocab_size=512"):
-    tokenizers.build_tokenizer("sentencepiece", docs, vocab_size=512,
-                               model_type="bpe", directory=str(tmp_path))
+  with pytest.raises(
+      UsageError,
+      match=r"holds a sentencepiece \(vocab_size=300, "
+      r"model_type=bpe\) tokenizer but the config asks for "
+      r"sentencepiece \(vocab_size=512",
+  ):
+    tokenizers.build_tokenizer(
+        "sentencepiece", docs, vocab_size=512, model_type="bpe", directory=str(tmp_path)
+    )
 
 
-@pytest.mark.parametrize("name, vocab_size, match", [
-    ("wordpiece", 1000,
-     r"unknown tokenizer 'wordpiece' \(data.tokenizer\); valid: byte, sentencepiece"),
-    ("sentencepiece", 100, r"data.vocab_size=100 is too small .* at least 260"),
-    ("sentencepiece", 262, r"data.vocab_size=262 is too small for this corpus: "
-                           r"sentencepiece needs at least \d+"),
-])
+@pytest.mark.parametrize(
+    "name, vocab_size, match",
+    [
+        (
+            "wordpiece",
+            1000,
+            r"unknown tokenizer 'wordpiece' \(data.tokenizer\); valid: byte, sentencepiece",
+        ),
+        ("sentencepiece", 100, r"data.vocab_size=100 is too small .* at least 260"),
+        (
+            "sentencepiece",
+            262,
+            r"data.vocab_size=262 is too small for this corpus: "
+            r"sentencepiece needs at least \d+",
+        ),
+    ],
+)
 def test_tokenizer_config_errors(name, vocab_size, match):
   with pytest.raises(UsageError, match=match):
-    tokenizers.build_tokenizer(name, [CODE] + _code_corpus(5),
-                               vocab_size=vocab_size, model_type="bpe")
+    tokenizers.build_tokenizer(
+        name, [CODE] + _code_corpus(5), vocab_size=vocab_size, model_type="bpe"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -338,10 +386,12 @@ def test_tokenize_corpus_concatenates_documents():
   docs = ["héllo\n", "", "wörld"]
   byte = lm_pipeline.tokenize_corpus(docs, tokenizers.ByteTokenizer())
   assert byte.dtype == np.uint16
-  assert byte.tobytes() == np.frombuffer("".join(docs).encode(), np.uint8).astype(
-      np.uint16).tobytes()
-  sp = tokenizers.build_tokenizer("sentencepiece", _code_corpus(20),
-                                  vocab_size=300, model_type="bpe")
+  assert (
+      byte.tobytes() == np.frombuffer("".join(docs).encode(), np.uint8).astype(np.uint16).tobytes()
+  )
+  sp = tokenizers.build_tokenizer(
+      "sentencepiece", _code_corpus(20), vocab_size=300, model_type="bpe"
+  )
   docs = _code_corpus(3)
   ids = lm_pipeline.tokenize_corpus(docs, sp)
   assert ids.dtype == np.uint16
@@ -366,10 +416,11 @@ def test_train_batches_are_shifted_windows_reshuffled_each_epoch():
 
 def test_train_stream_depends_only_on_seed():
   tokens = _position_tokens(1000)
+
   def first(seed, n=6):
-    it = iter(lm_pipeline.train_dataset(tokens, seq_len=16, batch_size=8,
-                                        seed=seed))
+    it = iter(lm_pipeline.train_dataset(tokens, seq_len=16, batch_size=8, seed=seed))
     return [_starts(next(it)) for _ in range(n)]
+
   assert first(3) == first(3)
   assert first(3) != first(4)
 
@@ -378,8 +429,10 @@ def test_process_shards_are_disjoint_and_interleave_the_global_batch():
   tokens = _position_tokens(500)
   kw = dict(seq_len=10, seed=7)
   whole = lm_pipeline.train_dataset(tokens, batch_size=8, **kw)
-  shards = [lm_pipeline.train_dataset(tokens, batch_size=4, process_index=p,
-                                      process_count=2, **kw) for p in range(2)]
+  shards = [
+      lm_pipeline.train_dataset(tokens, batch_size=4, process_index=p, process_count=2, **kw)
+      for p in range(2)
+  ]
   for step in [0, 1, 30, 61, 62, 100]:  # 490 windows: epoch 2 starts in step 61
     global_batch = whole[step]["inputs"]
     for p in range(2):
@@ -420,16 +473,14 @@ def test_iterator_checkpoints_through_orbax(tmp_path):
   restored = iter(ds)
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
     assert mngr.latest_step() == 5
-    mngr.restore(5, args=ocp.args.Composite(
-        data=grain.checkpoint.CheckpointRestore(restored)))
+    mngr.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
   for want in after_save:
     np.testing.assert_array_equal(next(restored)["inputs"], want)
 
 
 def test_eval_batches_tile_the_split_deterministically():
   tokens = _position_tokens(83)  # 10 windows of 8 (needs 81), 2 batches of 4
-  batches = lm_pipeline.eval_batches(tokens, seq_len=8, batch_size=4,
-                                     num_batches=0)
+  batches = lm_pipeline.eval_batches(tokens, seq_len=8, batch_size=4, num_batches=0)
   assert len(batches) == 2
   inputs = np.concatenate([b["inputs"] for b in batches]).reshape(-1)
   np.testing.assert_array_equal(inputs, np.arange(64))  # no gaps, no overlap
@@ -441,15 +492,18 @@ def test_eval_batches_tile_the_split_deterministically():
 
 
 def test_short_splits_are_usage_errors():
-  with pytest.raises(UsageError, match=r"the validation split has 8 tokens; "
-                     r"model.block_size=8 needs at least 9"):
+  with pytest.raises(
+      UsageError,
+      match=r"the validation split has 8 tokens; model.block_size=8 needs at least 9",
+  ):
     lm_pipeline.eval_batches(_position_tokens(8), seq_len=8, batch_size=2)
-  with pytest.raises(UsageError, match=r"the train split has 5 tokens; "
-                     r"model.block_size=8 needs at least 9"):
-    lm_pipeline.train_dataset(_position_tokens(5), seq_len=8, batch_size=2,
-                              seed=0)
-  with pytest.raises(UsageError, match=r"fewer than one eval batch of 4 x "
-                     r"model.block_size=8 needs \(33\)"):
+  with pytest.raises(
+      UsageError, match=r"the train split has 5 tokens; model.block_size=8 needs at least 9"
+  ):
+    lm_pipeline.train_dataset(_position_tokens(5), seq_len=8, batch_size=2, seed=0)
+  with pytest.raises(
+      UsageError, match=r"fewer than one eval batch of 4 x model.block_size=8 needs \(33\)"
+  ):
     lm_pipeline.eval_batches(_position_tokens(20), seq_len=8, batch_size=4)
 
 

@@ -26,8 +26,11 @@ def data_dir(tmp_path_factory):
 
 def test_kill_9_at_several_points_resumes_bit_for_bit(data_dir, tmp_path):
   # No compile cache: every run compiles alike, so the kill times mean the same in each run.
-  overrides = [f"--config.data.tfds_data_dir={data_dir}", "--config.checkpoint.every_steps=5",
-               "--config.compile_cache_dir="]
+  overrides = [
+      f"--config.data.tfds_data_dir={data_dir}",
+      "--config.checkpoint.every_steps=5",
+      "--config.compile_cache_dir=",
+  ]
   reference = str(tmp_path / "reference")
   _, duration = kill_resume.train(reference, "textgen:tiny", overrides)
   expected = kill_resume.state_digest(reference)
@@ -44,10 +47,17 @@ def test_kill_9_at_several_points_resumes_bit_for_bit(data_dir, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
   workdir = tmp_path / "run"
-  cmd = [sys.executable, "run.py", "--experiment=textgen:tiny", f"--workdir={workdir}",
-         f"--config.data.tfds_data_dir={data_dir}", "--config.train.steps=100000",
-         "--config.train.log_every=5", "--config.checkpoint.every_steps=100000",
-         "--config.train.eval_every=100000"]
+  cmd = [
+      sys.executable,
+      "run.py",
+      "--experiment=textgen:tiny",
+      f"--workdir={workdir}",
+      f"--config.data.tfds_data_dir={data_dir}",
+      "--config.train.steps=100000",
+      "--config.train.log_every=5",
+      "--config.checkpoint.every_steps=100000",
+      "--config.train.eval_every=100000",
+  ]
   proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
   for line in proc.stderr:
     if "step 10/" in line:
@@ -79,13 +89,16 @@ def _one_file(directory):
   raise AssertionError(f"no data file under {directory}")
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate", "bytes, "),
-    ("flip_bytes", "does not match its checksum"),
-    ("bad_manifest", "manifest.bigmodel.json is unreadable"),
-    ("delete", "is missing"),
-    ("half_written", "never committed"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "bytes, "),
+        ("flip_bytes", "does not match its checksum"),
+        ("bad_manifest", "manifest.bigmodel.json is unreadable"),
+        ("delete", "is missing"),
+        ("half_written", "never committed"),
+    ],
+)
 def test_damaged_latest_checkpoint_stops_or_falls_back(data_dir, trained, damage, message):
   latest = os.path.join(trained, "checkpoints", "40")
   if damage == "truncate":
@@ -125,13 +138,18 @@ def test_all_checkpoints_damaged_never_restarts_silently(data_dir, trained):
     trainer.run(config, trained)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"model__num_layers": 3}, "model.num_layers: checkpoint 2, now 3"),
-    ({"model__embed_dim": 64}, "model.embed_dim: checkpoint 32, now 64"),
-    ({"model__positions": "rotary"}, "model.positions: checkpoint 'learned', now 'rotary'"),
-    ({"experiment": "forked_textgen:tiny"},
-     "experiment: checkpoint 'textgen', now 'forked_textgen'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model__num_layers": 3}, "model.num_layers: checkpoint 2, now 3"),
+        ({"model__embed_dim": 64}, "model.embed_dim: checkpoint 32, now 64"),
+        ({"model__positions": "rotary"}, "model.positions: checkpoint 'learned', now 'rotary'"),
+        (
+            {"experiment": "forked_textgen:tiny"},
+            "experiment: checkpoint 'textgen', now 'forked_textgen'",
+        ),
+    ],
+)
 def test_checkpoint_from_other_settings_names_the_mismatch(data_dir, trained, overrides, message):
   config = tiny_config(data_dir, **{k: v for k, v in overrides.items() if k != "experiment"})
   config.experiment = overrides.get("experiment", config.experiment)
@@ -193,9 +211,17 @@ def test_one_writer_per_workdir_and_no_stale_lock_after_a_crash(data_dir, tmp_pa
   before = (workdir / "metrics.jsonl").read_text()
   # Another process holds the workdir (and is then killed -9, as a crashed run would be).
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from bigmodel_jax import safety\n"
-       f"with safety.WorkdirLock({str(workdir)!r}):\n  print('locked', flush=True); time.sleep(60)"],
-      cwd=REPO, stdout=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          "-c",
+          "import sys, time; from bigmodel_jax import safety\n"
+          f"with safety.WorkdirLock({str(workdir)!r}):\n"
+          "  print('locked', flush=True); time.sleep(60)",
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(RunError, match=f"in use by another run \\(pid {holder.pid}\\)"):
@@ -227,6 +253,7 @@ def test_an_update_that_is_not_finite_is_never_applied(data_dir, tmp_path):
 
 def test_non_finite_parameters_are_never_saved_or_evaluated(data_dir, trained, monkeypatch):
   from bigmodel_jax import safety, steps  # pylint: disable=g-import-not-at-top
+
   init = steps.init_state
 
   def poisoned_init(rng, **kwargs):  # what a bad init_from or a corrupted restore would give
@@ -236,8 +263,16 @@ def test_non_finite_parameters_are_never_saved_or_evaluated(data_dir, trained, m
   monkeypatch.setattr(steps, "init_state", poisoned_init)
   workdir = os.path.join(os.path.dirname(trained), "poisoned")
   with pytest.raises(RunError, match="parameters are not finite .* at step 1; not saving"):
-    trainer.run(tiny_config(data_dir, train__steps=2, train__on_nan="skip",
-                            checkpoint__every_steps=1, train__eval_every=2), workdir)
+    trainer.run(
+        tiny_config(
+            data_dir,
+            train__steps=2,
+            train__on_nan="skip",
+            checkpoint__every_steps=1,
+            train__eval_every=2,
+        ),
+        workdir,
+    )
   assert not os.path.exists(workdir)
   with pytest.raises(RunError, match="evaluation gave non-finite loss, perplexity"):
     trainer.run(tiny_config(data_dir, train__steps=2, train__on_nan="skip"), workdir)
@@ -247,6 +282,7 @@ def test_non_finite_parameters_are_never_saved_or_evaluated(data_dir, trained, m
 
 def test_a_stop_during_setup_stops_at_once_and_leaves_nothing(data_dir, tmp_path, monkeypatch):
   from bigmodel_jax.tasks import lm  # pylint: disable=g-import-not-at-top
+
   setup = lm.Task.setup
 
   def setup_then_preempted(self, workdir, create):
@@ -264,9 +300,11 @@ def test_a_stop_during_setup_stops_at_once_and_leaves_nothing(data_dir, tmp_path
   assert not workdir.exists()
 
 
-def test_a_stop_during_evaluation_saves_without_a_second_evaluation(data_dir, tmp_path,
-                                                                     monkeypatch):
+def test_a_stop_during_evaluation_saves_without_a_second_evaluation(
+    data_dir, tmp_path, monkeypatch
+):
   from bigmodel_jax.tasks import lm  # pylint: disable=g-import-not-at-top
+
   eval_batches, calls = lm.Task.eval_batches, []
 
   def preempted_while_evaluating(self, batch_size):
@@ -289,8 +327,11 @@ def tiny_disk(tmp_path):
   """A 900 KiB tmpfs: room for the tiny model's first checkpoints, not for all of them."""
   mount = tmp_path / "disk"
   mount.mkdir()
-  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+  result = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)],
+      capture_output=True,
+      text=True,
+  )
   if result.returncode:
     pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
   yield mount
@@ -299,8 +340,10 @@ def tiny_disk(tmp_path):
 
 @pytest.mark.parametrize("disk_claims_space", [False, True])
 def test_a_full_disk_stops_at_the_failed_save_and_keeps_the_last_good_one(
-    data_dir, tiny_disk, monkeypatch, disk_claims_space):
+    data_dir, tiny_disk, monkeypatch, disk_claims_space
+):
   import shutil  # pylint: disable=g-import-not-at-top
+
   if disk_claims_space:  # skip our free-space check: orbax's async write itself hits ENOSPC
     usage = shutil.disk_usage(tiny_disk)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=2**40))

@@ -12,9 +12,21 @@ from bigmodel_jax.errors import UsageError
 from bigmodel_jax.generate import generate, generate_without_cache, sample_logits
 from bigmodel_jax.models import gpt
 
-TINY = dict(vocab_size=32, block_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=0,
-            dropout=0.0, positions="learned", use_bias=True, dtype=jnp.float32,
-            param_dtype=jnp.float32, attention_impl=None, remat="none")
+TINY = dict(
+    vocab_size=32,
+    block_size=16,
+    num_layers=2,
+    num_heads=2,
+    embed_dim=16,
+    mlp_dim=0,
+    dropout=0.0,
+    positions="learned",
+    use_bias=True,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    attention_impl=None,
+    remat="none",
+)
 PROMPT = np.array([3, 1, 4, 1, 5], np.int32)
 
 
@@ -25,7 +37,8 @@ def init(model):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(5), len(leaves))
   return jax.tree.unflatten(
-      treedef, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+      treedef, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  )
 
 
 @pytest.fixture(scope="module", params=["learned", "rotary"])
@@ -53,8 +66,8 @@ def test_kv_cache_matches_full_forward(tiny):
   # Prefill 5, three single-token steps, then a chunk of 4 at a non-zero offset.
   done = 0
   for length in (5, 1, 1, 1, 4):
-    logits, cache = _decode(decoder, params, cache, tokens[:, done:done + length])
-    np.testing.assert_allclose(logits, full[:, done:done + length], atol=1e-4, rtol=1e-4)
+    logits, cache = _decode(decoder, params, cache, tokens[:, done : done + length])
+    np.testing.assert_allclose(logits, full[:, done : done + length], atol=1e-4, rtol=1e-4)
     done += length
     assert int(cache["cache_index"]) == done
   assert done == 12
@@ -75,14 +88,16 @@ def test_sampling_with_cache_equals_without(tiny):
   kwargs = dict(max_new_tokens=8, rng=jax.random.key(3), num_samples=3, top_k=20, top_p=0.9)
   np.testing.assert_array_equal(
       generate(model, params, PROMPT, **kwargs),
-      generate_without_cache(model, params, PROMPT, **kwargs))
+      generate_without_cache(model, params, PROMPT, **kwargs),
+  )
 
 
 def test_sampling_settings():
   model = gpt.GPT(**TINY)
   params = init(model)
   run = lambda seed=0, **kw: generate(  # noqa: E731
-      model, params, PROMPT, max_new_tokens=8, rng=jax.random.key(seed), num_samples=4, **kw)
+      model, params, PROMPT, max_new_tokens=8, rng=jax.random.key(seed), num_samples=4, **kw
+  )
   greedy = run(temperature=0.0)
   np.testing.assert_array_equal(run(top_k=1), greedy)
   np.testing.assert_array_equal(run(top_p=1e-6), greedy)
@@ -91,7 +106,8 @@ def test_sampling_settings():
   assert len({tuple(row) for row in run(seed=7)}) > 1  # samples in a batch differ
   np.testing.assert_array_equal(  # no new tokens: the prompt, repeated
       generate(model, params, PROMPT, max_new_tokens=0, rng=jax.random.key(0), num_samples=2),
-      np.tile(PROMPT, (2, 1)))
+      np.tile(PROMPT, (2, 1)),
+  )
   full = generate(model, params, PROMPT, max_new_tokens=11, rng=jax.random.key(0))
   assert full.shape == (1, 16)  # fills the whole context
 
@@ -120,19 +136,26 @@ def test_sample_logits_filters():
   assert np.mean(draws[:, 0] == 1) > 0.95
 
 
-@pytest.mark.parametrize("prompt,kwargs,message", [
-    ([], {}, "prompt is empty"),
-    (list(range(16)), {}, r"prompt is 16 tokens; the model's context \(model.block_size\) is 16"),
-    (list(range(10)), dict(max_new_tokens=7), "max_new_tokens <= 6"),
-    (PROMPT, dict(max_new_tokens=-1), "max_new_tokens=-1"),
-    (PROMPT, dict(temperature=-0.5), "temperature=-0.5 must be >= 0"),
-    (PROMPT, dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
-    (PROMPT, dict(top_p=1.5), "top_p=1.5"),
-    (PROMPT, dict(top_k=-1), "top_k=-1 must be >= 0"),
-    (PROMPT, dict(num_samples=0), "num_samples=0"),
-    ([[1, 2]], {}, "1-D"),
-    ([1, 32], {}, r"outside \[0, 32\)"),
-])
+@pytest.mark.parametrize(
+    "prompt,kwargs,message",
+    [
+        ([], {}, "prompt is empty"),
+        (
+            list(range(16)),
+            {},
+            r"prompt is 16 tokens; the model's context \(model.block_size\) is 16",
+        ),
+        (list(range(10)), dict(max_new_tokens=7), "max_new_tokens <= 6"),
+        (PROMPT, dict(max_new_tokens=-1), "max_new_tokens=-1"),
+        (PROMPT, dict(temperature=-0.5), "temperature=-0.5 must be >= 0"),
+        (PROMPT, dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+        (PROMPT, dict(top_p=1.5), "top_p=1.5"),
+        (PROMPT, dict(top_k=-1), "top_k=-1 must be >= 0"),
+        (PROMPT, dict(num_samples=0), "num_samples=0"),
+        ([[1, 2]], {}, "1-D"),
+        ([1, 32], {}, r"outside \[0, 32\)"),
+    ],
+)
 @pytest.mark.parametrize("fn", [generate, generate_without_cache])
 def test_errors(fn, prompt, kwargs, message):
   model = gpt.GPT(**TINY)

@@ -11,9 +11,21 @@ import pytest
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import gpt
 
-TINY = dict(vocab_size=32, block_size=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=0,
-            dropout=0.0, positions="learned", use_bias=True, dtype=jnp.float32,
-            param_dtype=jnp.float32, attention_impl=None, remat="none")
+TINY = dict(
+    vocab_size=32,
+    block_size=16,
+    num_layers=2,
+    num_heads=2,
+    embed_dim=16,
+    mlp_dim=0,
+    dropout=0.0,
+    positions="learned",
+    use_bias=True,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    attention_impl=None,
+    remat="none",
+)
 
 
 def expected_params(V, T, L, C, M=0, positions="learned", use_bias=True):
@@ -38,14 +50,16 @@ def init(model, std=0.3):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(5), len(leaves))
   return jax.tree.unflatten(
-      treedef, [x + std * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+      treedef, [x + std * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(model, params, tokens, rng):
   train = rng is not None
   return model.apply(
-      {"params": params}, tokens, train=train, rngs={"dropout": rng} if train else {})
+      {"params": params}, tokens, train=train, rngs={"dropout": rng} if train else {}
+  )
 
 
 def apply(model, params, tokens, rng=None):
@@ -66,19 +80,23 @@ def test_output_shape_and_dtype(tiny):
   assert logits.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("positions,use_bias,mlp_dim", [
-    ("learned", True, 0), ("rotary", True, 24), ("learned", False, 40)])
+@pytest.mark.parametrize(
+    "positions,use_bias,mlp_dim",
+    [("learned", True, 0), ("rotary", True, 24), ("learned", False, 40)],
+)
 def test_param_count_matches_formula(positions, use_bias, mlp_dim):
   model = gpt.GPT(**dict(TINY, positions=positions, use_bias=use_bias, mlp_dim=mlp_dim))
   params = shapes(model)["params"]
   assert gpt.param_count(params) == expected_params(
-      32, 16, 2, 16, mlp_dim, positions=positions, use_bias=use_bias)
+      32, 16, 2, 16, mlp_dim, positions=positions, use_bias=use_bias
+  )
   assert ("wpe" in params) == (positions == "learned")
 
 
 def test_gpt2_small_shapes_without_allocating():
-  model = gpt.GPT(**dict(TINY, vocab_size=50304, block_size=1024, num_layers=12, num_heads=12,
-                         embed_dim=768))
+  model = gpt.GPT(
+      **dict(TINY, vocab_size=50304, block_size=1024, num_layers=12, num_heads=12, embed_dim=768)
+  )
   params = shapes(model)["params"]
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
   count = gpt.param_count(params)
@@ -91,8 +109,19 @@ def test_gpt2_small_shapes_without_allocating():
 
 
 def test_1b_shapes_without_allocating():
-  model = gpt.GPT(**dict(TINY, vocab_size=50304, block_size=2048, num_layers=18, num_heads=16,
-                         embed_dim=2048, mlp_dim=8192, positions="rotary", dtype=jnp.bfloat16))
+  model = gpt.GPT(
+      **dict(
+          TINY,
+          vocab_size=50304,
+          block_size=2048,
+          num_layers=18,
+          num_heads=16,
+          embed_dim=2048,
+          mlp_dim=8192,
+          positions="rotary",
+          dtype=jnp.bfloat16,
+      )
+  )
   count = gpt.param_count(shapes(model)["params"])
   assert count == expected_params(50304, 2048, 18, 2048, 8192, positions="rotary")
   assert 1.0e9 < count < 1.02e9
@@ -103,9 +132,15 @@ def test_every_param_has_logical_axes():
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
   specs = nn.get_partition_spec(boxed)
-  flat = {"/".join(k.key for k in path): (tuple(spec), shape) for (path, spec), shape in zip(
-      jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(
-          x, jax.sharding.PartitionSpec))[0], jax.tree.leaves(nn.unbox(boxed)))}
+  flat = {
+      "/".join(k.key for k in path): (tuple(spec), shape)
+      for (path, spec), shape in zip(
+          jax.tree_util.tree_flatten_with_path(
+              specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+          )[0],
+          jax.tree.leaves(nn.unbox(boxed)),
+      )
+  }
   for name, (spec, shape) in flat.items():
     assert len(spec) == len(shape.shape) and all(spec), name
   assert flat["wte/embedding"][0] == ("vocab", "embed")
@@ -137,12 +172,15 @@ def test_causal_and_position_aware(positions):
 def test_rotary_scores_depend_on_relative_position():
   q, k = jax.random.normal(jax.random.key(0), (2, 1, 5, 3, 8))  # (B, T, H, D) each
   score = lambda m, n: jnp.einsum(  # noqa: E731
-      "bthd,bthd->bth", gpt.apply_rotary(q, jnp.full(5, m)), gpt.apply_rotary(k, jnp.full(5, n)))
+      "bthd,bthd->bth", gpt.apply_rotary(q, jnp.full(5, m)), gpt.apply_rotary(k, jnp.full(5, n))
+  )
   np.testing.assert_allclose(score(3, 1), score(10, 8), rtol=1e-4, atol=1e-4)
   assert not np.allclose(score(3, 1), score(3, 2), atol=1e-2)
   np.testing.assert_allclose(  # a rotation: norms are kept
-      jnp.linalg.norm(gpt.apply_rotary(q, jnp.arange(5)), axis=-1), jnp.linalg.norm(q, axis=-1),
-      rtol=1e-5)
+      jnp.linalg.norm(gpt.apply_rotary(q, jnp.arange(5)), axis=-1),
+      jnp.linalg.norm(q, axis=-1),
+      rtol=1e-5,
+  )
 
 
 def test_bf16_compute_with_f32_params(tiny):
@@ -171,8 +209,7 @@ def test_dropout_only_in_training(tiny):
   run = lambda seed: apply(model, params, tokens, jax.random.key(seed))  # noqa: E731
   np.testing.assert_array_equal(run(0), run(0))
   assert not np.allclose(run(0), run(1))
-  np.testing.assert_array_equal(
-      apply(model, params, tokens), apply(tiny[0], params, tokens))
+  np.testing.assert_array_equal(apply(model, params, tokens), apply(tiny[0], params, tokens))
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
@@ -205,21 +242,26 @@ def test_make_builds_the_configured_model():
   assert gpt.make(config(), vocab_size=10).vocab_size == 10
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(embed_dim=100, num_heads=3),
-     "model.embed_dim=100 must be divisible by model.num_heads=3"),
-    (dict(positions="alibi"), "learned, rotary"),
-    (dict(dtype="float64"), "model.dtype='float64' is unknown; valid: float32, bfloat16"),
-    (dict(param_dtype="fp32"), "model.param_dtype"),
-    (dict(remat="some"), "valid: none, full, dots"),
-    (dict(attention_impl="flash"), "valid: xla, cudnn"),
-    (dict(attention_impl="cudnn", dtype="float32"), "needs model.dtype bfloat16 or float16"),
-    (dict(attention_impl="cudnn", embed_dim=24, num_heads=2), "head size .* = 12"),
-    (dict(num_layers=0), "model.num_layers=0"),
-    (dict(block_size=None), "model.block_size=None must be a positive integer"),
-    (dict(embed_dim=6, num_heads=2, positions="rotary"), "even head size"),
-    (dict(dropout=1.0), "model.dropout"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            dict(embed_dim=100, num_heads=3),
+            "model.embed_dim=100 must be divisible by model.num_heads=3",
+        ),
+        (dict(positions="alibi"), "learned, rotary"),
+        (dict(dtype="float64"), "model.dtype='float64' is unknown; valid: float32, bfloat16"),
+        (dict(param_dtype="fp32"), "model.param_dtype"),
+        (dict(remat="some"), "valid: none, full, dots"),
+        (dict(attention_impl="flash"), "valid: xla, cudnn"),
+        (dict(attention_impl="cudnn", dtype="float32"), "needs model.dtype bfloat16 or float16"),
+        (dict(attention_impl="cudnn", embed_dim=24, num_heads=2), "head size .* = 12"),
+        (dict(num_layers=0), "model.num_layers=0"),
+        (dict(block_size=None), "model.block_size=None must be a positive integer"),
+        (dict(embed_dim=6, num_heads=2, positions="rotary"), "even head size"),
+        (dict(dropout=1.0), "model.dropout"),
+    ],
+)
 def test_make_errors(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")) as info:
     gpt.make(config(**overrides), vocab_size=32)
@@ -234,8 +276,10 @@ def test_attention_matches_jax_reference(length):
   q, k, v, w = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32) for _ in range(4))
   ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
   np.testing.assert_allclose(gpt.causal_attention(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-5)
-  grads = [jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
-           for f in (gpt.causal_attention, ref)]
+  grads = [
+      jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+      for f in (gpt.causal_attention, ref)
+  ]
   for ours, theirs in zip(*grads):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
@@ -244,13 +288,17 @@ def test_attention_matches_jax_reference(length):
 def test_flat_dot_general_matches_lax(features):
   """Dense layers' 2-D matmul (custom weight-gradient layout) gives lax.dot_general's numbers."""
   from bigmodel_jax.models import layers
+
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 5, 3, 4)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(3, 4, features)), jnp.float32)
   dims = (((2, 3), (0, 1)), ((), ()))
   f = lambda dot: lambda x, w: (dot(x, w, dims) ** 2).sum()  # noqa: E731
-  np.testing.assert_allclose(layers.flat_dot_general(x, kernel, dims),
-                             jax.lax.dot_general(x, kernel, dims), rtol=1e-5)
-  for ours, theirs in zip(jax.grad(f(layers.flat_dot_general), argnums=(0, 1))(x, kernel),
-                          jax.grad(f(jax.lax.dot_general), argnums=(0, 1))(x, kernel)):
+  np.testing.assert_allclose(
+      layers.flat_dot_general(x, kernel, dims), jax.lax.dot_general(x, kernel, dims), rtol=1e-5
+  )
+  for ours, theirs in zip(
+      jax.grad(f(layers.flat_dot_general), argnums=(0, 1))(x, kernel),
+      jax.grad(f(jax.lax.dot_general), argnums=(0, 1))(x, kernel),
+  ):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -91,11 +91,14 @@ def test_predict_reads_an_image_like_the_dataset(trained, tmp_path):
   np.testing.assert_allclose([p for _, p in rgb], [p for _, p in exact], rtol=1e-6)
 
 
-@pytest.mark.parametrize("name, content, match", [
-    ("", None, r"needs --config.predict.input=<image file>"),
-    ("missing.png", None, r"predict.input=.*missing.png does not exist"),
-    ("notes.png", b"not an image at all", r"notes.png is not an image that pillow can read"),
-])
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("", None, r"needs --config.predict.input=<image file>"),
+        ("missing.png", None, r"predict.input=.*missing.png does not exist"),
+        ("notes.png", b"not an image at all", r"notes.png is not an image that pillow can read"),
+    ],
+)
 def test_predict_input_errors_are_one_line(trained, tmp_path, name, content, match):
   config, workdir, _ = trained
   if content is not None:
@@ -115,9 +118,16 @@ def test_modes_need_a_trained_run(tmp_path):
 
 
 def test_resnet_trains_with_batch_stats_averaged_over_devices(tmp_path):
-  config = _config(model__name="resnet", model__widths=(8, 16), model__stage_sizes=(1, 1),
-                   train__steps=20, train__learning_rate=1e-2, train__eval_every=10,
-                   train__log_every=5, checkpoint__every_steps=20)
+  config = _config(
+      model__name="resnet",
+      model__widths=(8, 16),
+      model__stage_sizes=(1, 1),
+      train__steps=20,
+      train__learning_rate=1e-2,
+      train__eval_every=10,
+      train__log_every=5,
+      checkpoint__every_steps=20,
+  )
   with contextlib.redirect_stdout(io.StringIO()):
     state = trainer.run(config, str(tmp_path))
   train, val = read_metrics(str(tmp_path)), read_metrics(str(tmp_path), "validation")
@@ -134,6 +144,7 @@ def test_resnet_trains_with_batch_stats_averaged_over_devices(tmp_path):
 
 def test_resnet_uses_batch_statistics_only_in_training():
   from bigmodel_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
   model = resnet.ResNet(num_classes=3, widths=(4, 8), stage_sizes=(1, 1))
   x = np.random.default_rng(0).normal(2.0, 3.0, (4, 8, 8, 1)).astype(np.float32)
   variables = model.init(jax.random.key(0), x)
@@ -152,6 +163,7 @@ def test_resnet_uses_batch_statistics_only_in_training():
 
 def test_digits_are_the_real_bundled_scans_split_stratified_and_fixed():
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
   data = images.load_digits()
   train, test = data["train"], data["test"]
   assert train["image"].shape == (1437, 8, 8, 1) and test["image"].shape == (360, 8, 8, 1)
@@ -179,8 +191,12 @@ def test_crop_shifts_each_image_within_the_padding():
   shifts = set()
   for x, y in zip(batch["image"], out):
     padded = np.pad(x, ((2, 2), (2, 2), (0, 0)))
-    found = [(dy, dx) for dy in range(5) for dx in range(5)
-             if np.array_equal(padded[dy:dy + 6, dx:dx + 5], y)]
+    found = [
+        (dy, dx)
+        for dy in range(5)
+        for dx in range(5)
+        if np.array_equal(padded[dy : dy + 6, dx : dx + 5], y)
+    ]
     assert found, "not a crop of the padded image"
     shifts.add(found[0])
   assert len(shifts) > 3  # different shifts per image
@@ -204,8 +220,12 @@ def test_flip_mirrors_some_images_and_cutout_blanks_a_square():
 def test_augmented_stream_is_deterministic_per_seed_and_eval_is_untouched():
   data = images.load_digits()["train"]
   augment = images.make_augment(crop_padding=1, cutout=2)
-  first = lambda seed: [b["image"] for _, b in zip(range(3), iter(arrays.train_dataset(
-      data, batch_size=8, seed=seed, augment=augment)))]
+  first = lambda seed: [
+      b["image"]
+      for _, b in zip(
+          range(3), iter(arrays.train_dataset(data, batch_size=8, seed=seed, augment=augment))
+      )
+  ]
   a, b, c = first(3), first(3), first(4)
   assert all(np.array_equal(x, y) for x, y in zip(a, b))
   assert not all(np.array_equal(x, y) for x, y in zip(a, c))
@@ -220,14 +240,20 @@ def mock_tfds(tmp_path):
   for name in ("mnist", "fashion_mnist", "cifar10"):
     prepared_tfds_metadata(data_dir, name, {"train": 20, "test": 10})
   prepared_tfds_metadata(data_dir, "tiny_shakespeare", {"train": 1, "test": 1})
-  with tfds.testing.mock_data(num_examples=12, data_dir=data_dir,
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with tfds.testing.mock_data(
+      num_examples=12, data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES
+  ):
     yield data_dir
 
 
-@pytest.mark.parametrize("name, shape", [
-    ("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3)),
-])
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("mnist", (28, 28, 1)),
+        ("fashion_mnist", (28, 28, 1)),
+        ("cifar10", (32, 32, 3)),
+    ],
+)
 def test_tfds_image_datasets_load_by_name(mock_tfds, name, shape):
   source = f"tfds:{name}"
   info = images.info(source)
@@ -250,26 +276,36 @@ def test_tfds_image_datasets_load_by_name(mock_tfds, name, shape):
 def test_tfds_source_errors(mock_tfds, tmp_path):
   with pytest.raises(UsageError, match=r"needs an Image feature 'image' and a ClassLabel 'label'"):
     images.info("tfds:tiny_shakespeare")
-  with pytest.raises(UsageError, match=r"unknown tfds dataset 'cifar11'; did you mean "
-                     r"tfds:cifar10"):
+  with pytest.raises(
+      UsageError, match=r"unknown tfds dataset 'cifar11'; did you mean tfds:cifar10"
+  ):
     images.info("tfds:cifar11")
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
-  with pytest.raises(UsageError, match=r"tfds:mnist is not prepared in .* cannot be downloaded "
-                     r"offline; .*tfds build mnist.*--config.data.tfds_data_dir") as e:
+  with pytest.raises(
+      UsageError,
+      match=r"tfds:mnist is not prepared in .* cannot be downloaded "
+      r"offline; .*tfds build mnist.*--config.data.tfds_data_dir",
+  ) as e:
     classify_image.Task(_config(data__source="tfds:mnist", data__tfds_data_dir=str(tmp_path)))
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"data__source": "imagenet"}, r"data.source='imagenet' is not valid; valid: digits, tfds:"),
-    ({"model__name": "gpt"}, r"model.name='gpt' is not valid; valid: cnn, resnet"),
-    ({"model__widths": (8, 16, 32)}, r"must be equally long tuples of positive integers"),
-    ({"predict__invert": "maybe"}, r"predict.invert='maybe' one of auto, yes, no"),
-    ({"augment__cutout": -1}, r"augment.cutout=-1 must be >= 0"),
-    ({"data__test_fraction": 1.0}, r"data.test_fraction=1.0 must be in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            {"data__source": "imagenet"},
+            r"data.source='imagenet' is not valid; valid: digits, tfds:",
+        ),
+        ({"model__name": "gpt"}, r"model.name='gpt' is not valid; valid: cnn, resnet"),
+        ({"model__widths": (8, 16, 32)}, r"must be equally long tuples of positive integers"),
+        ({"predict__invert": "maybe"}, r"predict.invert='maybe' one of auto, yes, no"),
+        ({"augment__cutout": -1}, r"augment.cutout=-1 must be >= 0"),
+        ({"data__test_fraction": 1.0}, r"data.test_fraction=1.0 must be in \(0, 1\)"),
+    ],
+)
 def test_config_errors_are_one_line(overrides, match):
   with pytest.raises(UsageError, match=match) as e:
     classify_image.Task(_config(**overrides))
@@ -288,8 +324,8 @@ def test_softmax_loss_weights_out_padding():
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
   # A valid PNG header that claims 60000 x 60000 pixels; decoding it would need 3.6 GB.
   def chunk(kind, data):
-    return (len(data).to_bytes(4, "big") + kind + data
-            + zlib.crc32(kind + data).to_bytes(4, "big"))
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
   header = (60000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
   path = tmp_path / "bomb.png"
   path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))

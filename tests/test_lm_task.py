@@ -18,8 +18,12 @@ def _code() -> list[str]:
 
 
 def test_flops_per_unit_follows_the_tokenizer_that_setup_loads(tmp_path):
-  config = tiny_config(str(tmp_path / "tfds"), data__tokenizer="sentencepiece",
-                       data__vocab_size=300, model__vocab_multiple=1)
+  config = tiny_config(
+      str(tmp_path / "tfds"),
+      data__tokenizer="sentencepiece",
+      data__vocab_size=300,
+      model__vocab_multiple=1,
+  )
   task = lm.Task(config)
   assert task.model.vocab_size == 300
   before = task.flops_per_unit
@@ -27,8 +31,9 @@ def test_flops_per_unit_follows_the_tokenizer_that_setup_loads(tmp_path):
   # The workdir already holds a tokenizer with another vocabulary (an earlier run's): setup()
   # loads it and rebuilds the model around it.
   workdir = tmp_path / "run"
-  tokenizers.build_tokenizer("sentencepiece", _code(), vocab_size=400,
-                             directory=str(workdir / lm.TOKENIZER_DIR))
+  tokenizers.build_tokenizer(
+      "sentencepiece", _code(), vocab_size=400, directory=str(workdir / lm.TOKENIZER_DIR)
+  )
   task.setup(str(workdir), create=False)
   assert task.model.vocab_size == 400
   assert task.flops_per_unit == gpt.flops_per_token(task.model)

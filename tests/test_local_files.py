@@ -20,8 +20,10 @@ tfds.disable_progress_bar()
 @contextlib.contextmanager
 def deadline(seconds: float):
   """Fails the test instead of hanging: glob.glob spent its time in Python, so an alarm stops it."""
+
   def expired(signum, frame):
     raise TimeoutError(f"took longer than {seconds} s")
+
   previous = signal.signal(signal.SIGALRM, expired)
   signal.setitimer(signal.ITIMER_REAL, seconds)
   try:
@@ -60,14 +62,17 @@ A = [f"src/a{i}.txt" for i in range(10)]
 B = [f"src/sub/b{i}.txt" for i in range(10)]
 
 
-@pytest.mark.parametrize("pattern, expected", [
-    ("src/**/*.txt", A + B + ["other/x.txt"]),
-    ("src/**/../*.txt", A + ["top.txt", "other/x.txt"]),  # parents of src and of its folders
-    ("src/**/../**/*.txt", A + B + ["top.txt", "other/x.txt"]),
-    ("src/loop/loop/../**/*.txt", A + B + ["top.txt", "other/x.txt"]),  # loop/.. is tmp
-    ("src/loop/sub/up/link.txt", ["src/a0.txt"]),
-    ("src/*/*.txt", A + B + ["other/x.txt"]),  # src/loop/*.txt are src's own files
-])
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("src/**/*.txt", A + B + ["other/x.txt"]),
+        ("src/**/../*.txt", A + ["top.txt", "other/x.txt"]),  # parents of src and of its folders
+        ("src/**/../**/*.txt", A + B + ["top.txt", "other/x.txt"]),
+        ("src/loop/loop/../**/*.txt", A + B + ["top.txt", "other/x.txt"]),  # loop/.. is tmp
+        ("src/loop/sub/up/link.txt", ["src/a0.txt"]),
+        ("src/*/*.txt", A + B + ["other/x.txt"]),  # src/loop/*.txt are src's own files
+    ],
+)
 def test_glob_through_symlink_loops_finds_each_real_file_once_and_quickly(tree, pattern, expected):
   with deadline(20):
     found, _, loops = files.match(f"{tree}/{pattern}")
@@ -90,16 +95,22 @@ def test_glob_keeps_globs_rules_for_hidden_names_and_plain_paths(tmp_path):
     os.makedirs(tmp_path / os.path.dirname(rel), exist_ok=True)
     (tmp_path / rel).write_text(rel)
   for pattern in ("**/*.txt", "*", ".*", "d/*/f.txt", "a.txt", "nope.txt", "**"):
-    want = sorted({os.path.realpath(p) for p in glob.glob(f"{tmp_path}/{pattern}", recursive=True)
-                   if os.path.isfile(p)})
+    want = sorted(
+        {
+            os.path.realpath(p)
+            for p in glob.glob(f"{tmp_path}/{pattern}", recursive=True)
+            if os.path.isfile(p)
+        }
+    )
     assert files.match(f"{tmp_path}/{pattern}")[0] == want, pattern
 
 
 def _load_counting_reads(monkeypatch, source, data_dir, val_percent=30):
   reads = collections.Counter()
   original = corpora.TextFiles._read
-  monkeypatch.setattr(corpora.TextFiles, "_read",
-                      lambda self, path: reads.update([path]) or original(self, path))
+  monkeypatch.setattr(
+      corpora.TextFiles, "_read", lambda self, path: reads.update([path]) or original(self, path)
+  )
   with deadline(60):
     splits = corpora.load_text_splits(source, data_dir=data_dir, val_percent=val_percent)
   return {k: list(v) for k, v in splits.items()}, reads
@@ -107,17 +118,20 @@ def _load_counting_reads(monkeypatch, source, data_dir, val_percent=30):
 
 @pytest.mark.parametrize("pattern", ["src/**/*.txt", "src/**/../**/*.txt"])
 def test_a_corpus_through_loops_reads_each_file_once_and_splits_by_real_file(
-    tree, pattern, monkeypatch, caplog):
+    tree, pattern, monkeypatch, caplog
+):
   caplog.set_level(logging.WARNING, logger="absl")
-  splits, reads = _load_counting_reads(monkeypatch, f"text_files:{tree}/{pattern}",
-                                       str(tree / "tfds"))
+  splits, reads = _load_counting_reads(
+      monkeypatch, f"text_files:{tree}/{pattern}", str(tree / "tfds")
+  )
   train, val = splits["train"], splits["validation"]
   expected = files.match(f"{tree}/{pattern}")[0]
   assert sorted(train + val) == sorted(open(p).read() for p in expected)
   assert val and train and not set(train) & set(val)
   assert set(reads.values()) == {1} and len(reads) == len(expected)
   assert "read each file once: dropped" in caplog.text and "paths to a file already matched" in (
-      caplog.text)
+      caplog.text
+  )
 
 
 def _names_on_both_sides(val_percent):
@@ -129,7 +143,8 @@ def _names_on_both_sides(val_percent):
 
 
 def test_the_same_text_under_two_names_is_kept_once_so_validation_is_unseen(
-    tmp_path, monkeypatch, caplog):
+    tmp_path, monkeypatch, caplog
+):
   caplog.set_level(logging.WARNING, logger="absl")
   src = tmp_path / "src"
   src.mkdir()
@@ -138,8 +153,9 @@ def test_the_same_text_under_two_names_is_kept_once_so_validation_is_unseen(
   copy_in_val, copy_in_train = _names_on_both_sides(30)
   for name in (copy_in_val, copy_in_train):
     (src / name).write_text("the same chapter, copied\n" * 3)
-  splits, reads = _load_counting_reads(monkeypatch, f"text_files:{src}/*.txt",
-                                       str(tmp_path / "tfds"))
+  splits, reads = _load_counting_reads(
+      monkeypatch, f"text_files:{src}/*.txt", str(tmp_path / "tfds")
+  )
   everything = splits["train"] + splits["validation"]
   assert everything.count("the same chapter, copied\n" * 3) == 1
   assert not set(splits["train"]) & set(splits["validation"])
@@ -162,7 +178,6 @@ def test_two_copies_of_one_text_are_split_by_text_like_a_single_file(tmp_path):
   text = "".join(f"line {i}\n" for i in range(100))
   for name in ("one.txt", "two.txt"):
     (tmp_path / name).write_text(text)
-  splits = corpora.load_text_splits(f"text_files:{tmp_path}/*.txt",
-                                    data_dir=str(tmp_path / "tfds"))
+  splits = corpora.load_text_splits(f"text_files:{tmp_path}/*.txt", data_dir=str(tmp_path / "tfds"))
   assert splits["train"][0] + splits["validation"][0] == text
   assert len(splits["train"]) == len(splits["validation"]) == 1

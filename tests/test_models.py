@@ -26,7 +26,8 @@ def test_every_preset_has_exactly_its_models_default_keys(experiment):
     assert config.model.name in module.MODELS, spec
     assert set(config.model) == expected, (
         f"{spec}: stray {sorted(set(config.model) - expected)}, "
-        f"missing {sorted(expected - set(config.model))}")
+        f"missing {sorted(expected - set(config.model))}"
+    )
     # The model the preset runs declares every field its make reads (the rest are the others').
     own = models.default_config(config.model.name)
     assert set(own) <= set(config.model), spec
@@ -58,10 +59,17 @@ def test_make_reads_every_field_without_fallbacks(name):
   """A config without any one of the model's fields fails in make: make keeps no second, hidden
   default, and default_config declares no field that nothing reads (rnn's max_len is read by the
   classify_text task, which truncates texts to it)."""
-  task_args = {"gpt": dict(vocab_size=40), "seq2seq": dict(
-      src_vocab_size=40, tgt_vocab_size=40, share_embeddings=True), "mlp": dict(num_outputs=1)}
-  args = task_args.get(name, dict(vocab_size=40, num_classes=3) if name in (
-      "text_encoder", "rnn") else dict(num_classes=3))
+  task_args = {
+      "gpt": dict(vocab_size=40),
+      "seq2seq": dict(src_vocab_size=40, tgt_vocab_size=40, share_embeddings=True),
+      "mlp": dict(num_outputs=1),
+  }
+  args = task_args.get(
+      name,
+      dict(vocab_size=40, num_classes=3)
+      if name in ("text_encoder", "rnn")
+      else dict(num_classes=3),
+  )
   cfg = models.default_config(name)
   models.make(cfg, **args)  # the defaults build
   for key in sorted(set(cfg) - ({"max_len"} if name == "rnn" else set())):

@@ -11,8 +11,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_py(*args, check=True):
-  result = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+      [sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   if check and result.returncode:
     raise AssertionError(f"run.py {args} exited {result.returncode}:\n{result.stderr[-3000:]}")
   return result
@@ -26,30 +27,50 @@ def test_train_resume_sample_eval(tmp_path):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
 
-  more = run_py("--experiment=textgen:tiny", f"--workdir={workdir}", data,
-                "--config.train.steps=50")
+  more = run_py(
+      "--experiment=textgen:tiny", f"--workdir={workdir}", data, "--config.train.steps=50"
+  )
   assert "Resumed from" in more.stderr and "step 50/50" in more.stderr
   assert "step 10/" not in more.stderr
 
-  sample = run_py("--experiment=textgen:tiny", f"--workdir={workdir}", data, "--mode=sample",
-                  "--config.sample.prompt=class ", "--config.sample.num_samples=2",
-                  "--config.sample.top_k=5", "--config.sample.seed=3")
+  sample = run_py(
+      "--experiment=textgen:tiny",
+      f"--workdir={workdir}",
+      data,
+      "--mode=sample",
+      "--config.sample.prompt=class ",
+      "--config.sample.num_samples=2",
+      "--config.sample.top_k=5",
+      "--config.sample.seed=3",
+  )
   assert sample.stdout.count("--- sample") == 2 and "\nclass " in sample.stdout
 
   evaluated = run_py("--experiment=textgen:tiny", f"--workdir={workdir}", data, "--mode=eval")
   assert "step 50:" in evaluated.stdout and "perplexity" in evaluated.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--experiment=textgen:tiny", "--config.model.num_layer=2"], "did you mean model.num_layers"),
-    (["--experiment=textgen:tiny", "--config.train.steps=abc"], "expected int"),
-    (["--experiment=textgen:huge"], "unknown preset 'huge'"),
-    (["--experiment=textgen:tiny", "--mode=serve"], "--mode='serve' is not valid"),
-    (["--experiment=textgen:tiny", "--config.model.embed_dim=30", "--config.model.num_heads=4"],
-     "model.embed_dim=30 must be divisible by model.num_heads=4"),
-    (["--experiment=textgen:tiny", "--config.train.batch_size=12"], "does not divide over 8"),
-    (["--experiment=textgen:tiny", "--config.parallel.fsdp=2"], "need parallel.strategy=mesh"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--experiment=textgen:tiny", "--config.model.num_layer=2"],
+            "did you mean model.num_layers",
+        ),
+        (["--experiment=textgen:tiny", "--config.train.steps=abc"], "expected int"),
+        (["--experiment=textgen:huge"], "unknown preset 'huge'"),
+        (["--experiment=textgen:tiny", "--mode=serve"], "--mode='serve' is not valid"),
+        (
+            [
+                "--experiment=textgen:tiny",
+                "--config.model.embed_dim=30",
+                "--config.model.num_heads=4",
+            ],
+            "model.embed_dim=30 must be divisible by model.num_heads=4",
+        ),
+        (["--experiment=textgen:tiny", "--config.train.batch_size=12"], "does not divide over 8"),
+        (["--experiment=textgen:tiny", "--config.parallel.fsdp=2"], "need parallel.strategy=mesh"),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, message):
   workdir = tmp_path / "run"
   result = run_py(*args, f"--workdir={workdir}", check=False)
@@ -61,17 +82,32 @@ def test_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, mess
 
 def test_the_benchmark_takes_run_py_config_overrides(tmp_path):
   """One override syntax for every command: --config.a.b=v, checked the same way."""
-  bench = [sys.executable, "-m", "bigmodel_jax.bench", "--presets=tiny", "--sections=train",
-           "--repeats=1", "--chunk=2", f"--out={tmp_path / 'bench.json'}"]
-  bad = subprocess.run([*bench, "--config.model.num_layer=1"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+  bench = [
+      sys.executable,
+      "-m",
+      "bigmodel_jax.bench",
+      "--presets=tiny",
+      "--sections=train",
+      "--repeats=1",
+      "--chunk=2",
+      f"--out={tmp_path / 'bench.json'}",
+  ]
+  bad = subprocess.run(
+      [*bench, "--config.model.num_layer=1"], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert bad.returncode == 2 and "did you mean model.num_layers" in bad.stderr.splitlines()[-1]
-  subprocess.run([*bench, "--config.model.num_layers=1"], cwd=REPO, check=True, timeout=300,
-                 capture_output=True)
+  subprocess.run(
+      [*bench, "--config.model.num_layers=1"],
+      cwd=REPO,
+      check=True,
+      timeout=300,
+      capture_output=True,
+  )
   with open(tmp_path / "bench.json") as f:
     (result,) = json.load(f)["train"]
   from bigmodel_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from bigmodel_jax import tasks
+
   config = config_lib.from_command_line("textgen:tiny", {"model.num_layers": "1"})
   expected = tasks.get("lm")(config).flops_per_unit
   assert result["model_flops_per_s"] / result["tokens_per_s"] == pytest.approx(expected)

@@ -21,8 +21,9 @@ def data_dir(tmp_path_factory):
 
 
 def _losses(workdir, upto=None):
-  return np.array([r["loss"] for s, r in sorted(read_metrics(workdir).items())
-                   if upto is None or s <= upto])
+  return np.array(
+      [r["loss"] for s, r in sorted(read_metrics(workdir).items()) if upto is None or s <= upto]
+  )
 
 
 def _free_port() -> int:
@@ -35,15 +36,27 @@ def _two_processes(workdir, data_dir, steps):
   """One run of 2 processes x 2 CPU devices, as two VMs would run it."""
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  common = ["--experiment=textgen:tiny", f"--workdir={workdir}", "--config.parallel.strategy=mesh",
-            f"--config.train.steps={steps}", "--config.train.log_every=1",
-            "--config.sample.num_samples=0", f"--config.data.tfds_data_dir={data_dir}",
-            f"--config.distributed.coordinator=127.0.0.1:{port}",
-            "--config.distributed.num_processes=2"]
-  procs = [subprocess.Popen([sys.executable, "run.py", *common,
-                             f"--config.distributed.process_id={i}"],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  common = [
+      "--experiment=textgen:tiny",
+      f"--workdir={workdir}",
+      "--config.parallel.strategy=mesh",
+      f"--config.train.steps={steps}",
+      "--config.train.log_every=1",
+      "--config.sample.num_samples=0",
+      f"--config.data.tfds_data_dir={data_dir}",
+      f"--config.distributed.coordinator=127.0.0.1:{port}",
+      "--config.distributed.num_processes=2",
+  ]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "run.py", *common, f"--config.distributed.process_id={i}"],
+          cwd=REPO,
+          env=env,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
   errors = [p.communicate(timeout=600)[1] for p in procs]
   for p, err in zip(procs, errors):
     assert p.returncode == 0, err[-3000:]
@@ -53,8 +66,16 @@ def _two_processes(workdir, data_dir, steps):
 def test_two_processes_match_one_process_and_resume(data_dir, tmp_path):
   one = str(tmp_path / "one")
   for steps in (4, 8):  # train to 4, then resume to 8
-    trainer.run(tiny_config(data_dir, parallel__strategy="mesh", parallel__num_devices=4,
-                            train__steps=steps, train__log_every=1), one)
+    trainer.run(
+        tiny_config(
+            data_dir,
+            parallel__strategy="mesh",
+            parallel__num_devices=4,
+            train__steps=steps,
+            train__log_every=1,
+        ),
+        one,
+    )
   two = str(tmp_path / "two")
   _two_processes(two, data_dir, 4)
   errors = _two_processes(two, data_dir, 8)
@@ -80,18 +101,22 @@ def test_plan_shows_fsdp_dividing_parameter_memory(data_dir, capsys):
   assert not os.path.exists("/nonexistent/never/written")
 
 
-@pytest.mark.parametrize("before, after", [
-    ({"strategy": "mesh", "fsdp": 8}, {"strategy": "mesh", "fsdp": 2, "tensor": 2,
-                                        "num_devices": 4}),
-    ({"strategy": "pmap"}, {"strategy": "pmap", "num_devices": 4}),
-])
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        (
+            {"strategy": "mesh", "fsdp": 8},
+            {"strategy": "mesh", "fsdp": 2, "tensor": 2, "num_devices": 4},
+        ),
+        ({"strategy": "pmap"}, {"strategy": "pmap", "num_devices": 4}),
+    ],
+)
 def test_elastic_resume_onto_fewer_devices(data_dir, tmp_path, before, after):
   settings = lambda p: {f"parallel__{k}": v for k, v in p.items()}
   whole = str(tmp_path / "whole")
   trainer.run(tiny_config(data_dir, train__log_every=5, **settings(before)), whole)
   elastic = str(tmp_path / "elastic")
-  trainer.run(tiny_config(data_dir, train__log_every=5, **settings(before)), elastic,
-              stop_after=20)
+  trainer.run(tiny_config(data_dir, train__log_every=5, **settings(before)), elastic, stop_after=20)
   trainer.run(tiny_config(data_dir, train__log_every=5, **settings(after)), elastic)
   np.testing.assert_allclose(_losses(elastic), _losses(whole), rtol=2e-5)
 
@@ -107,24 +132,29 @@ parallel.configure_cpu_devices(config)
 print(jax.device_count())
 """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                       text=True, check=True).stdout
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+  ).stdout
   assert out.split()[-1] == "3"
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ({"train.batch_size": 12}, 6),                                   # 8 doesn't divide 12
-    ({"train.batch_size": 16}, 8),
-    ({"train.batch_size": 11}, 1),                                   # prime, above 8
-    ({"train.batch_size": 12, "train.grad_accum_steps": 2}, 6),      # micro-batch 6
-    ({"train.batch_size": 24, "distributed.num_processes": 2}, 6),   # 12 per process
-    ({"train.batch_size": 12, "parallel.strategy": "mesh", "parallel.tensor": 4}, 4),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"train.batch_size": 12}, 6),  # 8 doesn't divide 12
+        ({"train.batch_size": 16}, 8),
+        ({"train.batch_size": 11}, 1),  # prime, above 8
+        ({"train.batch_size": 12, "train.grad_accum_steps": 2}, 6),  # micro-batch 6
+        ({"train.batch_size": 24, "distributed.num_processes": 2}, 6),  # 12 per process
+        ({"train.batch_size": 12, "parallel.strategy": "mesh", "parallel.tensor": 4}, 4),
+    ],
+)
 def test_cpu_devices_auto_picks_one_per_core_that_divides(monkeypatch, overrides, expected):
   """cpu_devices=-1 on an 8-core host: the most devices that split the per-process micro-batch
   and that the mesh's model axes divide."""
   from bigmodel_jax import config as config_lib
   from bigmodel_jax import parallel
+
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
   config = config_lib.load_experiment("textgen:tiny")
   config_lib.set_values(config, overrides, "test")

@@ -50,7 +50,7 @@ def _rule_label(text: str) -> int:
   if ", but " in text:
     return polarity(text.split(", but ")[1])
   if text.startswith("although "):
-    return polarity(text[len("although "):].split(", ")[1])
+    return polarity(text[len("although ") :].split(", ")[1])
   if ", even though " in text:
     return polarity(text.split(", even though ")[0])
   return polarity(text)
@@ -68,8 +68,15 @@ def test_generated_labels_follow_order_and_negation(corpus):
   for text, label in reviews.PROBES:
     assert _rule_label(text) == label, text
   forms = collections.Counter(
-      "but" if ", but " in t else "even" if "even though" in t else
-      "although" if "lthough" in t else "single" for t in corpus["train"][0])
+      "but"
+      if ", but " in t
+      else "even"
+      if "even though" in t
+      else "although"
+      if "lthough" in t
+      else "single"
+      for t in corpus["train"][0]
+  )
   assert min(forms.values()) > 400  # every form is well represented
 
 
@@ -99,18 +106,24 @@ def test_a_bag_of_words_cannot_solve_it(corpus):
 # --- models --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides", [
-    {"model.name": "text_encoder"},
-    {"model.name": "text_encoder", "model.pooling": "first"},
-    {"model.name": "rnn", "model.cell": "lstm"},
-    {"model.name": "rnn", "model.cell": "gru", "model.bidirectional": False,
-     "model.num_layers": 2},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.name": "text_encoder"},
+        {"model.name": "text_encoder", "model.pooling": "first"},
+        {"model.name": "rnn", "model.cell": "lstm"},
+        {
+            "model.name": "rnn",
+            "model.cell": "gru",
+            "model.bidirectional": False,
+            "model.num_layers": 2,
+        },
+    ],
+)
 def test_models_ignore_padding_and_see_word_order(overrides):
   cfg = _config(**{k.replace(".", "__"): v for k, v in overrides.items()}).model
   model = models.make(cfg, vocab_size=20, num_classes=3)
-  tokens = np.array([[5, 6, 7, 0, 0, 0], [3, 0, 0, 0, 0, 0], [0] * 6, [7, 6, 5, 0, 0, 0]],
-                    np.int32)
+  tokens = np.array([[5, 6, 7, 0, 0, 0], [3, 0, 0, 0, 0, 0], [0] * 6, [7, 6, 5, 0, 0, 0]], np.int32)
   variables = model.init(jax.random.key(0), tokens)
   logits = model.apply(variables, tokens)
   assert logits.shape == (4, 3) and logits.dtype == np.float32
@@ -124,8 +137,9 @@ def test_models_ignore_padding_and_see_word_order(overrides):
 @pytest.mark.parametrize("name", ["text_encoder", "rnn"])
 def test_plan_shards_the_model_over_a_mesh(name, tmp_path):
   """Logical axis names map onto a (data 2, fsdp 2, tensor 2) mesh: the train step compiles."""
-  config = _config(model__name=name, parallel__strategy="mesh", parallel__fsdp=2,
-                   parallel__tensor=2)
+  config = _config(
+      model__name=name, parallel__strategy="mesh", parallel__fsdp=2, parallel__tensor=2
+  )
   report = trainer.run(config, str(tmp_path / "plan"), "plan")
   assert report["parameters"] > 10_000 and report["flops_per_step_per_device"] > 0
 
@@ -199,16 +213,23 @@ def test_a_long_predict_input_is_cut_with_a_warning_or_refused(trained, caplog, 
   assert "predict.input is" not in caplog.text
   config.predict.input = text
   out = trainer.run(config, workdir, "predict")
-  assert (f"predict.input is {len(text)} tokens long but the model reads 48 (model.max_len=48): "
-          "only its first 48 tokens were used; predict.on_long_input=error refuses") in caplog.text
+  assert (
+      f"predict.input is {len(text)} tokens long but the model reads 48 (model.max_len=48): "
+      "only its first 48 tokens were used; predict.on_long_input=error refuses"
+  ) in caplog.text
   assert out["label"] == first_part["label"]
   assert out["probabilities"] == pytest.approx(first_part["probabilities"], abs=1e-6)
   capsys.readouterr()
   config.predict.on_long_input = "error"
   try:
-    with pytest.raises(UsageError, match=(
-        rf"^predict.input is {len(text)} tokens long but the model reads 48 \(model.max_len=48\); "
-        r"shorten it, or set predict.on_long_input=warn to use its first 48 tokens$")):
+    with pytest.raises(
+        UsageError,
+        match=(
+            rf"^predict.input is {len(text)} tokens long but the model reads 48 "
+            r"\(model.max_len=48\); "
+            r"shorten it, or set predict.on_long_input=warn to use its first 48 tokens$"
+        ),
+    ):
       trainer.run(config, workdir, "predict")
     assert capsys.readouterr().out == ""  # refused before predicting anything
   finally:
@@ -224,8 +245,10 @@ def test_each_split_logs_once_how_many_texts_were_cut(tmp_path, caplog):
     texts = task._texts(split)[0]
     cut = sum(len(t.encode()) > 40 for t in texts)
     assert 0 < cut < len(texts)
-    assert (f"{split} split: {cut} of {len(texts)} texts are longer than model.max_len=40 tokens "
-            "and were cut to their first 40") in caplog.text
+    assert (
+        f"{split} split: {cut} of {len(texts)} texts are longer than model.max_len=40 tokens "
+        "and were cut to their first 40"
+    ) in caplog.text
   assert len([r for r in caplog.records if "texts are longer than" in r.getMessage()]) == 2
 
 
@@ -244,14 +267,20 @@ def test_modes_need_a_trained_workdir(tmp_path):
 def mock_imdb(tmp_path):
   data_dir = str(tmp_path / "tfds")
   prepared_tfds_metadata(data_dir, "imdb_reviews", {"train": 24, "test": 24})
-  with tfds.testing.mock_data(num_examples=24, data_dir=data_dir,
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with tfds.testing.mock_data(
+      num_examples=24, data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES
+  ):
     yield data_dir
 
 
 def test_imdb_reviews_trains_and_evaluates_from_tfds(mock_imdb, tmp_path):
-  config = _config(data__source="tfds:imdb_reviews", data__tfds_data_dir=mock_imdb,
-                   train__steps=4, train__batch_size=8, train__eval_every=4)
+  config = _config(
+      data__source="tfds:imdb_reviews",
+      data__tfds_data_dir=mock_imdb,
+      train__steps=4,
+      train__batch_size=8,
+      train__eval_every=4,
+  )
   task = classify_text.Task(config)
   assert task.class_names == ("neg", "pos") and task.eval_split == "test"
   texts, labels = task._texts("train")
@@ -262,40 +291,65 @@ def test_imdb_reviews_trains_and_evaluates_from_tfds(mock_imdb, tmp_path):
 
 
 def test_tfds_errors_are_one_line(mock_imdb, tmp_path):
-  with pytest.raises(UsageError, match=r"data.label_key='rating' is not a ClassLabel feature of "
-                     r"tfds:imdb_reviews; features: label \(ClassLabel\), text \(Text\)"):
-    classify_text.Task(_config(data__source="tfds:imdb_reviews", data__tfds_data_dir=mock_imdb,
-                               data__label_key="rating"))
+  with pytest.raises(
+      UsageError,
+      match=r"data.label_key='rating' is not a ClassLabel feature of "
+      r"tfds:imdb_reviews; features: label \(ClassLabel\), text \(Text\)",
+  ):
+    classify_text.Task(
+        _config(
+            data__source="tfds:imdb_reviews",
+            data__tfds_data_dir=mock_imdb,
+            data__label_key="rating",
+        )
+    )
   with pytest.raises(UsageError, match=r"data.text_key='label' is not a Text feature"):
-    classify_text.Task(_config(data__source="tfds:imdb_reviews", data__tfds_data_dir=mock_imdb,
-                               data__text_key="label"))
+    classify_text.Task(
+        _config(
+            data__source="tfds:imdb_reviews", data__tfds_data_dir=mock_imdb, data__text_key="label"
+        )
+    )
 
 
 def test_unprepared_or_unknown_tfds_dataset(tmp_path):
-  with pytest.raises(UsageError, match=r"tfds:imdb_reviews is not prepared in .* cannot be "
-                     r"downloaded offline; .*tfds build imdb_reviews") as e:
-    classify_text.Task(_config(data__source="tfds:imdb_reviews",
-                               data__tfds_data_dir=str(tmp_path)))
+  with pytest.raises(
+      UsageError,
+      match=r"tfds:imdb_reviews is not prepared in .* cannot be "
+      r"downloaded offline; .*tfds build imdb_reviews",
+  ) as e:
+    classify_text.Task(_config(data__source="tfds:imdb_reviews", data__tfds_data_dir=str(tmp_path)))
   assert "\n" not in str(e.value)
-  with pytest.raises(UsageError,
-                     match=r"unknown tfds dataset 'imdb_reveiws'; did you mean tfds:imdb_reviews"):
+  with pytest.raises(
+      UsageError, match=r"unknown tfds dataset 'imdb_reveiws'; did you mean tfds:imdb_reviews"
+  ):
     classify_text.Task(_config(data__source="tfds:imdb_reveiws"))
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"data.source": "wikipedia"}, r"data.source='wikipedia' is not valid; valid: reviews, tfds:"),
-    ({"data.tokenizer": "wordpiece"}, r"data.tokenizer='wordpiece' is not valid; valid: byte"),
-    ({"data.num_train": 0}, r"data.num_train=0 must be a positive integer"),
-    ({"model.name": "gpt"}, r"model.name='gpt' is not valid; valid: text_encoder, rnn"),
-    ({"model.max_len": 0}, r"model.max_len=0 must be a positive integer"),
-    ({"model.pooling": "max"}, r"model.pooling='max' is unknown; valid: mean, first"),
-    ({"model.num_heads": 3}, r"model.embed_dim=32 must be divisible by model.num_heads=3"),
-    ({"model.name": "rnn", "model.cell": "rnn"}, r"model.cell='rnn' is unknown; valid: lstm, gru"),
-    ({"model.name": "rnn", "model.hidden_dim": 0}, r"model.hidden_dim=0 must be a positive"),
-    ({"predict.num_examples": -1}, r"predict.num_examples=-1 must be >= 0"),
-    ({"predict.on_long_input": "cut"}, r"predict.on_long_input='cut' is not valid; valid: warn, "
-     r"error"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            {"data.source": "wikipedia"},
+            r"data.source='wikipedia' is not valid; valid: reviews, tfds:",
+        ),
+        ({"data.tokenizer": "wordpiece"}, r"data.tokenizer='wordpiece' is not valid; valid: byte"),
+        ({"data.num_train": 0}, r"data.num_train=0 must be a positive integer"),
+        ({"model.name": "gpt"}, r"model.name='gpt' is not valid; valid: text_encoder, rnn"),
+        ({"model.max_len": 0}, r"model.max_len=0 must be a positive integer"),
+        ({"model.pooling": "max"}, r"model.pooling='max' is unknown; valid: mean, first"),
+        ({"model.num_heads": 3}, r"model.embed_dim=32 must be divisible by model.num_heads=3"),
+        (
+            {"model.name": "rnn", "model.cell": "rnn"},
+            r"model.cell='rnn' is unknown; valid: lstm, gru",
+        ),
+        ({"model.name": "rnn", "model.hidden_dim": 0}, r"model.hidden_dim=0 must be a positive"),
+        ({"predict.num_examples": -1}, r"predict.num_examples=-1 must be >= 0"),
+        (
+            {"predict.on_long_input": "cut"},
+            r"predict.on_long_input='cut' is not valid; valid: warn, error",
+        ),
+    ],
+)
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, overrides, match):
   config = _config(**{k.replace(".", "__"): v for k, v in overrides.items()})
   with pytest.raises(UsageError, match=match) as e:

@@ -45,8 +45,10 @@ def trained(tmp_path_factory):
 
 def test_sigmoid_loss_is_stable_bce_on_logits_and_accuracy_thresholds_at_half():
   logits = np.array([-3.0, 0.1, 2.0, 60.0, -0.5], np.float32)
-  batch = {"label": np.array([0.0, 0.0, 1.0, 0.0, 1.0], np.float32),
-           "weight": np.array([1, 1, 1, 1, 0], np.float32)}
+  batch = {
+      "label": np.array([0.0, 0.0, 1.0, 0.0, 1.0], np.float32),
+      "weight": np.array([1, 1, 1, 1, 0], np.float32),
+  }
   loss, metrics = classification.sigmoid_loss(logits, batch)
   z, y = logits[:4].astype(np.float64), batch["label"][:4]
   bce = np.logaddexp(0, z) - y * z  # = -[y log p + (1 - y) log(1 - p)], p = sigmoid(z)
@@ -68,8 +70,11 @@ def test_loss_falls_and_final_eval_has_accuracy_and_auc(trained):
   assert val[40]["accuracy"] > 0.85 and val[40]["auc"] > 0.95
   assert "auc" not in val[20]  # host-side AUC only at the end
   # The showcase's confusion matrix covers the 114 test rows and agrees with the eval accuracy.
-  rows = {line.split()[0]: [int(x) for x in line.split()[2:]] for line in printed.splitlines()
-          if line.strip().startswith(("benign (0)", "malignant (1)"))}
+  rows = {
+      line.split()[0]: [int(x) for x in line.split()[2:]]
+      for line in printed.splitlines()
+      if line.strip().startswith(("benign (0)", "malignant (1)"))
+  }
   m = np.array([rows["benign"], rows["malignant"]])
   assert m.sum() == 114 and m[1].sum() == 42  # 212 of 569 are malignant
   assert np.trace(m) / 114 == pytest.approx(val[40]["accuracy"])
@@ -135,8 +140,12 @@ HEADER = ["customer", "tenure", "plan", "spend", "churned"]
 def csv_run(tmp_path_factory):
   d = tmp_path_factory.mktemp("csv")
   path = _write_csv(d / "churn.csv", HEADER, _churn_rows(240, 0))
-  config = _config(data__source=f"csv:{path}", data__label_column="churned",
-                   data__drop_columns=("customer",), train__steps=60)
+  config = _config(
+      data__source=f"csv:{path}",
+      data__label_column="churned",
+      data__drop_columns=("customer",),
+      train__steps=60,
+  )
   workdir = d / "run"
   _run(config, workdir)
   return config, str(workdir), d
@@ -151,7 +160,10 @@ def test_csv_trains_and_saves_its_preprocessing(csv_run):
   kinds = {f["name"]: f["kind"] for f in saved["features"]}
   assert kinds == {"tenure": "numeric", "plan": "categorical", "spend": "numeric"}
   assert [f for f in saved["features"] if f["name"] == "plan"][0]["categories"] == [
-      "basic", "plus", "pro"]
+      "basic",
+      "plus",
+      "pro",
+  ]
 
 
 def test_predict_writes_probabilities_and_labels_and_says_where(csv_run):
@@ -180,15 +192,27 @@ def test_predict_writes_probabilities_and_labels_and_says_where(csv_run):
   assert "accuracy on the 50 labelled rows" in printed
 
 
-@pytest.mark.parametrize("header, rows, match", [
-    (["customer", "tenure", "spend"], [["a", 1, 2.0]], r"lacks the feature column\(s\) plan"),
-    (HEADER[:4], [["a", "long", "basic", 2.0]],
-     r"line 2, column 'tenure': 'long' is not a finite number"),
-    (HEADER[:4], [["a", 3, "basic", 2.0], ["b", "inf", "basic", 2.0]],
-     r"line 3, column 'tenure': 'inf' is not a finite number"),
-    (HEADER[:4], [["a", 3, "basic", "-Infinity"]],
-     r"line 2, column 'spend': '-Infinity' is not a finite number"),
-])
+@pytest.mark.parametrize(
+    "header, rows, match",
+    [
+        (["customer", "tenure", "spend"], [["a", 1, 2.0]], r"lacks the feature column\(s\) plan"),
+        (
+            HEADER[:4],
+            [["a", "long", "basic", 2.0]],
+            r"line 2, column 'tenure': 'long' is not a finite number",
+        ),
+        (
+            HEADER[:4],
+            [["a", 3, "basic", 2.0], ["b", "inf", "basic", 2.0]],
+            r"line 3, column 'tenure': 'inf' is not a finite number",
+        ),
+        (
+            HEADER[:4],
+            [["a", 3, "basic", "-Infinity"]],
+            r"line 2, column 'spend': '-Infinity' is not a finite number",
+        ),
+    ],
+)
 def test_predict_input_errors(csv_run, header, rows, match):
   config, workdir, d = csv_run
   config.predict.input = _write_csv(d / "bad.csv", header, rows)
@@ -200,18 +224,26 @@ def test_predict_input_errors(csv_run, header, rows, match):
 def test_predict_needs_an_input_and_a_trained_run(csv_run, tmp_path):
   config, workdir, _ = csv_run
   config.predict.input = ""
-  with pytest.raises(UsageError, match=r"needs --config.predict.input=<csv file> with the feature "
-                     r"columns: tenure, plan, spend"):
+  with pytest.raises(
+      UsageError,
+      match=r"needs --config.predict.input=<csv file> with the feature "
+      r"columns: tenure, plan, spend",
+  ):
     trainer.run(config, workdir, "predict")
   with pytest.raises(RunError, match="no preprocessing.json in"):
     trainer.run(_config(), str(tmp_path / "empty"), "predict")
 
 
-@pytest.mark.parametrize("labels, values, encoded", [
-    (["0", "1"], ["0", "1"], [0, 1]), (["1", "0.0"], ["0.0", "1"], [1, 0]),
-    (["2", "10"], ["2", "10"], [0, 1]),  # numbers by value, not as text
-    (["yes", "no"], ["no", "yes"], [1, 0]), (["M", "B"], ["B", "M"], [1, 0]),
-])
+@pytest.mark.parametrize(
+    "labels, values, encoded",
+    [
+        (["0", "1"], ["0", "1"], [0, 1]),
+        (["1", "0.0"], ["0.0", "1"], [1, 0]),
+        (["2", "10"], ["2", "10"], [0, 1]),  # numbers by value, not as text
+        (["yes", "no"], ["no", "yes"], [1, 0]),
+        (["M", "B"], ["B", "M"], [1, 0]),
+    ],
+)
 def test_binary_labels_map_in_a_documented_order(tmp_path, labels, values, encoded):
   rows = [[i, labels[i % 2]] for i in range(10)]
   table = tables.load(f"csv:{_write_csv(tmp_path / 'l.csv', ['x', 'y'], rows)}", label_column="y")
@@ -231,29 +263,37 @@ def _error(tmp_path, text, **kw):
 
 def test_csv_errors_are_one_line(tmp_path):
   many = "x,id,y\n" + "".join(f"{i},id{i},{i % 2}\n" for i in range(80))
-  assert "missing.csv does not exist" in str(pytest.raises(UsageError, tabular.Task, _config(
-      data__source=f"csv:{tmp_path}/missing.csv", data__label_column="y")).value)
+  assert "missing.csv does not exist" in str(
+      pytest.raises(
+          UsageError,
+          tabular.Task,
+          _config(data__source=f"csv:{tmp_path}/missing.csv", data__label_column="y"),
+      ).value
+  )
   assert "is empty" in _error(tmp_path, "", data__label_column="y")
   assert "has a header but no data rows" in _error(tmp_path, "a,y\n", data__label_column="y")
   msg = _error(tmp_path, "a,b\n1,0\n2,1\n", data__label_column="label")
   assert "data.label_column='label' is not a column" in msg and "one of: a, b" in msg
   assert "needs --config.data.label_column=<name>, one of: a, b" in _error(
-      tmp_path, "a,b\n1,0\n2,1\n")
+      tmp_path, "a,b\n1,0\n2,1\n"
+  )
   msg = _error(tmp_path, "a,y\n1,x\n2,y\n3,z\n", data__label_column="y")
   assert "label column 'y' has 3 distinct values ('x', 'y', 'z')" in msg
-  assert "has 1 distinct value ('x')" in _error(tmp_path, "a,y\n1,x\n2,x\n",
-                                                data__label_column="y")
+  assert "has 1 distinct value ('x')" in _error(tmp_path, "a,y\n1,x\n2,x\n", data__label_column="y")
   msg = _error(tmp_path, many, data__label_column="y", data__max_categories=20)
   assert "column 'id' is not numeric (e.g. 'id0') and has 64 distinct values" in msg
   assert "--config.data.drop_columns=id" in msg
   assert "line 3 has 3 fields but the header has 2" in _error(
-      tmp_path, "a,y\n1,0\n2,1,5\n", data__label_column="y")
+      tmp_path, "a,y\n1,0\n2,1,5\n", data__label_column="y"
+  )
   assert "line 3 has no label" in _error(tmp_path, "a,y\n1,0\n2,\n3,1\n", data__label_column="y")
   assert len(tables.load("breast_cancer", drop_columns=("mean radius",)).columns) == 29
-  assert "data.drop_columns: radius not in breast_cancer" in str(pytest.raises(
-      UsageError, tabular.Task, _config(data__drop_columns=("radius",))).value)
-  assert "data.source='parquet:x' is not valid" in str(pytest.raises(
-      UsageError, tabular.Task, _config(data__source="parquet:x")).value)
+  assert "data.drop_columns: radius not in breast_cancer" in str(
+      pytest.raises(UsageError, tabular.Task, _config(data__drop_columns=("radius",))).value
+  )
+  assert "data.source='parquet:x' is not valid" in str(
+      pytest.raises(UsageError, tabular.Task, _config(data__source="parquet:x")).value
+  )
 
 
 def test_predict_never_writes_over_its_input_or_into_a_directory(csv_run):

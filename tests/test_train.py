@@ -73,8 +73,9 @@ def test_modes_that_need_a_checkpoint_say_so(data_dir, tmp_path):
 
 
 def _losses(data_dir, workdir, steps=6, **overrides):
-  config = tiny_config(data_dir, train__steps=steps, train__log_every=1, train__eval_every=100,
-                       **overrides)
+  config = tiny_config(
+      data_dir, train__steps=steps, train__log_every=1, train__eval_every=100, **overrides
+  )
   trainer.run(config, workdir)
   return np.array([r["loss"] for _, r in sorted(read_metrics(workdir).items())])
 
@@ -83,8 +84,13 @@ def test_pmap_mesh_and_one_device_agree(data_dir, tmp_path):
   assert jax.device_count() == 8
   single = _losses(data_dir, str(tmp_path / "one"), parallel__num_devices=1)
   pmap8 = _losses(data_dir, str(tmp_path / "pmap"))
-  mesh = _losses(data_dir, str(tmp_path / "mesh"), parallel__strategy="mesh",
-                 parallel__fsdp=2, parallel__tensor=2)
+  mesh = _losses(
+      data_dir,
+      str(tmp_path / "mesh"),
+      parallel__strategy="mesh",
+      parallel__fsdp=2,
+      parallel__tensor=2,
+  )
   assert len(single) == 6 and single[-1] < single[0]
   np.testing.assert_allclose(pmap8, single, rtol=2e-5)
   np.testing.assert_allclose(mesh, single, rtol=2e-5)
@@ -102,8 +108,9 @@ def test_bfloat16_weights_train_on_pmap_and_mesh(data_dir, tmp_path):
 
 def test_gradient_accumulation_matches_one_large_batch(data_dir, tmp_path):
   whole = _losses(data_dir, str(tmp_path / "whole"), steps=4, parallel__num_devices=1)
-  accum = _losses(data_dir, str(tmp_path / "accum"), steps=4, parallel__num_devices=1,
-                  train__grad_accum_steps=4)
+  accum = _losses(
+      data_dir, str(tmp_path / "accum"), steps=4, parallel__num_devices=1, train__grad_accum_steps=4
+  )
   np.testing.assert_allclose(accum, whole, rtol=2e-5)
 
 
@@ -111,8 +118,9 @@ def test_init_from_starts_from_another_runs_parameters(trained, data_dir, tmp_pa
   _, source = trained
   fresh = _losses(data_dir, str(tmp_path / "fresh"), steps=1)
   tuned = _losses(data_dir, str(tmp_path / "tuned"), steps=1, init_from=source)
-  reinit = _losses(data_dir, str(tmp_path / "reinit"), steps=1, init_from=source,
-                   init_reinit=(".*",))
+  reinit = _losses(
+      data_dir, str(tmp_path / "reinit"), steps=1, init_from=source, init_reinit=(".*",)
+  )
   assert tuned[0] < fresh[0] - 0.8
   assert reinit[0] == pytest.approx(fresh[0], rel=1e-6)
 

@@ -82,19 +82,30 @@ def test_date_splits_are_seeded_and_held_out():
 
 # --- the model: cache, masks, parameter names --------------------------------------------------
 
-TINY = dict(num_encoder_layers=2, num_decoder_layers=2, num_heads=2, embed_dim=16, mlp_dim=0,
-            share_embeddings=True, dropout=0.0, dtype=jnp.float32, param_dtype=jnp.float32,
-            vocab_multiple=1)
+TINY = dict(
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    num_heads=2,
+    embed_dim=16,
+    mlp_dim=0,
+    share_embeddings=True,
+    dropout=0.0,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    vocab_multiple=1,
+)
 
 
 def noisy_params(model, seed=0, std=0.7):
   """Random params (numpy: no compile) far from uniform logits; LayerNorm scales near 1."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                          jnp.zeros((1, 3), jnp.int32))["params"]
+  shapes = jax.eval_shape(
+      model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 3), jnp.int32)
+  )["params"]
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map_with_path(
       lambda path, x: (path[-1].key == "scale") + std * rng.standard_normal(x.shape, np.float32),
-      nn.unbox(shapes))
+      nn.unbox(shapes),
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -104,8 +115,9 @@ def teacher_forced(model, params, src, tgt_in):
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_cached_decoding_matches_a_full_recompute(shared):
-  model = seq2seq.Seq2Seq(src_vocab_size=13, tgt_vocab_size=13 if shared else 9,
-                          **dict(TINY, share_embeddings=shared))
+  model = seq2seq.Seq2Seq(
+      src_vocab_size=13, tgt_vocab_size=13 if shared else 9, **dict(TINY, share_embeddings=shared)
+  )
   params = noisy_params(model)
   rng = np.random.default_rng(0)
   src = rng.integers(0, 10, (3, 6)).astype(np.int32)
@@ -115,19 +127,28 @@ def test_cached_decoding_matches_a_full_recompute(shared):
 
   decoder = model.clone(decode=True, decode_len=5)
   encoded, mask = model.apply({"params": params}, src, method="encode")
-  _, state = decoder.apply({"params": params}, tgt_in[:, :1], encoded, mask,
-                           method="run_decoder", mutable=["cache"])
+  _, state = decoder.apply(
+      {"params": params}, tgt_in[:, :1], encoded, mask, method="run_decoder", mutable=["cache"]
+  )
   cache, steps = state["cache"], []
   for t in range(5):  # encoded=None: cross-attention reads the keys/values primed above
-    logits, state = decoder.apply({"params": params, "cache": cache}, tgt_in[:, t:t + 1], None,
-                                  mask, method="run_decoder", mutable=["cache"])
+    logits, state = decoder.apply(
+        {"params": params, "cache": cache},
+        tgt_in[:, t : t + 1],
+        None,
+        mask,
+        method="run_decoder",
+        mutable=["cache"],
+    )
     cache = state["cache"]
     steps.append(logits[:, 0])
   steps = np.stack(steps, 1)
   np.testing.assert_allclose(steps, full, atol=2e-5)
   assert int(cache["decoder"]["cache_index"]) == 5
   assert set(params) == ({"embed"} if shared else {"src_embed", "tgt_embed"}) | {
-      "encoder", "decoder"}
+      "encoder",
+      "decoder",
+  }
 
 
 def test_source_padding_is_masked_and_the_decoder_is_causal():
@@ -155,7 +176,8 @@ def test_parameters_carry_logical_axis_names_and_padded_tables():
   layer = specs["decoder"]["layer_1"]
   assert specs["embed"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
   assert layer["cross_attn"]["query"]["kernel"] == jax.sharding.PartitionSpec(
-      "embed", "heads", "kv")
+      "embed", "heads", "kv"
+  )
   assert layer["mlp"]["fc"]["kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
   assert specs["encoder"]["ln_f"]["scale"] == jax.sharding.PartitionSpec("norm")
 
@@ -199,8 +221,9 @@ def test_beam_scores_are_the_models_log_probs_and_beat_greedy(random_model):
   # Reordered caches would show here: the search's sums equal a teacher-forced rescoring.
   np.testing.assert_allclose(sequence_log_probs(model, params, src, tokens), logp, atol=1e-4)
   lengths = beam_search.strip(tokens, model.tgt_specials[2])
-  np.testing.assert_allclose(score, logp / ((6.0 + np.array([len(t) for t in lengths])) / 6) ** 0.6,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      score, logp / ((6.0 + np.array([len(t) for t in lengths])) / 6) ** 0.6, rtol=1e-5
+  )
   _, _, plain = beam_search.beam_search(model, params, src, 7, 4, 0.0)
   assert plain.mean() > greedy_logp.mean() + 0.5
   assert (plain >= greedy_logp - 1e-4).mean() >= 0.9
@@ -214,12 +237,20 @@ def test_a_wide_enough_beam_finds_the_best_sequence(length_penalty):
   params = noisy_params(model, seed=1, std=1.0)
   src = np.random.default_rng(1).integers(0, 2, (16, 4)).astype(np.int32)
   eos = model.tgt_specials[2]
-  hyps = [[eos]] + [[a, eos] for a in (0, 1)] + [[a, b, eos] for a, b in
-                                                  itertools.product((0, 1), repeat=2)]
+  hyps = (
+      [[eos]]
+      + [[a, eos] for a in (0, 1)]
+      + [[a, b, eos] for a, b in itertools.product((0, 1), repeat=2)]
+  )
   padded = np.array([h + [model.tgt_specials[0]] * (3 - len(h)) for h in hyps], np.int32)
-  scores = np.stack([sequence_log_probs(model, params, src, np.tile(h, (16, 1))) /
-                     ((5.0 + len(hyps[i])) / 6) ** length_penalty
-                     for i, h in enumerate(padded)], 1)  # (16, 7)
+  scores = np.stack(
+      [
+          sequence_log_probs(model, params, src, np.tile(h, (16, 1)))
+          / ((5.0 + len(hyps[i])) / 6) ** length_penalty
+          for i, h in enumerate(padded)
+      ],
+      1,
+  )  # (16, 7)
   tokens, score, logp = beam_search.beam_search(model, params, src, 3, 8, length_penalty)
   np.testing.assert_allclose(score, scores.max(1), rtol=1e-5)
   np.testing.assert_array_equal(tokens, padded[scores.argmax(1)])
@@ -276,17 +307,23 @@ def test_a_long_decode_input_is_cut_with_a_warning_or_refused(trained, caplog, c
   assert "decode.input is" not in caplog.text
   config.decode.input = text
   (hyp,) = trainer.run(config, workdir, "translate")
-  assert ("decode.input is 100000 tokens long but the model reads 31 (data.max_source_len=32, "
-          "EOS included): only its first 31 tokens were used; decode.on_long_input=error "
-          "refuses such input") in caplog.text
+  assert (
+      "decode.input is 100000 tokens long but the model reads 31 (data.max_source_len=32, "
+      "EOS included): only its first 31 tokens were used; decode.on_long_input=error "
+      "refuses such input"
+  ) in caplog.text
   assert hyp == first_part
   capsys.readouterr()
   config.decode.on_long_input = "error"
   try:
-    with pytest.raises(UsageError, match=(
-        r"^decode.input is 100000 tokens long but the model reads 31 \(data.max_source_len=32, "
-        r"EOS included\); shorten it, or set decode.on_long_input=warn to use its first 31 "
-        r"tokens$")):
+    with pytest.raises(
+        UsageError,
+        match=(
+            r"^decode.input is 100000 tokens long but the model reads 31 \(data.max_source_len=32, "
+            r"EOS included\); shorten it, or set decode.on_long_input=warn to use its first 31 "
+            r"tokens$"
+        ),
+    ):
       trainer.run(config, workdir, "translate")
     assert capsys.readouterr().out == ""
   finally:
@@ -305,17 +342,21 @@ def test_each_split_logs_once_how_many_pairs_were_dropped_or_cut(data_dir, tmp_p
     assert 0 < long < len(sources)
     assert len(arrays["inputs"]) == len(sources) - (long if split == "train" else 0)
     if action:
-      assert (f"{split} split: {long} of {len(sources)} pairs are longer than "
-              "data.max_source_len=16 or data.max_target_len=12 tokens (EOS included) and were "
-              f"{action}") in caplog.text
+      assert (
+          f"{split} split: {long} of {len(sources)} pairs are longer than "
+          "data.max_source_len=16 or data.max_target_len=12 tokens (EOS included) and were "
+          f"{action}"
+      ) in caplog.text
   assert len([r for r in caplog.records if "pairs are longer than" in r.getMessage()]) == 2
 
 
 def test_training_ends_with_a_showcase_of_metrics_and_triples(trained):
   _, workdir, out = trained
   values = read_metrics(workdir, "validation")[40]
-  assert (f"--- test: BLEU {values['test_bleu']:.2f}, exact match "
-          f"{100 * values['test_exact_match']:.1f}% over 16 examples (beam 2") in out
+  assert (
+      f"--- test: BLEU {values['test_bleu']:.2f}, exact match "
+      f"{100 * values['test_exact_match']:.1f}% over 16 examples (beam 2"
+  ) in out
   assert 2 <= out.count("source:     ") <= 5
   assert out.count("source:     ") == out.count("reference:  ") == out.count("hypothesis: ")
 
@@ -327,8 +368,9 @@ def test_modes_that_need_a_checkpoint_say_so(data_dir, tmp_path):
 
 
 def test_sentencepiece_vocabularies_are_trained_saved_and_reloaded(data_dir, tmp_path):
-  config = config_for(data_dir, data__tokenizer="sentencepiece", data__vocab_size=320,
-                      data__shared_vocab=False)
+  config = config_for(
+      data_dir, data__tokenizer="sentencepiece", data__vocab_size=320, data__shared_vocab=False
+  )
   task = translate.Task(config)
   task.setup(str(tmp_path), create=True)
   assert task.src_tok.vocab_size == task.tgt_tok.vocab_size == 320
@@ -351,28 +393,37 @@ def test_sentencepiece_vocabularies_are_trained_saved_and_reloaded(data_dir, tmp
 @pytest.fixture
 def mock_translation(tmp_path):
   data_dir = str(tmp_path / "tfds")
-  prepared_tfds_metadata(data_dir, "ted_hrlr_translate/pt_to_en",
-                         {"train": 40, "validation": 5, "test": 5})
+  prepared_tfds_metadata(
+      data_dir, "ted_hrlr_translate/pt_to_en", {"train": 40, "validation": 5, "test": 5}
+  )
   prepared_tfds_metadata(data_dir, "opus/medical", {"train": 100})
   prepared_tfds_metadata(data_dir, "tiny_shakespeare", {"train": 1, "validation": 1, "test": 1})
-  with tfds.testing.mock_data(num_examples=9, data_dir=data_dir,
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with tfds.testing.mock_data(
+      num_examples=9, data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES
+  ):
     yield data_dir
 
 
 def _asked_splits(monkeypatch):
   asked, original = [], tfds.core.DatasetBuilder.as_data_source
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source",
-                      lambda self, split, **kw: asked.append(split) or original(self, split, **kw))
+  monkeypatch.setattr(
+      tfds.core.DatasetBuilder,
+      "as_data_source",
+      lambda self, split, **kw: asked.append(split) or original(self, split, **kw),
+  )
   return asked
 
 
-@pytest.mark.parametrize("name, languages, splits", [
-    ("ted_hrlr_translate/pt_to_en", ("pt", "en"), ["train", "validation", "test"]),
-    ("opus/medical", ("de", "en"), ["train[:98%]", "train[98%:99%]", "train[99%:100%]"]),
-])
-def test_tfds_translation_datasets_load_by_name(mock_translation, monkeypatch, name, languages,
-                                                splits):
+@pytest.mark.parametrize(
+    "name, languages, splits",
+    [
+        ("ted_hrlr_translate/pt_to_en", ("pt", "en"), ["train", "validation", "test"]),
+        ("opus/medical", ("de", "en"), ["train[:98%]", "train[98%:99%]", "train[99%:100%]"]),
+    ],
+)
+def test_tfds_translation_datasets_load_by_name(
+    mock_translation, monkeypatch, name, languages, splits
+):
   asked = _asked_splits(monkeypatch)
   config = config_for(mock_translation, data__source=f"tfds:{name}", data__shared_vocab=False)
   task = translate.Task(config)
@@ -390,8 +441,12 @@ def test_tfds_translation_datasets_load_by_name(mock_translation, monkeypatch, n
 
 
 def test_tfds_language_direction_and_dataset_errors(mock_translation, monkeypatch):
-  config = config_for(mock_translation, data__source="tfds:ted_hrlr_translate/pt_to_en",
-                      data__source_lang="en", data__target_lang="pt")
+  config = config_for(
+      mock_translation,
+      data__source="tfds:ted_hrlr_translate/pt_to_en",
+      data__source_lang="en",
+      data__target_lang="pt",
+  )
   pairs = translate.Task(config)._texts["test"]
   first = tfds.builder("ted_hrlr_translate/pt_to_en").as_data_source("test")[0]
   assert (pairs[0][0], pairs[1][0]) == (first["en"], first["pt"])
@@ -403,8 +458,9 @@ def test_tfds_language_direction_and_dataset_errors(mock_translation, monkeypatc
 
 
 def test_unprepared_and_unknown_tfds_datasets_are_usage_errors(tmp_path):
-  with pytest.raises(UsageError,
-                     match=r"tfds:opus/medical is not prepared in .*`tfds build opus/medical"):
+  with pytest.raises(
+      UsageError, match=r"tfds:opus/medical is not prepared in .*`tfds build opus/medical"
+  ):
     translate.Task(config_for(str(tmp_path), data__source="tfds:opus/medical"))
   with pytest.raises(UsageError, match="unknown tfds dataset 'no_such_set'"):
     translate.Task(config_for(str(tmp_path), data__source="tfds:no_such_set"))
@@ -413,21 +469,28 @@ def test_unprepared_and_unknown_tfds_datasets_are_usage_errors(tmp_path):
 # --- config errors -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"data__source": "wmt"}, r"data.source='wmt' is not valid; valid: dates, tfds:"),
-    ({"data__tokenizer": "chars"}, r"data.tokenizer='chars' is not valid; valid: byte"),
-    ({"data__tokenizer": "sentencepiece", "data__vocab_size": 100}, "data.vocab_size=100"),
-    ({"decode__beam_size": 0}, r"decode.beam_size=0 must be >= 1"),
-    ({"decode__length_penalty": -0.5}, r"decode.length_penalty=-0.5 must be >= 0"),
-    ({"data__max_target_len": 1}, r"data.max_target_len=1 must be >= 2"),
-    ({"data__train_examples": 0}, r"data.train_examples=0 must be >= 1"),
-    ({"train__label_smoothing": 1.0}, r"train.label_smoothing=1.0 must be in \[0, 1\)"),
-    ({"model__embed_dim": 30, "model__num_heads": 4}, r"model.embed_dim=30 must be even and "
-     r"divisible by model.num_heads=4"),
-    ({"model__name": "gpt"}, r"model.name='gpt' is not valid; valid: seq2seq"),
-    ({"decode__on_long_input": "cut"}, r"decode.on_long_input='cut' is not valid; valid: warn, "
-     r"error"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"data__source": "wmt"}, r"data.source='wmt' is not valid; valid: dates, tfds:"),
+        ({"data__tokenizer": "chars"}, r"data.tokenizer='chars' is not valid; valid: byte"),
+        ({"data__tokenizer": "sentencepiece", "data__vocab_size": 100}, "data.vocab_size=100"),
+        ({"decode__beam_size": 0}, r"decode.beam_size=0 must be >= 1"),
+        ({"decode__length_penalty": -0.5}, r"decode.length_penalty=-0.5 must be >= 0"),
+        ({"data__max_target_len": 1}, r"data.max_target_len=1 must be >= 2"),
+        ({"data__train_examples": 0}, r"data.train_examples=0 must be >= 1"),
+        ({"train__label_smoothing": 1.0}, r"train.label_smoothing=1.0 must be in \[0, 1\)"),
+        (
+            {"model__embed_dim": 30, "model__num_heads": 4},
+            r"model.embed_dim=30 must be even and divisible by model.num_heads=4",
+        ),
+        ({"model__name": "gpt"}, r"model.name='gpt' is not valid; valid: seq2seq"),
+        (
+            {"decode__on_long_input": "cut"},
+            r"decode.on_long_input='cut' is not valid; valid: warn, error",
+        ),
+    ],
+)
 def test_config_errors_are_one_line_usage_errors(data_dir, overrides, match):
   with pytest.raises(UsageError, match=match) as e:
     translate.Task(config_for(data_dir, **overrides))

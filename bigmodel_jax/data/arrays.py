@@ -39,23 +39,32 @@ class _Augment(grain.transforms.RandomMap):
     return self._fn(batch, rng)
 
 
-def train_dataset(arrays: dict[str, np.ndarray], *, batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1,
-                  augment: Callable[[dict, np.random.Generator], dict] | None = None,
-                  split: str = "train") -> grain.MapDataset:
+def train_dataset(
+    arrays: dict[str, np.ndarray],
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    augment: Callable[[dict, np.random.Generator], dict] | None = None,
+    split: str = "train",
+) -> grain.MapDataset:
   """Infinite shuffled batches of `batch_size` (per process) rows; `iter()` it to train."""
   n = num_examples(arrays)
   if n < batch_size * process_count:
-    raise UsageError(f"the {split} split has {n} examples, fewer than one batch of "
-                     f"train.batch_size={batch_size * process_count}")
+    raise UsageError(
+        f"the {split} split has {n} examples, fewer than one batch of "
+        f"train.batch_size={batch_size * process_count}"
+    )
   ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat()
   ds = ds[process_index::process_count].batch(batch_size, drop_remainder=True)
   ds = ds.map(_Gather(arrays))
   return ds.random_map(_Augment(augment), seed=seed) if augment else ds
 
 
-def eval_batches(arrays: dict[str, np.ndarray], *, batch_size: int,
-                 max_batches: int = 0) -> list[dict[str, np.ndarray]]:
+def eval_batches(
+    arrays: dict[str, np.ndarray], *, batch_size: int, max_batches: int = 0
+) -> list[dict[str, np.ndarray]]:
   """Every example once, in order; the last batch is padded and rows carry a 0/1 "weight"."""
   n = num_examples(arrays)
   batches = []
@@ -63,11 +72,13 @@ def eval_batches(arrays: dict[str, np.ndarray], *, batch_size: int,
     if max_batches and len(batches) == max_batches:
       break
     rows = min(batch_size, n - start)
-    batch = {k: _pad(v[start:start + rows], batch_size) for k, v in arrays.items()}
+    batch = {k: _pad(v[start : start + rows], batch_size) for k, v in arrays.items()}
     batch["weight"] = (np.arange(batch_size) < rows).astype(np.float32)
     batches.append(batch)
   return batches
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:
-  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
+  return (
+      np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x
+  )

@@ -68,11 +68,9 @@ def load_text_splits(
     raise UsageError(f"data.val_percent={val_percent} must be in 1..99")
   scheme, _, arg = source.partition(":")
   if source == "pystdlib":
-    return _load_local(_pystdlib_files(), "pystdlib", data_dir, val_percent,
-                       builder_cls=PyStdlib)
+    return _load_local(_pystdlib_files(), "pystdlib", data_dir, val_percent, builder_cls=PyStdlib)
   if scheme == "text_files" and arg:
-    return _load_local(_glob_files(arg), source, data_dir, val_percent,
-                       builder_cls=TextFiles)
+    return _load_local(_glob_files(arg), source, data_dir, val_percent, builder_cls=TextFiles)
   if scheme == "tfds" and arg:
     return _load_tfds(arg, data_dir, val_percent, text_key)
   raise UsageError(f"unknown data source {source!r}; valid: {SOURCES_HELP}")
@@ -115,8 +113,7 @@ def _to_str(value) -> str:
 
 def _is_test_name(name: str) -> bool:
   stem = os.path.splitext(name)[0]
-  return (stem in ("test", "tests") or stem.startswith("test_")
-          or stem.endswith(("_test", "_tests")))
+  return stem in ("test", "tests") or stem.startswith("test_") or stem.endswith(("_test", "_tests"))
 
 
 def _pystdlib_files(root: str = "") -> tuple[str, list[str]]:
@@ -144,13 +141,17 @@ def _glob_files(pattern: str) -> tuple[str, list[str]]:
   pattern = os.path.expanduser(pattern)
   matches, aliases, loops = files.match(pattern)
   if not matches:
-    raise UsageError(f"text_files:{pattern} matches no files; give a glob of "
-                     "UTF-8 text files, e.g. text_files:'data/**/*.txt'")
-  _log_dropped(f"text_files:{pattern}", aliases, "paths to a file already matched (symlinks, "
-               "'..')")
+    raise UsageError(
+        f"text_files:{pattern} matches no files; give a glob of "
+        "UTF-8 text files, e.g. text_files:'data/**/*.txt'"
+    )
+  _log_dropped(f"text_files:{pattern}", aliases, "paths to a file already matched (symlinks, '..')")
   if loops:
-    logging.info("text_files:%s: did not walk %d routes to folders already walked (symlink "
-                 "loops, '..')", pattern, loops)
+    logging.info(
+        "text_files:%s: did not walk %d routes to folders already walked (symlink loops, '..')",
+        pattern,
+        loops,
+    )
   # The root is the pattern's leading folders without glob magic, so relative
   # paths (and so the train/validation split) do not depend on where it lives.
   parts = []
@@ -196,8 +197,7 @@ class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First version."}
 
-  def __init__(self, *, root: str, paths: list[str], val_percent: int,
-               source: str, **kwargs):
+  def __init__(self, *, root: str, paths: list[str], val_percent: int, source: str, **kwargs):
     self._root = root
     self._paths = paths
     self._val_percent = val_percent
@@ -220,9 +220,14 @@ class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def _log_download_bytes(self) -> None:
     # In place of TFDS's "Downloading and preparing dataset Unknown size ...": nothing is
     # downloaded, the local files are read once into array_record.
-    logging.info("%s: building the local corpus cache from %d files under %s into %s (once; "
-                 "later runs reuse it)", self._source, len(self._paths), self._root,
-                 self.data_dir)
+    logging.info(
+        "%s: building the local corpus cache from %d files under %s into %s (once; "
+        "later runs reuse it)",
+        self._source,
+        len(self._paths),
+        self._root,
+        self.data_dir,
+    )
 
   def _log_download_done(self) -> None:
     pass  # TFDS would say "downloaded and prepared"; _read_splits logs what was built
@@ -237,23 +242,29 @@ class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         builder=self,
         description=self.__doc__,
         features=tfds.features.FeaturesDict(
-            {"text": tfds.features.Text(), "path": tfds.features.Text()}),
+            {"text": tfds.features.Text(), "path": tfds.features.Text()}
+        ),
         disable_shuffling=True,  # keep documents in sorted path order
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
     paths, repeated = files.drop_repeated_contents(self._paths, self._root)
-    _log_dropped(self._source, repeated, "files whose bytes repeat an earlier file's (the first "
-                 "is kept, so no text is in both train and validation)")
+    _log_dropped(
+        self._source,
+        repeated,
+        "files whose bytes repeat an earlier file's (the first "
+        "is kept, so no text is in both train and validation)",
+    )
     if len(paths) == 1:
       # Read once, cut by text for both splits.
       parts = _split_text(self._read(paths[0]) or "", self._val_percent)
-      return {split: self._generate_examples([paths[0]], text=parts[split])
-              for split in ("train", "validation")}
+      return {
+          split: self._generate_examples([paths[0]], text=parts[split])
+          for split in ("train", "validation")
+      }
     splits = _assign_splits(paths, self._val_percent)
-    return {split: self._generate_examples(split_paths)
-            for split, split_paths in splits.items()}
+    return {split: self._generate_examples(split_paths) for split, split_paths in splits.items()}
 
   def _generate_examples(self, paths: list[str], text: str | None = None):
     """Documents of `paths`, each read here; or, with `text`, that text as the one file's."""
@@ -270,7 +281,8 @@ class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     except UnicodeDecodeError as e:
       raise UsageError(
           f"{self._source}: {os.path.join(self._root, path)} is not UTF-8 "
-          f"({e.reason} at byte {e.start}); the text must be UTF-8") from None
+          f"({e.reason} at byte {e.start}); the text must be UTF-8"
+      ) from None
 
 
 class PyStdlib(_LocalTextBuilder, skip_registration=True):
@@ -316,31 +328,40 @@ def _load_local(files, source, data_dir, val_percent, *, builder_cls):
   root, paths = files
   key, total = _fingerprint(root, paths)
   if total == 0:
-    raise UsageError(f"{source}: all {len(paths)} matched files are empty; "
-                     "give files with text in them")
+    raise UsageError(
+        f"{source}: all {len(paths)} matched files are empty; give files with text in them"
+    )
   if builder_cls is PyStdlib:
     prefix = f"py{sys.version_info.major}{sys.version_info.minor}"
   else:
     prefix = "files"
   config = tfds.core.BuilderConfig(
       name=f"{prefix}-{key}-val{val_percent}",
-      description=f"{source}: {len(paths)} files under {root}")
+      description=f"{source}: {len(paths)} files under {root}",
+  )
   builder = builder_cls(
-      root=root, paths=paths, val_percent=val_percent, source=source,
-      config=config, data_dir=os.path.expanduser(data_dir or DEFAULT_DATA_DIR),
-      file_format="array_record")
+      root=root,
+      paths=paths,
+      val_percent=val_percent,
+      source=source,
+      config=config,
+      data_dir=os.path.expanduser(data_dir or DEFAULT_DATA_DIR),
+      file_format="array_record",
+  )
   if builder.is_prepared():
     logging.info("%s: reusing %s", source, builder.data_dir)
   else:
     try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(
+              compute_stats=tfds.download.ComputeStatsMode.SKIP
+          )
+      )
     except OSError:
       # Another process finished the same build first (its rename won).
       if not builder.is_prepared():
         raise
-  return _read_splits(builder, source, {"train": "train",
-                                         "validation": "validation"}, "text")
+  return _read_splits(builder, source, {"train": "train", "validation": "validation"}, "text")
 
 
 # ---------------------------------------------------------------------------
@@ -354,20 +375,22 @@ def _load_tfds(name, data_dir, val_percent, text_key):
   features = builder.info.features
   if text_key:
     if text_key not in features or not isinstance(features[text_key], tfds.features.Text):
-      raise UsageError(f"data.text_key={text_key!r} is not a text feature of "
-                       f"tfds:{name}; features: {_describe(features)}")
+      raise UsageError(
+          f"data.text_key={text_key!r} is not a text feature of "
+          f"tfds:{name}; features: {_describe(features)}"
+      )
   else:
     texts = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
     if len(texts) != 1:
       raise UsageError(
           f"tfds:{name} has {len(texts)} text features; set data.text_key to "
-          f"one of them; features: {_describe(features)}")
+          f"one of them; features: {_describe(features)}"
+      )
     text_key = texts[0]
 
   splits = set(builder.info.splits)
   if "train" not in splits:
-    raise UsageError(f"tfds:{name} has no train split; its splits: "
-                     f"{', '.join(sorted(splits))}")
+    raise UsageError(f"tfds:{name} has no train split; its splits: {', '.join(sorted(splits))}")
   for val in ("validation", "test"):
     if val in splits:
       split_names = {"train": "train", "validation": val}
@@ -391,6 +414,7 @@ def _read_splits(builder, source, split_names, key) -> dict[str, Sequence[str]]:
     except (KeyError, ValueError):
       size = ""
     name = split if split == tfds_split else f"{split} ({tfds_split})"
-    logging.info("%s: %s: %d documents%s, from %s", source, name,
-                 len(out[split]), size, builder.data_dir)
+    logging.info(
+        "%s: %s: %d documents%s, from %s", source, name, len(out[split]), size, builder.data_dir
+    )
   return out

@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 
 class Matches(NamedTuple):
-  paths: list[str]    # sorted real paths of the matching regular files, each once
-  file_aliases: int   # other matched paths to those files (symlinks, `..` detours), dropped
+  paths: list[str]  # sorted real paths of the matching regular files, each once
+  file_aliases: int  # other matched paths to those files (symlinks, `..` detours), dropped
   folder_aliases: int  # routes to a real folder already walked for that part (loops), not taken
 
 

@@ -55,8 +55,14 @@ def info(source: str, data_dir: str = "") -> Info:
   return Info(tuple(features["image"].shape), list(features["label"].names))
 
 
-def load(source: str, *, data_dir: str = "", test_fraction: float = 0.2, split_seed: int = 0,
-         splits: tuple[str, ...] = ("train", "test")) -> dict[str, dict[str, np.ndarray]]:
+def load(
+    source: str,
+    *,
+    data_dir: str = "",
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    splits: tuple[str, ...] = ("train", "test"),
+) -> dict[str, dict[str, np.ndarray]]:
   """{split: arrays} for `splits` of "train", "test" (see module doc); test_fraction and
   split_seed are for digits, which has no split of its own."""
   if source == "digits":
@@ -75,13 +81,17 @@ def load(source: str, *, data_dir: str = "", test_fraction: float = 0.2, split_s
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
   from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+
   digits = datasets.load_digits()
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
   labels = digits.target.astype(np.int32)
   train, test = model_selection.train_test_split(
-      np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
-  return {split: {"image": images[np.sort(idx)], "label": labels[np.sort(idx)]}
-          for split, idx in (("train", train), ("test", test))}
+      np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
+  )
+  return {
+      split: {"image": images[np.sort(idx)], "label": labels[np.sort(idx)]}
+      for split, idx in (("train", train), ("test", test))
+  }
 
 
 def _tfds_builder(source: str, data_dir: str):
@@ -92,16 +102,23 @@ def _tfds_builder(source: str, data_dir: str):
   features = builder.info.features
   kinds = {k: type(f) for k, f in features.items()}
   if kinds.get("image") is not tfds.features.Image or (
-      kinds.get("label") is not tfds.features.ClassLabel):
-    raise UsageError(f"tfds:{name} needs an Image feature 'image' and a ClassLabel 'label'; its "
-                     f"features: {', '.join(f'{k} ({t.__name__})' for k, t in kinds.items())}")
+      kinds.get("label") is not tfds.features.ClassLabel
+  ):
+    raise UsageError(
+        f"tfds:{name} needs an Image feature 'image' and a ClassLabel 'label'; its "
+        f"features: {', '.join(f'{k} ({t.__name__})' for k, t in kinds.items())}"
+    )
   if features["image"].shape[0] is None or features["image"].shape[1] is None:
-    raise UsageError(f"tfds:{name} has images of varying sizes; only fixed-size images are "
-                     f"supported here (e.g. {SOURCES_HELP})")
+    raise UsageError(
+        f"tfds:{name} has images of varying sizes; only fixed-size images are "
+        f"supported here (e.g. {SOURCES_HELP})"
+    )
   missing = {"train", "test"} - set(builder.info.splits)
   if missing:
-    raise UsageError(f"tfds:{name} has no {' or '.join(sorted(missing))} split; its splits: "
-                     f"{', '.join(sorted(builder.info.splits))}")
+    raise UsageError(
+        f"tfds:{name} has no {' or '.join(sorted(missing))} split; its splits: "
+        f"{', '.join(sorted(builder.info.splits))}"
+    )
   return builder
 
 
@@ -114,8 +131,9 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
   return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()
 
 
-def make_augment(*, crop_padding: int = 0, flip: bool = False, cutout: int = 0,
-                 fill: tuple[int, ...] = (0,)) -> Callable | None:
+def make_augment(
+    *, crop_padding: int = 0, flip: bool = False, cutout: int = 0, fill: tuple[int, ...] = (0,)
+) -> Callable | None:
   """A grain batch transform fn(batch, rng) -> batch over uint8 (B, H, W, C) images, or None."""
   if not (crop_padding or flip or cutout):
     return None
@@ -155,6 +173,7 @@ def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
   """A PNG/JPEG/... file -> uint8 (H, W, C) of the dataset's size and channels (UsageError if the
   file is missing or unreadable). Downsizing averages areas, as the digits were made."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+
   h, w, c = shape
   try:
     with warnings.catch_warnings():
@@ -162,20 +181,28 @@ def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as img:
         img = img.convert("L" if c == 1 else "RGB")
-        resample = Image.Resampling.BOX if img.width >= w and img.height >= h else (
-            Image.Resampling.BILINEAR)
+        resample = (
+            Image.Resampling.BOX
+            if img.width >= w and img.height >= h
+            else (Image.Resampling.BILINEAR)
+        )
         img = img.resize((w, h), resample)
         x = np.asarray(img, np.uint8)
   except FileNotFoundError:
-    raise UsageError(f"predict.input={path} does not exist; give an image file "
-                     "(PNG, JPEG, ...)") from None
+    raise UsageError(
+        f"predict.input={path} does not exist; give an image file (PNG, JPEG, ...)"
+    ) from None
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise UsageError(f"predict.input={path} is too large to decode safely ({e}); give an image "
-                     f"under {Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    raise UsageError(
+        f"predict.input={path} is too large to decode safely ({e}); give an image "
+        f"under {Image.MAX_IMAGE_PIXELS:,} pixels"
+    ) from None
   except (UnidentifiedImageError, OSError, ValueError) as e:
     reason = " ".join(str(e).split())[:200]
-    raise UsageError(f"predict.input={path} is not an image that pillow can read ({reason}); "
-                     "give a PNG or JPEG file") from None
+    raise UsageError(
+        f"predict.input={path} is not an image that pillow can read ({reason}); "
+        "give a PNG or JPEG file"
+    ) from None
   return x.reshape(h, w, c)
 
 

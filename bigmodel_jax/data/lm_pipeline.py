@@ -47,7 +47,8 @@ def _check_length(tokens: np.ndarray, seq_len: int, split: str) -> None:
   if len(tokens) < seq_len + 1:
     raise UsageError(
         f"the {split} split has {len(tokens)} tokens; model.block_size={seq_len} "
-        f"needs at least {seq_len + 1} (use a smaller block_size or more data)")
+        f"needs at least {seq_len + 1} (use a smaller block_size or more data)"
+    )
 
 
 class _Windows(grain.transforms.Map):
@@ -62,10 +63,16 @@ class _Windows(grain.transforms.Map):
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}  # (B, T)
 
 
-def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int,
-                  seed: int, process_index: int = 0,
-                  process_count: int = 1, split: str = "train"
-                  ) -> grain.MapDataset:
+def train_dataset(
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    split: str = "train",
+) -> grain.MapDataset:
   """Infinite, shuffled batches of random windows for this process.
 
   Each epoch is a fresh permutation of all start offsets (grain folds the epoch
@@ -81,8 +88,7 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int,
   if not 0 <= seed < 2**32:
     raise UsageError(f"seed={seed} must be in 0..2**32-1")
   if not 0 <= process_index < process_count:
-    raise UsageError(f"process_index={process_index} must be in "
-                     f"0..{process_count - 1}")
+    raise UsageError(f"process_index={process_index} must be in 0..{process_count - 1}")
   ds = grain.MapDataset.range(len(tokens) - seq_len)  # every start offset
   ds = ds.shuffle(seed=seed).repeat()  # reshuffled each epoch, infinite
   ds = ds[process_index::process_count]  # disjoint per process
@@ -90,9 +96,14 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int,
   return ds.map(_Windows(tokens, seq_len))
 
 
-def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int,
-                 num_batches: int = 0, split: str = "validation"
-                 ) -> list[dict[str, np.ndarray]]:
+def eval_batches(
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    batch_size: int,
+    num_batches: int = 0,
+    split: str = "validation",
+) -> list[dict[str, np.ndarray]]:
   """Consecutive non-overlapping windows from the start of the split.
 
   Window j covers inputs tokens[j*T : (j+1)*T] and targets shifted by one, so
@@ -106,10 +117,11 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int,
     raise UsageError(
         f"the {split} split has {len(tokens)} tokens, fewer than one eval batch "
         f"of {batch_size} x model.block_size={seq_len} needs ({batch_size * seq_len + 1}); "
-        "use a smaller batch or block_size, or more validation data")
+        "use a smaller batch or block_size, or more validation data"
+    )
   if num_batches <= 0 or num_batches > available:
     num_batches = available
   n = num_batches * batch_size
   starts = np.arange(n) * seq_len
   windows = _Windows(tokens, seq_len)
-  return [windows.map(starts[i:i + batch_size]) for i in range(0, n, batch_size)]
+  return [windows.map(starts[i : i + batch_size]) for i in range(0, n, batch_size)]

@@ -34,23 +34,70 @@ import numpy as np
 
 CLASS_NAMES = ("negative", "positive")
 
-POSITIVE = ("good", "great", "brilliant", "fun", "gripping", "charming", "clever", "moving",
-            "superb", "enjoyable", "funny", "beautiful")
-NEGATIVE = ("bad", "boring", "dull", "slow", "awful", "weak", "clumsy", "predictable", "tedious",
-            "bland", "messy", "forgettable")
+POSITIVE = (
+    "good",
+    "great",
+    "brilliant",
+    "fun",
+    "gripping",
+    "charming",
+    "clever",
+    "moving",
+    "superb",
+    "enjoyable",
+    "funny",
+    "beautiful",
+)
+NEGATIVE = (
+    "bad",
+    "boring",
+    "dull",
+    "slow",
+    "awful",
+    "weak",
+    "clumsy",
+    "predictable",
+    "tedious",
+    "bland",
+    "messy",
+    "forgettable",
+)
 NEGATORS = ("not", "hardly", "never", "far from", "not at all")
 INTENSIFIERS = ("", "", "", "very", "really", "quite", "truly")
-SUBJECTS = ("the movie", "the film", "the plot", "the acting", "the pacing", "the ending",
-            "the soundtrack", "the dialogue", "the cast", "the story", "the script",
-            "the camera work", "it")
+SUBJECTS = (
+    "the movie",
+    "the film",
+    "the plot",
+    "the acting",
+    "the pacing",
+    "the ending",
+    "the soundtrack",
+    "the dialogue",
+    "the cast",
+    "the story",
+    "the script",
+    "the camera work",
+    "it",
+)
 VERBS = ("was", "is", "felt", "seemed")
-OPENINGS = ("We watched it last night.", "I saw this one on a Sunday.", "My friend picked it.",
-            "I went in with no expectations.", "Two hours of my weekend.", "Seen at a festival.")
+OPENINGS = (
+    "We watched it last night.",
+    "I saw this one on a Sunday.",
+    "My friend picked it.",
+    "I went in with no expectations.",
+    "Two hours of my weekend.",
+    "Seen at a festival.",
+)
 # Hand-written pairs that only word order or negation tells apart, for the showcase.
-PROBES = (("Good, but slow.", 0), ("Slow, but good.", 1), ("Not bad.", 1), ("Hardly great.", 0),
-          ("Although the plot was not bad, the acting was dull.", 0),
-          ("The acting was dull, even though the plot was not bad.", 0),
-          ("The plot was not bad, even though the acting was dull.", 1))
+PROBES = (
+    ("Good, but slow.", 0),
+    ("Slow, but good.", 1),
+    ("Not bad.", 1),
+    ("Hardly great.", 0),
+    ("Although the plot was not bad, the acting was dull.", 0),
+    ("The acting was dull, even though the plot was not bad.", 0),
+    ("The plot was not bad, even though the acting was dull.", 1),
+)
 FORMS = ("single", "but", "although", "even_though")
 FORM_PROBS = (0.4, 0.2, 0.2, 0.2)
 NEGATION_PROB = 0.35

@@ -95,26 +95,36 @@ class SentencePieceTokenizer:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, _SPM_FILE), "wb") as f:
       f.write(self.model_proto)
-    _write_meta(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
-                            "model_type": self.model_type})
+    _write_meta(
+        directory, {"kind": self.kind, "vocab_size": self.vocab_size, "model_type": self.model_type}
+    )
 
   @classmethod
-  def train(cls, texts: Sequence[str], *, vocab_size: int, model_type: str,
-            max_train_chars: int = 4_000_000, seed: int = 0
-            ) -> "SentencePieceTokenizer":
+  def train(
+      cls,
+      texts: Sequence[str],
+      *,
+      vocab_size: int,
+      model_type: str,
+      max_train_chars: int = 4_000_000,
+      seed: int = 0,
+  ) -> "SentencePieceTokenizer":
     """Trains on a deterministic sample of about `max_train_chars` of `texts`.
 
     4 MB keeps training short: on 2 cores BPE takes ~1-2 s (4k-50k pieces),
     unigram ~8 s (4k) to ~17 s (8k).
     """
     if model_type not in _SPM_MODEL_TYPES:
-      raise UsageError(f"data.spm_model_type={model_type!r} is not a sentencepiece "
-                       f"model type; valid: {', '.join(_SPM_MODEL_TYPES)}")
+      raise UsageError(
+          f"data.spm_model_type={model_type!r} is not a sentencepiece "
+          f"model type; valid: {', '.join(_SPM_MODEL_TYPES)}"
+      )
     if vocab_size < _SPM_MIN_VOCAB:
       raise UsageError(
           f"data.vocab_size={vocab_size} is too small for sentencepiece with "
           f"byte fallback (256 byte pieces + <unk> + characters); use at least "
-          f"{_SPM_MIN_VOCAB}, typically 4096..32000")
+          f"{_SPM_MIN_VOCAB}, typically 4096..32000"
+      )
     spm.set_random_generator_seed(seed)
     model = _BytesWriter()
     try:
@@ -130,7 +140,10 @@ class SentencePieceTokenizer:
           allow_whitespace_only_pieces=True,
           character_coverage=0.9995,
           max_sentence_length=1 << 14,
-          unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+          unk_id=0,
+          bos_id=-1,
+          eos_id=-1,
+          pad_id=-1,
           num_threads=os.cpu_count() or 1,
           minloglevel=2,
       )
@@ -152,8 +165,14 @@ NAMES = tuple(_TOKENIZERS)  # valid values of config.data.tokenizer
 Tokenizer = ByteTokenizer | SentencePieceTokenizer
 
 
-def build_tokenizer(name: str, train_texts: Sequence[str], *, vocab_size: int,
-                    model_type: str = "bpe", directory: str = "") -> Tokenizer:
+def build_tokenizer(
+    name: str,
+    train_texts: Sequence[str],
+    *,
+    vocab_size: int,
+    model_type: str = "bpe",
+    directory: str = "",
+) -> Tokenizer:
   """Returns the tokenizer `name`, trained on `train_texts` if it learns.
 
   If `directory` already holds a tokenizer (e.g. a resumed run's), that one is
@@ -170,7 +189,8 @@ def build_tokenizer(name: str, train_texts: Sequence[str], *, vocab_size: int,
       raise UsageError(
           f"{directory} holds a {_describe(tok)} tokenizer but the config asks "
           f"for {name} (vocab_size={vocab_size}, model_type={model_type}); use "
-          "a fresh workdir or the settings it was trained with")
+          "a fresh workdir or the settings it was trained with"
+      )
     return tok
   tok = cls.train(train_texts, vocab_size=vocab_size, model_type=model_type)
   if directory:  # written aside and renamed: a stop part-way never leaves half a tokenizer
@@ -192,8 +212,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
     raise UsageError(f"no tokenizer in {directory} ({_META_FILE} missing)") from None
   cls = _TOKENIZERS.get(meta.get("kind"))
   if cls is None:
-    raise UsageError(f"{path} names tokenizer kind {meta.get('kind')!r}; "
-                     f"valid: {', '.join(NAMES)}")
+    raise UsageError(f"{path} names tokenizer kind {meta.get('kind')!r}; valid: {', '.join(NAMES)}")
   return cls.load(directory, meta)
 
 
@@ -219,8 +238,9 @@ class _BytesWriter:
     self.data += data
 
 
-def _training_chunks(texts: Sequence[str], max_chars: int, seed: int,
-                     chunk_chars: int = 2048) -> Iterator[str]:
+def _training_chunks(
+    texts: Sequence[str], max_chars: int, seed: int, chunk_chars: int = 2048
+) -> Iterator[str]:
   """Yields pieces of documents (whole lines, newlines kept) in random order.
 
   SentencePiece reads "sentences"; a whole source file is too long for one, so
@@ -249,19 +269,25 @@ def _pieces(lines: Sequence[str], size: int) -> Iterator[str]:
   a "sentence" over its max_sentence_length, so a corpus of long lines (minified code, one line
   per book) would otherwise train on nothing."""
   for line in lines:
-    yield from (line[i:i + size] for i in range(0, len(line), size)) if len(line) > size else (
-        line,)
+    yield from (line[i : i + size] for i in range(0, len(line), size)) if len(line) > size else (
+        line,
+    )
 
 
 def _spm_error(message: str, vocab_size: int) -> str:
   """Turns a sentencepiece training failure into a one-line config error."""
   message = " ".join(message.split())
   if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
-    return (f"data.vocab_size={vocab_size} is too small for this corpus: "
-            f"sentencepiece needs at least {m.group(1)} (byte pieces + the "
-            "corpus's characters)")
-  if m := re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a "
-                    r"value <= (\d+)", message):
-    return (f"data.vocab_size={vocab_size} is too large for this corpus: "
-            f"sentencepiece can make at most {m.group(1)} pieces from it")
+    return (
+        f"data.vocab_size={vocab_size} is too small for this corpus: "
+        f"sentencepiece needs at least {m.group(1)} (byte pieces + the "
+        "corpus's characters)"
+    )
+  if m := re.search(
+      r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message
+  ):
+    return (
+        f"data.vocab_size={vocab_size} is too large for this corpus: "
+        f"sentencepiece can make at most {m.group(1)} pieces from it"
+    )
   return f"sentencepiece training failed (data.vocab_size={vocab_size}): {message}"

@@ -20,22 +20,37 @@ def check_policy(key: str, value: str) -> None:
     raise UsageError(f"{key}={value!r} is not valid; valid: {', '.join(POLICIES)}")
 
 
-def check_input(key: str, tokens: int, used: int, limit: str, policy_key: str,
-                policy: str) -> None:
+def check_input(key: str, tokens: int, used: int, limit: str, policy_key: str, policy: str) -> None:
   """Warns (or, with policy "error", raises) when the input `key` of `tokens` tokens is longer
   than the `used` tokens the model reads; `limit` names the setting, e.g. "model.max_len=40"."""
   if tokens <= used:
     return
   if policy == "error":
-    raise UsageError(f"{key} is {tokens} tokens long but the model reads {used} ({limit}); "
-                     f"shorten it, or set {policy_key}=warn to use its first {used} tokens")
-  logging.warning("%s is %d tokens long but the model reads %d (%s): only its first %d tokens "
-                  "were used; %s=error refuses such input", key, tokens, used, limit, used,
-                  policy_key)
+    raise UsageError(
+        f"{key} is {tokens} tokens long but the model reads {used} ({limit}); "
+        f"shorten it, or set {policy_key}=warn to use its first {used} tokens"
+    )
+  logging.warning(
+      "%s is %d tokens long but the model reads %d (%s): only its first %d tokens "
+      "were used; %s=error refuses such input",
+      key,
+      tokens,
+      used,
+      limit,
+      used,
+      policy_key,
+  )
 
 
 def log_split(split: str, count: int, total: int, what: str, limit: str, action: str) -> None:
   """Once per split: how many of its `total` examples were longer than `limit` (and `action`)."""
   if count:
-    logging.warning("%s split: %d of %d %s are longer than %s and were %s", split, count, total,
-                    what, limit, action)
+    logging.warning(
+        "%s split: %d of %d %s are longer than %s and were %s",
+        split,
+        count,
+        total,
+        what,
+        limit,
+        action,
+    )

@@ -55,14 +55,22 @@ def check_stages(cfg) -> None:
   """widths and stage_sizes: equally long tuples of positive integers (shared with resnet)."""
   widths, sizes = tuple(cfg.widths), tuple(cfg.stage_sizes)
   if not widths or len(widths) != len(sizes) or min(widths + sizes) < 1:
-    raise UsageError(f"model.widths={widths} and model.stage_sizes={sizes} must be equally long "
-                     "tuples of positive integers (one width and one depth per stage)")
+    raise UsageError(
+        f"model.widths={widths} and model.stage_sizes={sizes} must be equally long "
+        "tuples of positive integers (one width and one depth per stage)"
+    )
 
 
 def make(cfg, num_classes: int) -> CNN:
   check_stages(cfg)
   if cfg.hidden < 0 or not 0 <= cfg.dropout < 1:
-    raise UsageError(f"model.hidden={cfg.hidden} must be >= 0 and model.dropout={cfg.dropout} "
-                     "in [0, 1)")
-  return CNN(num_classes=num_classes, widths=tuple(cfg.widths), stage_sizes=tuple(cfg.stage_sizes),
-             hidden=cfg.hidden, dropout=cfg.dropout)
+    raise UsageError(
+        f"model.hidden={cfg.hidden} must be >= 0 and model.dropout={cfg.dropout} in [0, 1)"
+    )
+  return CNN(
+      num_classes=num_classes,
+      widths=tuple(cfg.widths),
+      stage_sizes=tuple(cfg.stage_sizes),
+      hidden=cfg.hidden,
+      dropout=cfg.dropout,
+  )

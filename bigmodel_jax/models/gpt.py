@@ -75,8 +75,9 @@ _init, _zeros = layers.normal, layers.zeros  # initialisers with logical axis na
 
 
 def _layer_norm(cfg, name):
-  return layers.layer_norm(name, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                           use_bias=cfg.use_bias)
+  return layers.layer_norm(
+      name, dtype=cfg.dtype, param_dtype=cfg.param_dtype, use_bias=cfg.use_bias
+  )
 
 
 def apply_rotary(x, positions, base=10000.0):
@@ -116,7 +117,7 @@ def causal_attention(q, k, v, max_blocks: int = 8, min_block: int = 64):
   outs = []
   for end in range(size, T + 1, size):
     mask = jnp.arange(end)[None, :] <= jnp.arange(end - size, end)[:, None]  # (size, end)
-    outs.append(attention(q[:, end - size:end], k[:, :end], v[:, :end], mask))
+    outs.append(attention(q[:, end - size : end], k[:, :end], v[:, :end], mask))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -126,8 +127,11 @@ def attend(q, k, v, mask=None, implementation=None):
   jax.nn.dot_product_attention's XLA path (with its bf16 matmul precisions); "cudnn" goes to
   cuDNN's fused kernel."""
   library = functools.partial(
-      jax.nn.dot_product_attention, is_causal=mask is None, implementation=implementation,
-      mask=None if mask is None else mask[None, None])
+      jax.nn.dot_product_attention,
+      is_causal=mask is None,
+      implementation=implementation,
+      mask=None if mask is None else mask[None, None],
+  )
   if implementation is not None:
     return library(q, k, v)
   cpu = causal_attention if mask is None else lambda q, k, v: attention(q, k, v, mask)
@@ -142,9 +146,15 @@ class CausalSelfAttention(nn.Module):
     cfg = self.cfg
     head_dim = cfg.embed_dim // cfg.num_heads
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
-        (cfg.num_heads, head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, kernel_init=_init(0.02, ("embed", "heads", "kv")),
-        bias_init=_zeros(("heads", "kv")), dot_general=layers.flat_dot_general, name=name)
+        (cfg.num_heads, head_dim),
+        use_bias=cfg.use_bias,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=_init(0.02, ("embed", "heads", "kv")),
+        bias_init=_zeros(("heads", "kv")),
+        dot_general=layers.flat_dot_general,
+        name=name,
+    )
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, D) each
     if cfg.positions == "rotary":
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
@@ -167,9 +177,16 @@ class CausalSelfAttention(nn.Module):
       y = attend(q, k, v, mask)  # (B, T, H, D)
 
     y = nn.DenseGeneral(
-        cfg.embed_dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, kernel_init=_init(cfg.residual_std, ("heads", "kv", "embed")),
-        bias_init=_zeros(("embed",)), dot_general=layers.flat_dot_general, name="out")(y)
+        cfg.embed_dim,
+        axis=(-2, -1),
+        use_bias=cfg.use_bias,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=_init(cfg.residual_std, ("heads", "kv", "embed")),
+        bias_init=_zeros(("embed",)),
+        dot_general=layers.flat_dot_general,
+        name="out",
+    )(y)
     return nn.Dropout(cfg.dropout, deterministic=not train)(y)
 
 
@@ -179,11 +196,19 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, positions, train):  # x (B, T, C); `train` is positional for nn.remat
     x = x + CausalSelfAttention(self.cfg, name="attn")(
-        _layer_norm(self.cfg, "ln_1")(x), positions, train=train)
+        _layer_norm(self.cfg, "ln_1")(x), positions, train=train
+    )
     cfg = self.cfg
-    mlp = layers.MLP(cfg.hidden_dim, fc_std=0.02, proj_std=cfg.residual_std, dropout=cfg.dropout,
-                     use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                     name="mlp")
+    mlp = layers.MLP(
+        cfg.hidden_dim,
+        fc_std=0.02,
+        proj_std=cfg.residual_std,
+        dropout=cfg.dropout,
+        use_bias=cfg.use_bias,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        name="mlp",
+    )
     x = x + mlp(_layer_norm(cfg, "ln_2")(x), train=train)
     return x  # (B, T, C)
 
@@ -211,14 +236,26 @@ class GPT(nn.Module):
   def __call__(self, tokens, *, train: bool = False):
     T = tokens.shape[1]  # tokens (B, T)
     cfg = Settings(
-        embed_dim=self.embed_dim, num_heads=self.num_heads,
-        hidden_dim=self.mlp_dim or 4 * self.embed_dim, dropout=self.dropout,
-        positions=self.positions, use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, attention_impl=self.attention_impl, decode=self.decode,
-        residual_std=0.02 / np.sqrt(2 * self.num_layers))
-    wte = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
-                   param_dtype=self.param_dtype, embedding_init=_init(0.02, ("vocab", "embed")),
-                   name="wte")
+        embed_dim=self.embed_dim,
+        num_heads=self.num_heads,
+        hidden_dim=self.mlp_dim or 4 * self.embed_dim,
+        dropout=self.dropout,
+        positions=self.positions,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        attention_impl=self.attention_impl,
+        decode=self.decode,
+        residual_std=0.02 / np.sqrt(2 * self.num_layers),
+    )
+    wte = nn.Embed(
+        self.vocab_size,
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        embedding_init=_init(0.02, ("vocab", "embed")),
+        name="wte",
+    )
 
     # Positions of this call's tokens: 0..T-1, or, decoding, cache_index..cache_index+T-1.
     positions = jnp.arange(T, dtype=jnp.int32)
@@ -231,9 +268,14 @@ class GPT(nn.Module):
 
     x = wte(tokens)  # (B, T, C)
     if self.positions == "learned":
-      wpe = nn.Embed(self.block_size, self.embed_dim, dtype=self.dtype,
-                     param_dtype=self.param_dtype,
-                     embedding_init=_init(0.02, ("length", "embed")), name="wpe")
+      wpe = nn.Embed(
+          self.block_size,
+          self.embed_dim,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          embedding_init=_init(0.02, ("length", "embed")),
+          name="wpe",
+      )
       x = x + wpe(positions)[None]  # (B, T, C)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
@@ -246,14 +288,16 @@ class GPT(nn.Module):
 
     # Tied output head, in float32 whatever the compute dtype.
     logits = layers.flat_dot_general(  # (B, T, V)
-        x.astype(jnp.float32), wte.embedding.astype(jnp.float32).T, (((2,), (0,)), ((), ())))
+        x.astype(jnp.float32), wte.embedding.astype(jnp.float32).T, (((2,), (0,)), ((), ()))
+    )
     return logits
 
 
 def default_config() -> ml_collections.ConfigDict:
   """config.model's fields for a GPT and their defaults (the baby GPT of experiments/textgen)."""
   c = layers.shared_config(
-      "mlp_dim", "dropout", "positions", "dtype", "param_dtype", "vocab_multiple")
+      "mlp_dim", "dropout", "positions", "dtype", "param_dtype", "vocab_multiple"
+  )
   # Transformer blocks: > 0.
   c.num_layers = 4
   # Attention heads per block: > 0, dividing embed_dim.
@@ -273,8 +317,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 def make(cfg, vocab_size: int) -> GPT:
   """Builds a GPT from `config.model`; vocab is rounded up to a multiple of `vocab_multiple`."""
-  ints = {k: layers.positive_int(cfg, k)
-          for k in ("num_layers", "num_heads", "embed_dim", "block_size")}
+  ints = {
+      k: layers.positive_int(cfg, k) for k in ("num_layers", "num_heads", "embed_dim", "block_size")
+  }
   heads, width = ints["num_heads"], ints["embed_dim"]
   if width % heads:
     raise UsageError(f"model.embed_dim={width} must be divisible by model.num_heads={heads}")
@@ -282,20 +327,24 @@ def make(cfg, vocab_size: int) -> GPT:
   if positions not in POSITIONS:
     raise UsageError(f"model.positions={positions!r} is unknown; valid: {', '.join(POSITIONS)}")
   if positions == "rotary" and (width // heads) % 2:
-    raise UsageError(f"model.positions='rotary' needs an even head size, but model.embed_dim="
-                     f"{width} / model.num_heads={heads} = {width // heads}")
+    raise UsageError(
+        f"model.positions='rotary' needs an even head size, but model.embed_dim="
+        f"{width} / model.num_heads={heads} = {width // heads}"
+    )
   mlp_dim = layers.mlp_dim(cfg)
   settings = layers.dropout_and_dtypes(cfg)
   dropout, dtypes = settings.pop("dropout"), settings
   impl = cfg.attention_impl
   if impl not in ATTENTION_IMPLS:
     raise UsageError(
-        f"model.attention_impl={impl!r} is unknown; valid: {', '.join(ATTENTION_IMPLS)}")
+        f"model.attention_impl={impl!r} is unknown; valid: {', '.join(ATTENTION_IMPLS)}"
+    )
   head_dim = width // heads
   if impl == "cudnn" and (dtypes["dtype"] == jnp.float32 or head_dim % 8 or head_dim > 256):
     raise UsageError(  # cuDNN's fused attention has no float32 kernel and fixed head sizes
         f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 and a head size "
-        f"(model.embed_dim / model.num_heads = {head_dim}) that is a multiple of 8 and <= 256")
+        f"(model.embed_dim / model.num_heads = {head_dim}) that is a multiple of 8 and <= 256"
+    )
   remat = cfg.remat
   if remat not in REMAT_POLICIES:
     raise UsageError(f"model.remat={remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
@@ -303,9 +352,16 @@ def make(cfg, vocab_size: int) -> GPT:
   if vocab_size <= 0:
     raise UsageError(f"vocab_size={vocab_size} must be positive")
   return GPT(
-      vocab_size=-(-vocab_size // multiple) * multiple, mlp_dim=mlp_dim, dropout=dropout,
-      positions=positions, use_bias=bool(cfg.use_bias),
-      attention_impl=ATTENTION_IMPLS[impl], remat=remat, **ints, **dtypes)
+      vocab_size=-(-vocab_size // multiple) * multiple,
+      mlp_dim=mlp_dim,
+      dropout=dropout,
+      positions=positions,
+      use_bias=bool(cfg.use_bias),
+      attention_impl=ATTENTION_IMPLS[impl],
+      remat=remat,
+      **ints,
+      **dtypes,
+  )
 
 
 def param_count(params) -> int:
@@ -323,7 +379,8 @@ def flops_per_token(model: GPT) -> float:
   weighted sum (QK^T and AV) over a full context.
   """
   shapes = jax.eval_shape(
-      model.clone(decode=False).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+      model.clone(decode=False).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32)
+  )["params"]
   embedding = param_count({k: v for k, v in shapes.items() if k in ("wte", "wpe")})
   n = param_count(shapes) - embedding + model.vocab_size * model.embed_dim
   return float(6 * n + 12 * model.num_layers * model.block_size * model.embed_dim)

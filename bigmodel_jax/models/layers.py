@@ -38,13 +38,23 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
   (lhs_contract, rhs_contract), (lhs_batch, _) = dimension_numbers
   n = len(lhs_contract)
   trailing = tuple(range(lhs.ndim - n, lhs.ndim))
-  if lhs_batch or precision is not None or preferred_element_type is not None or tuple(
-      d % lhs.ndim for d in lhs_contract) != trailing or tuple(rhs_contract) != tuple(range(n)):
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type)
-  k = math.prod(lhs.shape[lhs.ndim - n:])
+  if (
+      lhs_batch
+      or precision is not None
+      or preferred_element_type is not None
+      or tuple(d % lhs.ndim for d in lhs_contract) != trailing
+      or tuple(rhs_contract) != tuple(range(n))
+  ):
+    return lax.dot_general(
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+  k = math.prod(lhs.shape[lhs.ndim - n :])
   out = _matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
-  return out.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
+  return out.reshape(lhs.shape[: lhs.ndim - n] + rhs.shape[n:])
 
 
 @jax.custom_vjp
@@ -80,9 +90,14 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 def layer_norm(name: str, *, dtype, param_dtype, epsilon: float = 1e-5, use_bias: bool = True):
   return nn.LayerNorm(
-      epsilon=epsilon, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      epsilon=epsilon,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=zeros(("norm",)), name=name)
+      bias_init=zeros(("norm",)),
+      name=name,
+  )
 
 
 def shared_config(*keys: str) -> ml_collections.ConfigDict:
@@ -162,9 +177,15 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):  # x (B, T, C)
     dense = lambda features, std, names, name: nn.Dense(  # noqa: E731
-        features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=normal(std, names), bias_init=zeros(names[-1:]),
-        dot_general=flat_dot_general, name=name)
+        features,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=normal(std, names),
+        bias_init=zeros(names[-1:]),
+        dot_general=flat_dot_general,
+        name=name,
+    )
     h = nn.gelu(dense(self.hidden_dim, self.fc_std, ("embed", "mlp"), "fc")(x))  # (B, T, M)
     y = dense(x.shape[-1], self.proj_std, ("mlp", "embed"), "proj")(h)  # (B, T, C)
     return nn.Dropout(self.dropout, deterministic=not train)(y)

@@ -78,5 +78,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 def make(cfg, num_classes: int) -> ResNet:
   cnn.check_stages(cfg)
-  return ResNet(num_classes=num_classes, widths=tuple(cfg.widths),
-                stage_sizes=tuple(cfg.stage_sizes))
+  return ResNet(
+      num_classes=num_classes, widths=tuple(cfg.widths), stage_sizes=tuple(cfg.stage_sizes)
+  )

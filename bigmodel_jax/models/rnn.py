@@ -54,23 +54,35 @@ class RNNClassifier(nn.Module):
 
   def _cell(self):
     return CELLS[self.cell](
-        self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        self.hidden_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
         kernel_init=_partitioned(nn.initializers.lecun_normal(), ("embed", "mlp")),
         recurrent_kernel_init=_partitioned(nn.initializers.orthogonal(), (None, "mlp")),
-        bias_init=_partitioned(nn.initializers.zeros_init(), ("mlp",)), parent=None)
+        bias_init=_partitioned(nn.initializers.zeros_init(), ("mlp",)),
+        parent=None,
+    )
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
     # An empty text reads the state after one padding token, whatever the padded length.
     lengths = jnp.maximum((tokens > 0).sum(-1), 1).astype(jnp.int32)  # (B,)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                 embedding_init=_partitioned(nn.initializers.normal(0.1), ("vocab", "embed")),
-                 name="embed")(tokens)  # (B, T, E)
+    x = nn.Embed(
+        self.vocab_size,
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        embedding_init=_partitioned(nn.initializers.normal(0.1), ("vocab", "embed")),
+        name="embed",
+    )(
+        tokens
+    )  # (B, T, E)
     for i in range(self.num_layers):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       if self.bidirectional:
-        layer = nn.Bidirectional(nn.RNN(self._cell(), parent=None),
-                                 nn.RNN(self._cell(), parent=None), name=f"layer_{i}")
+        layer = nn.Bidirectional(
+            nn.RNN(self._cell(), parent=None), nn.RNN(self._cell(), parent=None), name=f"layer_{i}"
+        )
       else:
         layer = nn.RNN(self._cell(), name=f"layer_{i}")
       carry, x = layer(x, seq_lengths=lengths, return_carry=True)  # x (B, T, H or 2H)
@@ -78,10 +90,14 @@ class RNNClassifier(nn.Module):
     # An LSTM's carry is (c, h); a GRU's is h.
     final = jnp.concatenate([c[1] if self.cell == "lstm" else c for c in carries], -1)
     final = nn.Dropout(self.dropout, deterministic=not train)(final)  # (B, H or 2H)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=_partitioned(nn.initializers.lecun_normal(), ("embed", None)),
-                      bias_init=_partitioned(nn.initializers.zeros_init(), (None,)),
-                      name="head")(final)
+    logits = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_partitioned(nn.initializers.lecun_normal(), ("embed", None)),
+        bias_init=_partitioned(nn.initializers.zeros_init(), (None,)),
+        name="head",
+    )(final)
     return logits.astype(jnp.float32)  # (B, num_classes)
 
 
@@ -109,7 +125,11 @@ def make(cfg, vocab_size: int, num_classes: int) -> RNNClassifier:
   if cell not in CELLS:
     raise UsageError(f"model.cell={cell!r} is unknown; valid: {', '.join(CELLS)}")
   ints = {k: positive_int(cfg, k) for k in ("num_layers", "embed_dim", "hidden_dim")}
-  return RNNClassifier(vocab_size=padded_vocab(vocab_size, num_classes),
-                       num_classes=num_classes, cell=cell,
-                       bidirectional=bool(cfg.bidirectional), **ints,
-                       **dropout_and_dtypes(cfg))
+  return RNNClassifier(
+      vocab_size=padded_vocab(vocab_size, num_classes),
+      num_classes=num_classes,
+      cell=cell,
+      bidirectional=bool(cfg.bidirectional),
+      **ints,
+      **dropout_and_dtypes(cfg),
+  )

@@ -87,10 +87,13 @@ class Attention(nn.Module):
     # positions (T,) of x's tokens (causal only)
     cfg = self.cfg
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
-        (cfg.num_heads, cfg.embed_dim // cfg.num_heads), dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, kernel_init=_init(cfg.embed_dim ** -0.5,
-                                                       ("embed", "heads", "kv")),
-        bias_init=_zeros(("heads", "kv")), name=name)
+        (cfg.num_heads, cfg.embed_dim // cfg.num_heads),
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=_init(cfg.embed_dim**-0.5, ("embed", "heads", "kv")),
+        bias_init=_zeros(("heads", "kv")),
+        name=name,
+    )
     q = dense("query")(x)  # (B, T, H, D)
     causal = self.kind == "causal"
     if self.kind == "cross" and cfg.decode and self.has_variable("cache", "cross_key"):
@@ -116,15 +119,29 @@ class Attention(nn.Module):
         causal = False
     y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # (B, T, H, D)
     y = nn.DenseGeneral(
-        cfg.embed_dim, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_init(cfg.embed_dim ** -0.5, ("heads", "kv", "embed")),
-        bias_init=_zeros(("embed",)), name="out")(y)  # (B, T, C)
+        cfg.embed_dim,
+        axis=(-2, -1),
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=_init(cfg.embed_dim**-0.5, ("heads", "kv", "embed")),
+        bias_init=_zeros(("embed",)),
+        name="out",
+    )(
+        y
+    )  # (B, T, C)
     return nn.Dropout(cfg.dropout, deterministic=not train)(y)
 
 
 def _mlp(cfg):
-  return layers.MLP(cfg.hidden_dim, fc_std=cfg.embed_dim ** -0.5, proj_std=cfg.hidden_dim ** -0.5,
-                    dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="mlp")
+  return layers.MLP(
+      cfg.hidden_dim,
+      fc_std=cfg.embed_dim**-0.5,
+      proj_std=cfg.hidden_dim**-0.5,
+      dropout=cfg.dropout,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      name="mlp",
+  )
 
 
 class EncoderLayer(nn.Module):
@@ -133,7 +150,8 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, mask, *, train):  # x (B, S, C), mask (B, 1, 1, S)
     x = x + Attention(self.cfg, "self", name="attn")(
-        _layer_norm(self.cfg, "ln_1")(x), None, mask, None, train=train)
+        _layer_norm(self.cfg, "ln_1")(x), None, mask, None, train=train
+    )
     return x + _mlp(self.cfg)(_layer_norm(self.cfg, "ln_2")(x), train=train)
 
 
@@ -143,9 +161,11 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, encoded, src_mask, positions, *, train):  # x (B, T, C)
     x = x + Attention(self.cfg, "causal", name="self_attn")(
-        _layer_norm(self.cfg, "ln_1")(x), None, None, positions, train=train)
+        _layer_norm(self.cfg, "ln_1")(x), None, None, positions, train=train
+    )
     x = x + Attention(self.cfg, "cross", name="cross_attn")(
-        _layer_norm(self.cfg, "ln_2")(x), encoded, src_mask, None, train=train)
+        _layer_norm(self.cfg, "ln_2")(x), encoded, src_mask, None, train=train
+    )
     return x + _mlp(self.cfg)(_layer_norm(self.cfg, "ln_3")(x), train=train)
 
 
@@ -212,13 +232,23 @@ class Seq2Seq(nn.Module):
 
   def setup(self):
     self.cfg = Settings(
-        embed_dim=self.embed_dim, num_heads=self.num_heads,
-        hidden_dim=self.mlp_dim or 4 * self.embed_dim, dropout=self.dropout, dtype=self.dtype,
-        param_dtype=self.param_dtype, decode=self.decode, decode_len=self.decode_len)
+        embed_dim=self.embed_dim,
+        num_heads=self.num_heads,
+        hidden_dim=self.mlp_dim or 4 * self.embed_dim,
+        dropout=self.dropout,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        decode=self.decode,
+        decode_len=self.decode_len,
+    )
     rows = lambda n: -(-n // self.vocab_multiple) * self.vocab_multiple  # noqa: E731
     embed = lambda n: nn.Embed(  # noqa: E731
-        rows(n), self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-        embedding_init=_init(1.0, ("vocab", "embed")))
+        rows(n),
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        embedding_init=_init(1.0, ("vocab", "embed")),
+    )
     if self.share_embeddings:
       self.embed = embed(self.tgt_vocab_size)
     else:
@@ -240,7 +270,7 @@ class Seq2Seq(nn.Module):
     # Tied output head in float32, scaled like the embeddings' unit-variance init; the padding
     # rows of the table are not part of the vocabulary.
     logits = table.attend(h.astype(jnp.float32)).astype(jnp.float32) / np.sqrt(self.embed_dim)
-    return logits[..., :self.tgt_vocab_size]
+    return logits[..., : self.tgt_vocab_size]
 
   def __call__(self, src, tgt_in, *, train: bool = False):
     encoded, mask = self.encode(src, train=train)
@@ -263,16 +293,27 @@ def default_config() -> ml_collections.ConfigDict:
 
 def make(cfg, src_vocab_size: int, tgt_vocab_size: int, share_embeddings: bool) -> Seq2Seq:
   """Builds a Seq2Seq from `config.model`; vocabularies include the 3 special ids."""
-  ints = {k: layers.positive_int(cfg, k)
-          for k in ("num_encoder_layers", "num_decoder_layers", "num_heads", "embed_dim")}
+  ints = {
+      k: layers.positive_int(cfg, k)
+      for k in ("num_encoder_layers", "num_decoder_layers", "num_heads", "embed_dim")
+  }
   if ints["embed_dim"] % (2 * ints["num_heads"]):
-    raise UsageError(f"model.embed_dim={ints['embed_dim']} must be even and divisible by "
-                     f"model.num_heads={ints['num_heads']}")
+    raise UsageError(
+        f"model.embed_dim={ints['embed_dim']} must be even and divisible by "
+        f"model.num_heads={ints['num_heads']}"
+    )
   mlp_dim, multiple = layers.mlp_dim(cfg), layers.vocab_multiple(cfg)
   if share_embeddings and src_vocab_size != tgt_vocab_size:
-    raise UsageError(f"shared embeddings need one vocabulary; got source {src_vocab_size} "
-                     f"and target {tgt_vocab_size} ids")
-  return Seq2Seq(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, mlp_dim=mlp_dim,
-                 share_embeddings=share_embeddings, vocab_multiple=multiple, **ints,
-                 **layers.dropout_and_dtypes(cfg))
-
+    raise UsageError(
+        f"shared embeddings need one vocabulary; got source {src_vocab_size} "
+        f"and target {tgt_vocab_size} ids"
+    )
+  return Seq2Seq(
+      src_vocab_size=src_vocab_size,
+      tgt_vocab_size=tgt_vocab_size,
+      mlp_dim=mlp_dim,
+      share_embeddings=share_embeddings,
+      vocab_multiple=multiple,
+      **ints,
+      **layers.dropout_and_dtypes(cfg),
+  )

@@ -65,18 +65,29 @@ class Attention(nn.Module):
     width = x.shape[-1]
     head_dim = width // self.num_heads
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
-        (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_init(0.02, ("embed", "heads", "kv")), bias_init=_zeros(("heads", "kv")),
-        name=name)
+        (self.num_heads, head_dim),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_init(0.02, ("embed", "heads", "kv")),
+        bias_init=_zeros(("heads", "kv")),
+        name=name,
+    )
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, D) each
     if self.rotary:
       positions = jnp.arange(x.shape[1])
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
     y = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])  # (B, T, H, D)
     y = nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        width,
+        axis=(-2, -1),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
         kernel_init=_init(self.residual_std, ("heads", "kv", "embed")),
-        bias_init=_zeros(("embed",)), name="out")(y)  # (B, T, C)
+        bias_init=_zeros(("embed",)),
+        name="out",
+    )(
+        y
+    )  # (B, T, C)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
@@ -91,13 +102,24 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, *, train):  # x (B, T, C), mask (B, T)
-    kw = dict(dropout=self.dropout, residual_std=self.residual_std, dtype=self.dtype,
-              param_dtype=self.param_dtype)
+    kw = dict(
+        dropout=self.dropout,
+        residual_std=self.residual_std,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
     x = x + Attention(self.num_heads, rotary=self.rotary, name="attn", **kw)(
-        _layer_norm(self, "ln_1")(x), mask, train=train)
-    mlp = layers.MLP(self.hidden_dim, fc_std=0.02, proj_std=self.residual_std,
-                     dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="mlp")
+        _layer_norm(self, "ln_1")(x), mask, train=train
+    )
+    mlp = layers.MLP(
+        self.hidden_dim,
+        fc_std=0.02,
+        proj_std=self.residual_std,
+        dropout=self.dropout,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="mlp",
+    )
     return x + mlp(_layer_norm(self, "ln_2")(x), train=train)
 
 
@@ -121,24 +143,44 @@ class TextEncoder(nn.Module):
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):
     mask = tokens > 0  # (B, T)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                 embedding_init=_init(0.02, ("vocab", "embed")), name="tok_embed")(tokens)
+    x = nn.Embed(
+        self.vocab_size,
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        embedding_init=_init(0.02, ("vocab", "embed")),
+        name="tok_embed",
+    )(tokens)
     if self.pooling == "first":
       cls = self.param("cls", _init(0.02, ("embed",)), (self.embed_dim,), self.param_dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), x[:, :1].shape), x], axis=1)
       mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
     if self.positions == "learned":
       length = self.max_len + (self.pooling == "first")
-      positions = nn.Embed(length, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                           embedding_init=_init(0.02, ("length", "embed")), name="pos_embed")
+      positions = nn.Embed(
+          length,
+          self.embed_dim,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          embedding_init=_init(0.02, ("length", "embed")),
+          name="pos_embed",
+      )
       x = x + positions(jnp.arange(x.shape[1]))[None]  # (B, T, C)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
     for i in range(self.num_layers):
-      x = Block(num_heads=self.num_heads, hidden_dim=self.mlp_dim or 4 * self.embed_dim,
-                dropout=self.dropout, residual_std=0.02 / (2 * self.num_layers) ** 0.5,
-                rotary=self.positions == "rotary", dtype=self.dtype, param_dtype=self.param_dtype,
-                name=f"block_{i}")(x, mask, train=train)  # (B, T, C)
+      x = Block(
+          num_heads=self.num_heads,
+          hidden_dim=self.mlp_dim or 4 * self.embed_dim,
+          dropout=self.dropout,
+          residual_std=0.02 / (2 * self.num_layers) ** 0.5,
+          rotary=self.positions == "rotary",
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"block_{i}",
+      )(
+          x, mask, train=train
+      )  # (B, T, C)
     x = _layer_norm(self, "ln_f")(x)  # (B, T, C)
 
     if self.pooling == "first":
@@ -147,9 +189,14 @@ class TextEncoder(nn.Module):
       weights = mask.astype(x.dtype)[..., None]  # (B, T, 1)
       pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # (B, C)
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=_init(0.02, ("embed", None)), bias_init=_zeros((None,)),
-                      name="head")(pooled)
+    logits = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_init(0.02, ("embed", None)),
+        bias_init=_zeros((None,)),
+        name="head",
+    )(pooled)
     return logits.astype(jnp.float32)  # (B, num_classes)
 
 
@@ -176,11 +223,14 @@ def default_config() -> ml_collections.ConfigDict:
 def make(cfg, vocab_size: int, num_classes: int) -> TextEncoder:
   """Builds a TextEncoder from `config.model`; vocab_size counts the padding id 0 (the table is
   padded to a multiple of VOCAB_MULTIPLE)."""
-  ints = {k: layers.positive_int(cfg, k)
-          for k in ("max_len", "num_layers", "num_heads", "embed_dim")}
+  ints = {
+      k: layers.positive_int(cfg, k) for k in ("max_len", "num_layers", "num_heads", "embed_dim")
+  }
   if ints["embed_dim"] % ints["num_heads"]:
-    raise UsageError(f"model.embed_dim={ints['embed_dim']} must be divisible by "
-                     f"model.num_heads={ints['num_heads']}")
+    raise UsageError(
+        f"model.embed_dim={ints['embed_dim']} must be divisible by "
+        f"model.num_heads={ints['num_heads']}"
+    )
   mlp_dim = layers.mlp_dim(cfg)
   pooling = cfg.pooling
   if pooling not in POOLING:
@@ -189,9 +239,16 @@ def make(cfg, vocab_size: int, num_classes: int) -> TextEncoder:
   if positions not in POSITIONS:
     raise UsageError(f"model.positions={positions!r} is unknown; valid: {', '.join(POSITIONS)}")
   if positions == "rotary" and (ints["embed_dim"] // ints["num_heads"]) % 2:
-    raise UsageError(f"model.positions='rotary' needs an even head size, but model.embed_dim="
-                     f"{ints['embed_dim']} / model.num_heads={ints['num_heads']} is odd")
-  return TextEncoder(vocab_size=padded_vocab(vocab_size, num_classes), num_classes=num_classes,
-                     mlp_dim=mlp_dim,
-                     pooling=pooling, positions=positions, **ints,
-                     **layers.dropout_and_dtypes(cfg))
+    raise UsageError(
+        f"model.positions='rotary' needs an even head size, but model.embed_dim="
+        f"{ints['embed_dim']} / model.num_heads={ints['num_heads']} is odd"
+    )
+  return TextEncoder(
+      vocab_size=padded_vocab(vocab_size, num_classes),
+      num_classes=num_classes,
+      mlp_dim=mlp_dim,
+      pooling=pooling,
+      positions=positions,
+      **ints,
+      **layers.dropout_and_dtypes(cfg),
+  )

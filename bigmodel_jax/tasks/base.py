@@ -48,8 +48,9 @@ class Task(abc.ABC):
     `create`, builds and saves it there. Called before any data or model use except plan."""
 
   @abc.abstractmethod
-  def train_iterator(self, batch_size: int, seed: int, process_index: int,
-                     process_count: int) -> Iterator[Batch]:
+  def train_iterator(
+      self, batch_size: int, seed: int, process_index: int, process_count: int
+  ) -> Iterator[Batch]:
     """A checkpointable grain iterator of this process's host batches, deterministic by seed."""
 
   @abc.abstractmethod
@@ -67,8 +68,9 @@ class Task(abc.ABC):
     """Boxed flax variables {"params": ..., other collections}, from shapes only."""
 
   @abc.abstractmethod
-  def loss(self, params, model_state, batch: Batch, rng,
-           train: bool) -> tuple[jax.Array, tuple[Metrics, dict]]:
+  def loss(
+      self, params, model_state, batch: Batch, rng, train: bool
+  ) -> tuple[jax.Array, tuple[Metrics, dict]]:
     """-> (scalar loss, (metrics as {name: (sum, count)}, new model_state)); pure."""
 
   def summarize(self, values: dict[str, float]) -> dict[str, float]:

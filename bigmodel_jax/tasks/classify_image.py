@@ -27,18 +27,21 @@ INVERT = ("auto", "yes", "no")
 class Task(base.Task):
   """Cross-entropy over classes; metrics loss and accuracy (top-1)."""
 
-
   def __init__(self, config):
     super().__init__(config)
     d, a, p = config.data, config.augment, config.predict
     if not 0 < d.test_fraction < 1:
       raise UsageError(f"data.test_fraction={d.test_fraction} must be in (0, 1)")
     if a.crop_padding < 0 or a.cutout < 0:
-      raise UsageError(f"augment.crop_padding={a.crop_padding} and augment.cutout={a.cutout} "
-                       "must be >= 0 (pixels; 0 turns them off)")
+      raise UsageError(
+          f"augment.crop_padding={a.crop_padding} and augment.cutout={a.cutout} "
+          "must be >= 0 (pixels; 0 turns them off)"
+      )
     if p.top_k < 1 or p.invert not in INVERT:
-      raise UsageError(f"predict.top_k={p.top_k} must be >= 1 and predict.invert={p.invert!r} one "
-                       f"of {', '.join(INVERT)}")
+      raise UsageError(
+          f"predict.top_k={p.top_k} must be >= 1 and predict.invert={p.invert!r} one "
+          f"of {', '.join(INVERT)}"
+      )
     self.info = images.info(d.source, d.tfds_data_dir)  # checks the source; reads no images
     self.model = models.make(config.model, ("cnn", "resnet"), num_classes=self.info.num_classes)
     # {"mean": [...], "std": [...], "dark_background": bool, ...}: measured or loaded by setup;
@@ -59,42 +62,67 @@ class Task(base.Task):
     elif create:
       train = self._split("train")["image"]
       mean, std = images.channel_stats(train)
-      self.stats = {"source": self.config.data.source, "shape": list(self.info.shape),
-                    "class_names": self.info.class_names, "mean": mean, "std": std,
-                    "dark_background": images.border_mean(train.mean(0)) < 0.25}
+      self.stats = {
+          "source": self.config.data.source,
+          "shape": list(self.info.shape),
+          "class_names": self.info.class_names,
+          "mean": mean,
+          "std": std,
+          "dark_background": images.border_mean(train.mean(0)) < 0.25,
+      }
       with open(path, "w") as f:
         json.dump(self.stats, f, indent=2)
     else:
-      raise RunError(f"no {DATASET_FILE} in {workdir}; train first with python run.py "
-                     f"--experiment={self.config.experiment} --workdir={workdir}")
+      raise RunError(
+          f"no {DATASET_FILE} in {workdir}; train first with python run.py "
+          f"--experiment={self.config.experiment} --workdir={workdir}"
+      )
     self.model = models.make(self.config.model, num_classes=self.info.num_classes)
 
   @functools.lru_cache(maxsize=2)
   def _split(self, split: str) -> dict[str, np.ndarray]:
     d = self.config.data
     if self.stats.get("source", d.source) != d.source:
-      raise RunError(f"this run was trained on {self.stats['source']} (its {DATASET_FILE}) but "
-                     f"data.source={d.source}; pass --config.data.source={self.stats['source']} "
-                     "or use a new --workdir")
-    return images.load(d.source, data_dir=d.tfds_data_dir, test_fraction=d.test_fraction,
-                       split_seed=d.split_seed, splits=(split,))[split]
+      raise RunError(
+          f"this run was trained on {self.stats['source']} (its {DATASET_FILE}) but "
+          f"data.source={d.source}; pass --config.data.source={self.stats['source']} "
+          "or use a new --workdir"
+      )
+    return images.load(
+        d.source,
+        data_dir=d.tfds_data_dir,
+        test_fraction=d.test_fraction,
+        split_seed=d.split_seed,
+        splits=(split,),
+    )[split]
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     a = self.config.augment
     fill = tuple(round(m * 255) for m in self.stats["mean"])
-    augment = images.make_augment(crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout,
-                                  fill=fill)
-    return iter(arrays.train_dataset(self._split("train"), batch_size=batch_size, seed=seed,
-                                     process_index=process_index, process_count=process_count,
-                                     augment=augment))
+    augment = images.make_augment(
+        crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout, fill=fill
+    )
+    return iter(
+        arrays.train_dataset(
+            self._split("train"),
+            batch_size=batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            augment=augment,
+        )
+    )
 
   def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(self._split("test"), batch_size=batch_size,
-                               max_batches=self.config.train.eval_batches)
+    return arrays.eval_batches(
+        self._split("test"), batch_size=batch_size, max_batches=self.config.train.eval_batches
+    )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    return {"image": jax.ShapeDtypeStruct((batch_size, *self.info.shape), np.uint8),
-            "label": jax.ShapeDtypeStruct((batch_size,), np.int32)}
+    return {
+        "image": jax.ShapeDtypeStruct((batch_size, *self.info.shape), np.uint8),
+        "label": jax.ShapeDtypeStruct((batch_size,), np.int32),
+    }
 
   # --- model and loss -----------------------------------------------------------------------
 
@@ -110,8 +138,9 @@ class Task(base.Task):
     variables = {"params": params, **model_state}
     x = self._normalize(batch["image"])
     if train and model_state:  # BatchNorm: batch statistics, and new running averages
-      logits, updates = self.model.apply(variables, x, train=True, rngs={"dropout": rng},
-                                         mutable=list(model_state))
+      logits, updates = self.model.apply(
+          variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state)
+      )
       model_state = {**model_state, **updates}
     else:
       logits = self.model.apply(variables, x, train=train, rngs={"dropout": rng})
@@ -132,16 +161,27 @@ class Task(base.Task):
     names = self.info.class_names
     m = classification.confusion_matrix(test["label"], predicted, len(names))
     correct, total = np.trace(m), m.sum()
-    rows = [[name, int(m[i].sum()), int(m[i, i]), f"{100 * m[i, i] / max(m[i].sum(), 1):.1f}%"]
-            for i, name in enumerate(names)]
-    print(f"\n{self.config.data.source}: top-1 test accuracy {100 * correct / total:.2f}% "
-          f"({correct}/{total})\n" + classification.format_table(
-              ["class", "test images", "correct", "accuracy"], rows), flush=True)
+    rows = [
+        [name, int(m[i].sum()), int(m[i, i]), f"{100 * m[i, i] / max(m[i].sum(), 1):.1f}%"]
+        for i, name in enumerate(names)
+    ]
+    print(
+        f"\n{self.config.data.source}: top-1 test accuracy {100 * correct / total:.2f}% "
+        f"({correct}/{total})\n"
+        + classification.format_table(["class", "test images", "correct", "accuracy"], rows),
+        flush=True,
+    )
     off = m - np.diag(np.diag(m))
     worst = [(off[i, j], i, j) for i, j in zip(*np.nonzero(off))]
     if worst:
-      print("  most confused: " + ", ".join(f"{names[i]} taken for {names[j]} ({n}x)" for n, i, j
-                                             in sorted(worst, reverse=True)[:5]), flush=True)
+      print(
+          "  most confused: "
+          + ", ".join(
+              f"{names[i]} taken for {names[j]} ({n}x)"
+              for n, i, j in sorted(worst, reverse=True)[:5]
+          ),
+          flush=True,
+      )
     return {"accuracy": correct / total, "per_class": {r[0]: r[2] / max(r[1], 1) for r in rows}}
 
   def predict(self, variables) -> list[tuple[str, float]]:
@@ -151,14 +191,20 @@ class Task(base.Task):
       raise UsageError("--mode=predict needs --config.predict.input=<image file> (PNG, JPEG, ...)")
     image = images.read_image(p.input, self.info.shape)
     # Digits and MNIST are light ink on black; a drawing is usually dark ink on white.
-    invert = p.invert == "yes" or (p.invert == "auto" and self.stats["dark_background"]
-                                   and images.border_mean(image) > 0.5)
+    invert = p.invert == "yes" or (
+        p.invert == "auto" and self.stats["dark_background"] and images.border_mean(image) > 0.5
+    )
     if invert:
       image = 255 - image
       logging.info("predict: inverted %s to light-on-dark like the training images", p.input)
     probs = self.probabilities(variables, image[None])[0]
-    top = np.argsort(-probs)[:p.top_k]
+    top = np.argsort(-probs)[: p.top_k]
     result = [(self.info.class_names[i], float(probs[i])) for i in top]
-    print(f"{p.input}{' (inverted)' if invert else ''}:\n" + classification.format_table(
-        ["class", "probability"], [[n, f"{q:.4f}"] for n, q in result]), flush=True)
+    print(
+        f"{p.input}{' (inverted)' if invert else ''}:\n"
+        + classification.format_table(
+            ["class", "probability"], [[n, f"{q:.4f}"] for n, q in result]
+        ),
+        flush=True,
+    )
     return result

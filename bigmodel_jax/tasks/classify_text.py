@@ -37,13 +37,13 @@ SOURCES_HELP = "reviews, tfds:<name>"
 class Task(base.Task):
   """Batches are {"tokens": int32 (B, max_len), "label": int32 (B,)} (+ "weight" in eval)."""
 
-
   def __init__(self, config):
     super().__init__(config)
     d = config.data
     if d.tokenizer not in tokenizers.NAMES:
-      raise UsageError(f"data.tokenizer={d.tokenizer!r} is not valid; "
-                       f"valid: {', '.join(tokenizers.NAMES)}")
+      raise UsageError(
+          f"data.tokenizer={d.tokenizer!r} is not valid; valid: {', '.join(tokenizers.NAMES)}"
+      )
     max_len = config.model.get("max_len")
     if not isinstance(max_len, int) or max_len <= 0:
       raise UsageError(f"model.max_len={max_len!r} must be a positive integer")
@@ -56,8 +56,9 @@ class Task(base.Task):
           raise UsageError(f"data.{key}={d[key]} must be a positive integer")
       self.class_names, self.eval_split = reviews.CLASS_NAMES, "test"
     elif d.source.startswith("tfds:") and d.source[5:]:
-      self._builder, self.eval_split = _open_tfds(d.source[5:], d.tfds_data_dir, d.text_key,
-                                                  d.label_key)
+      self._builder, self.eval_split = _open_tfds(
+          d.source[5:], d.tfds_data_dir, d.text_key, d.label_key
+      )
       self.class_names = tuple(self._builder.info.features[d.label_key].names)
     else:
       raise UsageError(f"data.source={d.source!r} is not valid; valid: {SOURCES_HELP}")
@@ -67,10 +68,14 @@ class Task(base.Task):
     self.model = self._make_model()
 
   def _make_model(self):
-    vocab = self.tokenizer.vocab_size if self.tokenizer else (
-        256 if self.config.data.tokenizer == "byte" else self.config.data.vocab_size)
-    return models.make(self.config.model, MODELS, vocab_size=vocab + 1,
-                       num_classes=len(self.class_names))
+    vocab = (
+        self.tokenizer.vocab_size
+        if self.tokenizer
+        else (256 if self.config.data.tokenizer == "byte" else self.config.data.vocab_size)
+    )
+    return models.make(
+        self.config.model, MODELS, vocab_size=vocab + 1, num_classes=len(self.class_names)
+    )
 
   # --- data ---------------------------------------------------------------------------------
 
@@ -82,11 +87,17 @@ class Task(base.Task):
       self.tokenizer = tokenizers.load_tokenizer(directory)
     elif create:
       self.tokenizer = tokenizers.build_tokenizer(
-          d.tokenizer, self._texts("train")[0], vocab_size=d.vocab_size,
-          model_type=d.spm_model_type, directory=directory)
+          d.tokenizer,
+          self._texts("train")[0],
+          vocab_size=d.vocab_size,
+          model_type=d.spm_model_type,
+          directory=directory,
+      )
     else:
-      raise RunError(f"no tokenizer in {directory}; train first with "
-                     f"python run.py --experiment={self.config.experiment} --workdir={workdir}")
+      raise RunError(
+          f"no tokenizer in {directory}; train first with "
+          f"python run.py --experiment={self.config.experiment} --workdir={workdir}"
+      )
     self.model = self._make_model()
 
   @functools.cached_property
@@ -108,8 +119,14 @@ class Task(base.Task):
     tokens, lengths = self._encode(texts)
     max_len = self.config.model.max_len
     logging.info("%s split: %d examples", split, len(texts))
-    too_long.log_split(split, int(np.sum(lengths > max_len)), len(texts), "texts",
-                       f"model.max_len={max_len} tokens", f"cut to their first {max_len}")
+    too_long.log_split(
+        split,
+        int(np.sum(lengths > max_len)),
+        len(texts),
+        "texts",
+        f"model.max_len={max_len} tokens",
+        f"cut to their first {max_len}",
+    )
     return {"tokens": tokens, "label": labels}
 
   def encode(self, texts) -> np.ndarray:
@@ -122,21 +139,33 @@ class Task(base.Task):
     lengths = np.zeros(len(texts), np.int64)
     for i, (row, ids) in enumerate(zip(out, self.tokenizer.encode_many(texts))):
       lengths[i] = len(ids)
-      ids = ids[:len(row)]
-      row[:len(ids)] = ids + 1
+      ids = ids[: len(row)]
+      row[: len(ids)] = ids + 1
     return out, lengths
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(arrays.train_dataset(self._arrays("train"), batch_size=batch_size, seed=seed,
-                                     process_index=process_index, process_count=process_count))
+    return iter(
+        arrays.train_dataset(
+            self._arrays("train"),
+            batch_size=batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+    )
 
   def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(self._arrays(self.eval_split), batch_size=batch_size,
-                               max_batches=self.config.train.eval_batches)
+    return arrays.eval_batches(
+        self._arrays(self.eval_split),
+        batch_size=batch_size,
+        max_batches=self.config.train.eval_batches,
+    )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    return {"tokens": jax.ShapeDtypeStruct((batch_size, self.config.model.max_len), np.int32),
-            "label": jax.ShapeDtypeStruct((batch_size,), np.int32)}
+    return {
+        "tokens": jax.ShapeDtypeStruct((batch_size, self.config.model.max_len), np.int32),
+        "label": jax.ShapeDtypeStruct((batch_size,), np.int32),
+    }
 
   # --- model and loss -----------------------------------------------------------------------
 
@@ -145,14 +174,17 @@ class Task(base.Task):
     return self.model.init({"params": rng}, tokens, train=False)
 
   def loss(self, params, model_state, batch, rng, train: bool):
-    logits = self.model.apply({"params": params, **model_state}, batch["tokens"], train=train,
-                              rngs={"dropout": rng})  # (B, classes) float32
+    logits = self.model.apply(
+        {"params": params, **model_state}, batch["tokens"], train=train, rngs={"dropout": rng}
+    )  # (B, classes) float32
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])  # (B,)
     weight = batch["weight"] if "weight" in batch else np.ones(losses.shape, np.float32)
     count = weight.sum()
     correct = (logits.argmax(-1) == batch["label"]).astype(np.float32)
-    metrics = {"loss": ((losses * weight).sum(), count),
-               "accuracy": ((correct * weight).sum(), count)}
+    metrics = {
+        "loss": ((losses * weight).sum(), count),
+        "accuracy": ((correct * weight).sum(), count),
+    }
     return (losses * weight).sum() / count, (metrics, model_state)
 
   # --- prediction ---------------------------------------------------------------------------
@@ -164,10 +196,10 @@ class Task(base.Task):
       fn = self._probs_fn = jax.jit(lambda v, t: jax.nn.softmax(self.model.apply(v, t)))
     out = []
     for start in range(0, len(tokens), batch_size):
-      chunk = tokens[start:start + batch_size]
+      chunk = tokens[start : start + batch_size]
       padded = np.zeros((batch_size,) + chunk.shape[1:], np.int32)
-      padded[:len(chunk)] = chunk
-      out.append(np.asarray(fn(variables, padded))[:len(chunk)])
+      padded[: len(chunk)] = chunk
+      out.append(np.asarray(fn(variables, padded))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
   def predict(self, variables) -> dict:
@@ -178,8 +210,14 @@ class Task(base.Task):
       raise UsageError('predict.input is empty; pass --config.predict.input="some text"')
     tokens, lengths = self._encode([text])
     max_len = self.config.model.max_len
-    too_long.check_input("predict.input", int(lengths[0]), max_len, f"model.max_len={max_len}",
-                         "predict.on_long_input", p.on_long_input)
+    too_long.check_input(
+        "predict.input",
+        int(lengths[0]),
+        max_len,
+        f"model.max_len={max_len}",
+        "predict.on_long_input",
+        p.on_long_input,
+    )
     probs = self.probabilities(variables, tokens)[0]
     label = self.class_names[int(probs.argmax())]
     print(f"{label} ({probs.max():.3f}): {text}")
@@ -192,16 +230,23 @@ class Task(base.Task):
     limit = self.config.train.eval_batches * self.config.train.batch_size or len(data["label"])
     probs = self.probabilities(variables, data["tokens"][:limit])
     labels = data["label"][:limit]
-    print(f"\n{self.config.data.source} {self.eval_split} accuracy: "
-          f"{np.mean(probs.argmax(-1) == labels):.2%} ({len(labels)} examples)")
+    print(
+        f"\n{self.config.data.source} {self.eval_split} accuracy: "
+        f"{np.mean(probs.argmax(-1) == labels):.2%} ({len(labels)} examples)"
+    )
     texts = self._texts(self.eval_split)[0]
     k = self.config.predict.num_examples
     rows = [(texts[i], labels[i], probs[i]) for i in range(min(k, len(labels)))]
     if self.config.data.source == "reviews" and k:
       print(f"first {len(rows)} {self.eval_split} examples, then probes (order and negation):")
       tokens = self.encode([t for t, _ in reviews.PROBES])
-      rows += list(zip([t for t, _ in reviews.PROBES], [y for _, y in reviews.PROBES],
-                       self.probabilities(variables, tokens)))
+      rows += list(
+          zip(
+              [t for t, _ in reviews.PROBES],
+              [y for _, y in reviews.PROBES],
+              self.probabilities(variables, tokens),
+          )
+      )
     for text, label, p in rows:
       guess = int(p.argmax())
       mark = "ok   " if guess == label else "WRONG"
@@ -219,16 +264,22 @@ def _open_tfds(name: str, data_dir: str, text_key: str, label_key: str):
   builder = tfds_source.open_prepared(name, data_dir)
   features = builder.info.features
   described = ", ".join(f"{k} ({type(f).__name__})" for k, f in sorted(features.items()))
-  for key, kind, want in ((text_key, tfds.features.Text, "text"),
-                          (label_key, tfds.features.ClassLabel, "label")):
+  for key, kind, want in (
+      (text_key, tfds.features.Text, "text"),
+      (label_key, tfds.features.ClassLabel, "label"),
+  ):
     if key not in features or not isinstance(features[key], kind):
-      raise UsageError(f"data.{want}_key={key!r} is not a {kind.__name__} feature of {source}; "
-                       f"features: {described}")
+      raise UsageError(
+          f"data.{want}_key={key!r} is not a {kind.__name__} feature of {source}; "
+          f"features: {described}"
+      )
   splits = set(builder.info.splits)
   eval_split = next((s for s in ("test", "validation") if s in splits), None)
   if "train" not in splits or eval_split is None:
-    raise UsageError(f"{source} needs a train split and a test or validation split; its "
-                     f"splits: {', '.join(sorted(splits)) or 'none'}")
+    raise UsageError(
+        f"{source} needs a train split and a test or validation split; its "
+        f"splits: {', '.join(sorted(splits)) or 'none'}"
+    )
   return builder, eval_split
 
 
@@ -240,6 +291,5 @@ def _read_tfds(builder, split: str, text_key: str, label_key: str):
     text = record[text_key]
     texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
     labels[i] = int(record[label_key])
-  logging.info("tfds:%s %s: %d examples from %s", builder.name, split, len(texts),
-               builder.data_dir)
+  logging.info("tfds:%s %s: %d examples from %s", builder.name, split, len(texts), builder.data_dir)
   return texts, labels

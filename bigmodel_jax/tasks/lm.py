@@ -27,15 +27,23 @@ class Task(base.Task):
   def __init__(self, config):
     super().__init__(config)
     if config.data.tokenizer not in tokenizers.NAMES:
-      raise UsageError(f"data.tokenizer={config.data.tokenizer!r} is not valid; "
-                       f"valid: {', '.join(tokenizers.NAMES)}")
+      raise UsageError(
+          f"data.tokenizer={config.data.tokenizer!r} is not valid; "
+          f"valid: {', '.join(tokenizers.NAMES)}"
+      )
     s = config.sample
-    if s.temperature < 0 or not 0 < s.top_p <= 1 or s.top_k < 0 or s.max_new_tokens < 0 or (
-        s.num_samples < 0):
+    if (
+        s.temperature < 0
+        or not 0 < s.top_p <= 1
+        or s.top_k < 0
+        or s.max_new_tokens < 0
+        or (s.num_samples < 0)
+    ):
       raise UsageError(
           f"sample settings out of range: temperature={s.temperature} (>= 0; 0 is greedy), "
           f"top_p={s.top_p} (in (0, 1]), top_k={s.top_k} (>= 0), max_new_tokens="
-          f"{s.max_new_tokens} (>= 0), num_samples={s.num_samples} (>= 0); see config.sample")
+          f"{s.max_new_tokens} (>= 0), num_samples={s.num_samples} (>= 0); see config.sample"
+      )
     self.units_per_example = config.model.block_size
     if config.data.tokenizer == "byte":  # one token per UTF-8 byte: checkable before any work
       self._check_showcase_prompt(len(config.sample.prompt.encode("utf-8")))
@@ -54,8 +62,11 @@ class Task(base.Task):
     return self._flops[1]
 
   def _vocab_size(self) -> int:
-    return self.tokenizer.vocab_size if self.tokenizer else (
-        256 if self.config.data.tokenizer == "byte" else self.config.data.vocab_size)
+    return (
+        self.tokenizer.vocab_size
+        if self.tokenizer
+        else (256 if self.config.data.tokenizer == "byte" else self.config.data.vocab_size)
+    )
 
   # --- data ---------------------------------------------------------------------------------
 
@@ -66,11 +77,17 @@ class Task(base.Task):
       self.tokenizer = tokenizers.load_tokenizer(directory)
     elif create:
       self.tokenizer = tokenizers.build_tokenizer(
-          self.config.data.tokenizer, self._splits["train"], vocab_size=self.config.data.vocab_size,
-          model_type=self.config.data.spm_model_type, directory=directory)
+          self.config.data.tokenizer,
+          self._splits["train"],
+          vocab_size=self.config.data.vocab_size,
+          model_type=self.config.data.spm_model_type,
+          directory=directory,
+      )
     else:
-      raise RunError(f"no tokenizer in {directory}; train first with "
-                     f"python run.py --experiment={self.config.experiment} --workdir={workdir}")
+      raise RunError(
+          f"no tokenizer in {directory}; train first with "
+          f"python run.py --experiment={self.config.experiment} --workdir={workdir}"
+      )
     self.model = models.make(self.config.model, ("gpt",), vocab_size=self._vocab_size())
     if create:
       self._check_showcase_prompt(len(self.tokenizer.encode(self.config.sample.prompt)))
@@ -81,15 +98,18 @@ class Task(base.Task):
     s, context = self.config.sample, self.config.model.block_size
     if s.num_samples > 0 and s.prompt:
       if n >= context:
-        raise UsageError(f"sample.prompt is {n} tokens but model.block_size={context}: the samples "
-                         "shown after training would not fit; shorten the prompt, or set "
-                         "sample.num_samples=0")
+        raise UsageError(
+            f"sample.prompt is {n} tokens but model.block_size={context}: the samples "
+            "shown after training would not fit; shorten the prompt, or set "
+            "sample.num_samples=0"
+        )
 
   @functools.cached_property
   def _splits(self):
     d = self.config.data
-    return corpora.load_text_splits(d.source, data_dir=d.tfds_data_dir,
-                                    val_percent=d.val_percent, text_key=d.text_key)
+    return corpora.load_text_splits(
+        d.source, data_dir=d.tfds_data_dir, val_percent=d.val_percent, text_key=d.text_key
+    )
 
   @functools.lru_cache(maxsize=2)
   def _tokens(self, split: str) -> np.ndarray:
@@ -99,29 +119,40 @@ class Task(base.Task):
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     ds = lm_pipeline.train_dataset(
-        self._tokens("train"), seq_len=self.config.model.block_size, batch_size=batch_size,
-        seed=seed, process_index=process_index, process_count=process_count)
+        self._tokens("train"),
+        seq_len=self.config.model.block_size,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
     return iter(ds)
 
   def eval_batches(self, batch_size: int):
-    return lm_pipeline.eval_batches(self._tokens("validation"), seq_len=self.config.model.block_size,
-                                    batch_size=batch_size,
-                                    num_batches=self.config.train.eval_batches)
+    return lm_pipeline.eval_batches(
+        self._tokens("validation"),
+        seq_len=self.config.model.block_size,
+        batch_size=batch_size,
+        num_batches=self.config.train.eval_batches,
+    )
 
   # --- model and loss -----------------------------------------------------------------------
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     shape = (batch_size, self.config.model.block_size)
-    return {"inputs": jax.ShapeDtypeStruct(shape, np.int32),
-            "targets": jax.ShapeDtypeStruct(shape, np.int32)}
+    return {
+        "inputs": jax.ShapeDtypeStruct(shape, np.int32),
+        "targets": jax.ShapeDtypeStruct(shape, np.int32),
+    }
 
   def init_variables(self, rng):
     tokens = np.zeros((1, self.config.model.block_size), np.int32)
     return self.model.init({"params": rng}, tokens, train=False)
 
   def loss(self, params, model_state, batch, rng, train: bool):
-    logits = self.model.apply({"params": params, **model_state}, batch["inputs"], train=train,
-                              rngs={"dropout": rng})  # (B, T, V) float32
+    logits = self.model.apply(
+        {"params": params, **model_state}, batch["inputs"], train=train, rngs={"dropout": rng}
+    )  # (B, T, V) float32
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     count = np.float32(token_loss.size)
     correct = (logits.argmax(-1) == batch["targets"]).sum()
@@ -142,16 +173,32 @@ class Task(base.Task):
     max_new = s.max_new_tokens
     if 0 < len(prompt) < self.model.block_size < len(prompt) + max_new:
       max_new = self.model.block_size - len(prompt)
-      logging.warning("sample.max_new_tokens=%d does not fit the context (model.block_size=%d) "
-                      "after the %d-token prompt; generating %d", s.max_new_tokens,
-                      self.model.block_size, len(prompt), max_new)
+      logging.warning(
+          "sample.max_new_tokens=%d does not fit the context (model.block_size=%d) "
+          "after the %d-token prompt; generating %d",
+          s.max_new_tokens,
+          self.model.block_size,
+          len(prompt),
+          max_new,
+      )
     out = generate.generate(
-        self.model, variables["params"], prompt, max_new_tokens=max_new, rng=jax.random.key(s.seed),
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=s.num_samples)
+        self.model,
+        variables["params"],
+        prompt,
+        max_new_tokens=max_new,
+        rng=jax.random.key(s.seed),
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        num_samples=s.num_samples,
+    )
     texts = [self.tokenizer.decode(row) for row in np.asarray(out)]
     for i, text in enumerate(texts):
-      print(f"--- sample {i + 1}/{len(texts)} (temperature {s.temperature}, top_k {s.top_k}, "
-            f"top_p {s.top_p}, seed {s.seed}) ---\n{text}\n", flush=True)
+      print(
+          f"--- sample {i + 1}/{len(texts)} (temperature {s.temperature}, top_k {s.top_k}, "
+          f"top_p {s.top_p}, seed {s.seed}) ---\n{text}\n",
+          flush=True,
+      )
     return texts
 
   def showcase(self, variables) -> None:

@@ -28,7 +28,6 @@ class Task(base.Task):
 
   final_metric_names = ("auc",)
 
-
   def __init__(self, config):
     super().__init__(config)
     d = config.data
@@ -40,8 +39,9 @@ class Task(base.Task):
     # The data are small: read, split and encode now, so every data error comes before any write.
     table = tables.load(d.source, label_column=d.label_column, drop_columns=tuple(d.drop_columns))
     self.tables = dict(zip(("train", "test"), tables.split(table, d.test_fraction, d.split_seed)))
-    self.pre = tables.Preprocessing.fit(table, self.tables["train"], label_column=self.label_column,
-                                        max_categories=d.max_categories)
+    self.pre = tables.Preprocessing.fit(
+        table, self.tables["train"], label_column=self.label_column, max_categories=d.max_categories
+    )
     self.model = models.make(config.model, ("mlp",), num_outputs=1)
     self.modes = {"predict": self.predict}
     self.workdir = ""
@@ -57,35 +57,55 @@ class Task(base.Task):
     elif create:
       self.pre.save(path)
     else:
-      raise RunError(f"no {PREPROCESSING_FILE} in {workdir}; train first with python run.py "
-                     f"--experiment={self.config.experiment} --workdir={workdir}")
+      raise RunError(
+          f"no {PREPROCESSING_FILE} in {workdir}; train first with python run.py "
+          f"--experiment={self.config.experiment} --workdir={workdir}"
+      )
     self.workdir = workdir
     self._arrays = {}
-    logging.info("tabular: %d features after encoding (%d train rows, %d test rows); label %s: "
-                 "0 = %s, 1 = %s", len(self.pre.feature_names), len(self.tables["train"]),
-                 len(self.tables["test"]), self.pre.label_column, *self.pre.label_values)
+    logging.info(
+        "tabular: %d features after encoding (%d train rows, %d test rows); label %s: "
+        "0 = %s, 1 = %s",
+        len(self.pre.feature_names),
+        len(self.tables["train"]),
+        len(self.tables["test"]),
+        self.pre.label_column,
+        *self.pre.label_values,
+    )
 
   def split_arrays(self, split: str) -> dict[str, np.ndarray]:
     if split not in self._arrays:
       table = self.tables[split]
       labels = self.pre.encode_labels(table.labels)
       if np.isnan(labels).any():
-        raise RunError(f"{table.name}: the {split} split has labels other than "
-                       f"{self.pre.label_values} that this run's {PREPROCESSING_FILE} knows")
+        raise RunError(
+            f"{table.name}: the {split} split has labels other than "
+            f"{self.pre.label_values} that this run's {PREPROCESSING_FILE} knows"
+        )
       self._arrays[split] = {"features": self.pre.transform(table), "label": labels}
     return self._arrays[split]
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(arrays.train_dataset(self.split_arrays("train"), batch_size=batch_size, seed=seed,
-                                     process_index=process_index, process_count=process_count))
+    return iter(
+        arrays.train_dataset(
+            self.split_arrays("train"),
+            batch_size=batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+    )
 
   def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(self.split_arrays("test"), batch_size=batch_size,
-                               max_batches=self.config.train.eval_batches)
+    return arrays.eval_batches(
+        self.split_arrays("test"), batch_size=batch_size, max_batches=self.config.train.eval_batches
+    )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    return {"features": jax.ShapeDtypeStruct((batch_size, len(self.pre.feature_names)), np.float32),
-            "label": jax.ShapeDtypeStruct((batch_size,), np.float32)}
+    return {
+        "features": jax.ShapeDtypeStruct((batch_size, len(self.pre.feature_names)), np.float32),
+        "label": jax.ShapeDtypeStruct((batch_size,), np.float32),
+    }
 
   # --- model and loss -----------------------------------------------------------------------
 
@@ -94,8 +114,11 @@ class Task(base.Task):
     return self.model.init({"params": rng, "dropout": rng}, features, train=False)
 
   def loss(self, params, model_state, batch, rng, train: bool):
-    logits = self.model.apply({"params": params, **model_state}, batch["features"], train=train,
-                              rngs={"dropout": rng})[:, 0]  # (B,)
+    logits = self.model.apply(
+        {"params": params, **model_state}, batch["features"], train=train, rngs={"dropout": rng}
+    )[
+        :, 0
+    ]  # (B,)
     loss, metrics = classification.sigmoid_loss(logits, batch)
     return loss, (metrics, model_state)
 
@@ -117,9 +140,12 @@ class Task(base.Task):
     m = classification.confusion_matrix(test["label"], probs >= 0.5, 2)
     accuracy, auc = np.trace(m) / m.sum(), _auc(test["label"], probs)
     names = [f"{v} ({i})" for i, v in enumerate(self.pre.label_values)]
-    print(f"\n{self.config.data.source}: {len(probs)} test rows, label {self.pre.label_column!r}\n"
-          f"  test accuracy {100 * accuracy:.2f}% ({np.trace(m)}/{m.sum()}), AUC {auc:.4f}\n"
-          + classification.format_confusion(m, names), flush=True)
+    print(
+        f"\n{self.config.data.source}: {len(probs)} test rows, label {self.pre.label_column!r}\n"
+        f"  test accuracy {100 * accuracy:.2f}% ({np.trace(m)}/{m.sum()}), AUC {auc:.4f}\n"
+        + classification.format_confusion(m, names),
+        flush=True,
+    )
     return {"accuracy": float(accuracy), "auc": auc, "confusion": m.tolist()}
 
   def predict(self, variables) -> str:
@@ -127,17 +153,28 @@ class Task(base.Task):
     row to predict.output (default <workdir>/predictions.csv) and returns that path."""
     p = self.config.predict
     if not p.input:
-      raise UsageError("--mode=predict needs --config.predict.input=<csv file> with the feature "
-                       f"columns: {', '.join(f['name'] for f in self.pre.features)}")
+      raise UsageError(
+          "--mode=predict needs --config.predict.input=<csv file> with the feature "
+          f"columns: {', '.join(f['name'] for f in self.pre.features)}"
+      )
     output = p.output or os.path.join(self.workdir, "predictions.csv")
     if os.path.isdir(output):
       raise UsageError(f"predict.output={output} is a directory; give a file path for the CSV")
-    if os.path.exists(output) and os.path.exists(os.path.expanduser(p.input)) and (
-        os.path.samefile(output, os.path.expanduser(p.input))):
-      raise UsageError(f"predict.output={output} is the input file; writing it would destroy the "
-                       "input, so give another path")
-    table = tables.read_csv(os.path.expanduser(p.input), label_column=self.pre.label_column,
-                            require_label=False, key="predict.input")
+    if (
+        os.path.exists(output)
+        and os.path.exists(os.path.expanduser(p.input))
+        and (os.path.samefile(output, os.path.expanduser(p.input)))
+    ):
+      raise UsageError(
+          f"predict.output={output} is the input file; writing it would destroy the "
+          "input, so give another path"
+      )
+    table = tables.read_csv(
+        os.path.expanduser(p.input),
+        label_column=self.pre.label_column,
+        require_label=False,
+        key="predict.input",
+    )
     probs = self.probabilities(variables, self.pre.transform(table, key="predict.input"))
     predicted = (probs >= 0.5).astype(int)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -146,22 +183,29 @@ class Task(base.Task):
       writer.writerow(["line", "probability", "prediction"])
       for line, q, k in zip(table.lines, probs, predicted):
         writer.writerow([int(line), f"{q:.6f}", self.pre.label_values[k]])
-    counts = ", ".join(f"{int((predicted == k).sum())} {v}" for k, v in
-                       enumerate(self.pre.label_values))
-    print(f"wrote {len(probs)} predictions ({counts}) to {output}; probability = "
-          f"P({self.pre.label_column} = {self.pre.label_values[1]}), prediction at >= 0.5",
-          flush=True)
+    counts = ", ".join(
+        f"{int((predicted == k).sum())} {v}" for k, v in enumerate(self.pre.label_values)
+    )
+    print(
+        f"wrote {len(probs)} predictions ({counts}) to {output}; probability = "
+        f"P({self.pre.label_column} = {self.pre.label_values[1]}), prediction at >= 0.5",
+        flush=True,
+    )
     if table.labels is not None:  # the file also has the label: say how the model did on it
       truth = self.pre.encode_labels(table.labels)
       known = ~np.isnan(truth)
       if known.any():
-        print(f"accuracy on the {int(known.sum())} labelled rows: "
-              f"{100 * np.mean(predicted[known] == truth[known]):.2f}%", flush=True)
+        print(
+            f"accuracy on the {int(known.sum())} labelled rows: "
+            f"{100 * np.mean(predicted[known] == truth[known]):.2f}%",
+            flush=True,
+        )
     return output
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
   from sklearn import metrics  # pylint: disable=g-import-not-at-top
+
   if len(np.unique(labels)) < 2:
     return float("nan")  # undefined with one class
   return float(metrics.roc_auc_score(labels, scores))

@@ -47,7 +47,6 @@ class Task(base.Task):
   eval_metrics = ("loss", "accuracy", "sequence_accuracy")
   final_metric_names = ("test_bleu", "test_exact_match")
 
-
   def __init__(self, config):
     super().__init__(config)
     self._validate(config)
@@ -66,14 +65,25 @@ class Task(base.Task):
     if d.source != "dates" and not (d.source.startswith("tfds:") and len(d.source) > 5):
       raise UsageError(f"data.source={d.source!r} is not valid; valid: {SOURCES_HELP}")
     if d.tokenizer not in tokenizers.NAMES:
-      raise UsageError(f"data.tokenizer={d.tokenizer!r} is not valid; "
-                       f"valid: {', '.join(tokenizers.NAMES)}")
+      raise UsageError(
+          f"data.tokenizer={d.tokenizer!r} is not valid; valid: {', '.join(tokenizers.NAMES)}"
+      )
     if d.tokenizer == "sentencepiece" and d.vocab_size < 260:
-      raise UsageError(f"data.vocab_size={d.vocab_size} is too small for sentencepiece; use at "
-                       "least 260, typically 4000..32000")
-    at_least = {"data.max_source_len": 2, "data.max_target_len": 2, "decode.beam_size": 1,
-                "decode.max_len": 1, "decode.batch_size": 1, "decode.eval_examples": 0,
-                "decode.show": 0, "data.train_examples": 0, "data.eval_examples": 0}
+      raise UsageError(
+          f"data.vocab_size={d.vocab_size} is too small for sentencepiece; use at "
+          "least 260, typically 4000..32000"
+      )
+    at_least = {
+        "data.max_source_len": 2,
+        "data.max_target_len": 2,
+        "decode.beam_size": 1,
+        "decode.max_len": 1,
+        "decode.batch_size": 1,
+        "decode.eval_examples": 0,
+        "decode.show": 0,
+        "data.train_examples": 0,
+        "data.eval_examples": 0,
+    }
     if d.source == "dates":  # how many to generate; for tfds, 0 means the whole split
       at_least.update({"data.train_examples": 1, "data.eval_examples": 1})
     for key, low in at_least.items():
@@ -92,8 +102,13 @@ class Task(base.Task):
     d = self.config.data
     guess = 256 if d.tokenizer == "byte" else d.vocab_size
     src, tgt = (t.vocab_size if t else guess for t in (self.src_tok, self.tgt_tok))
-    return models.make(self.config.model, ("seq2seq",), src_vocab_size=src + seq2seq.NUM_SPECIAL,
-                       tgt_vocab_size=tgt + seq2seq.NUM_SPECIAL, share_embeddings=d.shared_vocab)
+    return models.make(
+        self.config.model,
+        ("seq2seq",),
+        src_vocab_size=src + seq2seq.NUM_SPECIAL,
+        tgt_vocab_size=tgt + seq2seq.NUM_SPECIAL,
+        share_embeddings=d.shared_vocab,
+    )
 
   # --- data ---------------------------------------------------------------------------------
 
@@ -103,13 +118,18 @@ class Task(base.Task):
     root = os.path.join(workdir, TOKENIZER_DIR)
     dirs = [root] if d.shared_vocab else [os.path.join(root, side) for side in ("source", "target")]
     if not create and not all(os.path.exists(os.path.join(p, "tokenizer.json")) for p in dirs):
-      raise RunError(f"no tokenizer in {root}; train first with python run.py "
-                     f"--experiment={self.config.experiment} --workdir={workdir}")
+      raise RunError(
+          f"no tokenizer in {root}; train first with python run.py "
+          f"--experiment={self.config.experiment} --workdir={workdir}"
+      )
     src, tgt = self._texts["train"]
     texts = [list(src) + list(tgt)] if d.shared_vocab else [src, tgt]
-    toks = [tokenizers.build_tokenizer(d.tokenizer, t, vocab_size=d.vocab_size,
-                                       model_type=d.spm_model_type, directory=p)
-            for t, p in zip(texts, dirs)]
+    toks = [
+        tokenizers.build_tokenizer(
+            d.tokenizer, t, vocab_size=d.vocab_size, model_type=d.spm_model_type, directory=p
+        )
+        for t, p in zip(texts, dirs)
+    ]
     self.src_tok, self.tgt_tok = toks[0], toks[-1]
     self.model = self._make_model()
 
@@ -128,8 +148,8 @@ class Task(base.Task):
     lengths = np.zeros(len(texts), np.int64)
     for i, ids in enumerate(tok.encode_many(list(texts))):
       lengths[i] = len(ids)
-      ids = np.append(ids[:length - 1], eos)
-      out[i, :len(ids)] = ids
+      ids = np.append(ids[: length - 1], eos)
+      out[i, : len(ids)] = ids
     return out, lengths
 
   @functools.lru_cache(maxsize=3)
@@ -141,29 +161,48 @@ class Task(base.Task):
     fits = (src_len < d.max_source_len) & (tgt_len < d.max_target_len)
     keep = fits if split == "train" else np.ones(len(src), bool)
     logging.info("%s split: %d pairs", split, keep.sum())
-    too_long.log_split(split, int(np.sum(~fits)), len(src), "pairs",
-                       f"data.max_source_len={d.max_source_len} or data.max_target_len="
-                       f"{d.max_target_len} tokens (EOS included)",
-                       "dropped" if split == "train" else "cut to fit")
+    too_long.log_split(
+        split,
+        int(np.sum(~fits)),
+        len(src),
+        "pairs",
+        f"data.max_source_len={d.max_source_len} or data.max_target_len="
+        f"{d.max_target_len} tokens (EOS included)",
+        "dropped" if split == "train" else "cut to fit",
+    )
     if not keep.any():
-      raise UsageError(f"no {split} pair fits data.max_source_len={d.max_source_len} and "
-                       f"data.max_target_len={d.max_target_len} tokens")
+      raise UsageError(
+          f"no {split} pair fits data.max_source_len={d.max_source_len} and "
+          f"data.max_target_len={d.max_target_len} tokens"
+      )
     return {"inputs": inputs[keep], "targets": targets[keep]}
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(arrays.train_dataset(self._arrays("train"), batch_size=batch_size, seed=seed,
-                                     process_index=process_index, process_count=process_count))
+    return iter(
+        arrays.train_dataset(
+            self._arrays("train"),
+            batch_size=batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+    )
 
   def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(self._arrays("validation"), batch_size=batch_size,
-                               max_batches=self.config.train.eval_batches)
+    return arrays.eval_batches(
+        self._arrays("validation"),
+        batch_size=batch_size,
+        max_batches=self.config.train.eval_batches,
+    )
 
   # --- model and loss -----------------------------------------------------------------------
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     d = self.config.data
-    return {"inputs": jax.ShapeDtypeStruct((batch_size, d.max_source_len), np.int32),
-            "targets": jax.ShapeDtypeStruct((batch_size, d.max_target_len), np.int32)}
+    return {
+        "inputs": jax.ShapeDtypeStruct((batch_size, d.max_source_len), np.int32),
+        "targets": jax.ShapeDtypeStruct((batch_size, d.max_target_len), np.int32),
+    }
 
   def init_variables(self, rng):
     d = self.config.data
@@ -174,8 +213,9 @@ class Task(base.Task):
     src, tgt = batch["inputs"], batch["targets"]  # (B, S), (B, T)
     pad, bos, _ = self.model.tgt_specials
     tgt_in = jnp.concatenate([jnp.full_like(tgt[:, :1], bos), tgt[:, :-1]], axis=1)
-    logits = self.model.apply({"params": params, **model_state}, src, tgt_in, train=train,
-                              rngs={"dropout": rng})  # (B, T, V) float32
+    logits = self.model.apply(
+        {"params": params, **model_state}, src, tgt_in, train=train, rngs={"dropout": rng}
+    )  # (B, T, V) float32
     rows = batch.get("weight", jnp.ones(src.shape[0], jnp.float32))  # (B,)
     mask = (tgt != pad) & (rows[:, None] > 0)  # (B, T)
     nll = jnp.where(mask, optax.softmax_cross_entropy_with_integer_labels(logits, tgt), 0.0)
@@ -187,8 +227,11 @@ class Task(base.Task):
     count = mask.sum().astype(jnp.float32)
     correct = (logits.argmax(-1) == tgt) & mask
     exact = jnp.all(correct | ~mask, axis=1) & (rows > 0)
-    metrics = {"loss": (nll.sum(), count), "accuracy": (correct.sum().astype(jnp.float32), count),
-               "sequence_accuracy": (exact.sum().astype(jnp.float32), rows.sum())}
+    metrics = {
+        "loss": (nll.sum(), count),
+        "accuracy": (correct.sum().astype(jnp.float32), count),
+        "sequence_accuracy": (exact.sum().astype(jnp.float32), rows.sum()),
+    }
     return objective.sum() / jnp.maximum(count, 1.0), (metrics, model_state)
 
   # --- decoding -----------------------------------------------------------------------------
@@ -199,13 +242,23 @@ class Task(base.Task):
     d, dec = self.config.data, self.config.decode
     src, lengths = self._encode(self.src_tok, texts, d.max_source_len)
     if split:
-      too_long.log_split(split, int(np.sum(lengths >= d.max_source_len)), len(texts), "sources",
-                         f"data.max_source_len={d.max_source_len} tokens (EOS included)",
-                         "cut to fit for decoding")
+      too_long.log_split(
+          split,
+          int(np.sum(lengths >= d.max_source_len)),
+          len(texts),
+          "sources",
+          f"data.max_source_len={d.max_source_len} tokens (EOS included)",
+          "cut to fit for decoding",
+      )
     else:
-      too_long.check_input("decode.input", int(lengths[0]), d.max_source_len - 1,
-                           f"data.max_source_len={d.max_source_len}, EOS included",
-                           "decode.on_long_input", dec.on_long_input)
+      too_long.check_input(
+          "decode.input",
+          int(lengths[0]),
+          d.max_source_len - 1,
+          f"data.max_source_len={d.max_source_len}, EOS included",
+          "decode.on_long_input",
+          dec.on_long_input,
+      )
     return src
 
   def _translate(self, params, src: np.ndarray) -> list[str]:
@@ -216,11 +269,12 @@ class Task(base.Task):
     eos = self.model.tgt_specials[2]
     out = []
     for start in range(0, len(src), size):
-      chunk = src[start:start + size]
+      chunk = src[start : start + size]
       rows = len(chunk)
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - rows, 0)])
-      tokens = beam_search.decode(self.model, params, chunk, dec.max_len, dec.beam_size,
-                                  dec.length_penalty)[:rows]
+      tokens = beam_search.decode(
+          self.model, params, chunk, dec.max_len, dec.beam_size, dec.length_penalty
+      )[:rows]
       out += [self.tgt_tok.decode(ids) for ids in beam_search.strip(tokens, eos)]
     return out
 
@@ -230,16 +284,17 @@ class Task(base.Task):
     n = self.config.decode.eval_examples or len(src)
     src, refs = list(src[:n]), list(refs[:n])
     hyps = self._translate(variables["params"], self._encode_sources(src, "test"))
-    values = {"test_bleu": float(sacrebleu.corpus_bleu(hyps, [refs]).score),
-              "test_exact_match": float(np.mean([h.strip() == r.strip()
-                                                 for h, r in zip(hyps, refs)]))}
+    values = {
+        "test_bleu": float(sacrebleu.corpus_bleu(hyps, [refs]).score),
+        "test_exact_match": float(np.mean([h.strip() == r.strip() for h, r in zip(hyps, refs)])),
+    }
     self._final = (src, refs, hyps, values)
     return values
 
   def translate(self, variables) -> list[str]:
     """`--mode=translate`: decode.input, or the first decode.show test sources."""
     dec = self.config.decode
-    texts = [dec.input] if dec.input else list(self._texts["test"][0][:max(dec.show, 1)])
+    texts = [dec.input] if dec.input else list(self._texts["test"][0][: max(dec.show, 1)])
     src = self._encode_sources(texts, "" if dec.input else "test")
     hyps = self._translate(variables["params"], src)
     for text, hyp in zip(texts, hyps):
@@ -251,15 +306,20 @@ class Task(base.Task):
       self.final_metrics(variables)
     src, refs, hyps, values = self._final
     dec = self.config.decode
-    print(f"--- test: BLEU {values['test_bleu']:.2f}, exact match "
-          f"{100 * values['test_exact_match']:.1f}% over {len(src)} examples (beam "
-          f"{dec.beam_size}, length penalty {dec.length_penalty}) ---", flush=True)
+    print(
+        f"--- test: BLEU {values['test_bleu']:.2f}, exact match "
+        f"{100 * values['test_exact_match']:.1f}% over {len(src)} examples (beam "
+        f"{dec.beam_size}, length penalty {dec.length_penalty}) ---",
+        flush=True,
+    )
     wrong = [i for i in range(len(src)) if hyps[i].strip() != refs[i].strip()]
     shown = list(range(min(dec.show, len(src))))
     for i in shown + [i for i in wrong if i not in shown][:3]:
       mark = "ok" if i not in wrong else "WRONG"
-      print(f"source:     {src[i]}\nreference:  {refs[i]}\nhypothesis: {hyps[i]}  [{mark}]\n",
-            flush=True)
+      print(
+          f"source:     {src[i]}\nreference:  {refs[i]}\nhypothesis: {hyps[i]}  [{mark}]\n",
+          flush=True,
+      )
 
 
 # --- TFDS translation datasets -----------------------------------------------------------------
@@ -268,8 +328,7 @@ class Task(base.Task):
 def _open_builder(name: str, data_dir: str):
   builder = tfds_source.open_prepared(name, data_dir)
   if not isinstance(builder.info.features, tfds.features.Translation):
-    raise UsageError(f"tfds:{name} has no Translation feature (data.source); valid: "
-                     f"{SOURCES_HELP}")
+    raise UsageError(f"tfds:{name} has no Translation feature (data.source); valid: {SOURCES_HELP}")
   return builder
 
 
@@ -280,8 +339,9 @@ def _languages(builder, d) -> tuple[str, str]:
   src_lang, tgt_lang = d.source_lang or keys[0], d.target_lang or keys[1]
   for key, lang in (("data.source_lang", src_lang), ("data.target_lang", tgt_lang)):
     if lang not in languages:
-      raise UsageError(f"{key}={lang!r} is not a language of {d.source}; valid: "
-                       f"{', '.join(languages)}")
+      raise UsageError(
+          f"{key}={lang!r} is not a language of {d.source}; valid: {', '.join(languages)}"
+      )
   return src_lang, tgt_lang
 
 
@@ -303,8 +363,9 @@ def _read_pairs(builder, d, src_lang: str, tgt_lang: str) -> dict[str, tuple[lis
     n = min(cap, len(source)) if cap else len(source)
     rows = [source[i] for i in range(n)]
     out[split] = ([_to_str(r[src_lang]) for r in rows], [_to_str(r[tgt_lang]) for r in rows])
-    logging.info("%s: %s (%s): %d pairs %s -> %s", d.source, split, tfds_split, n, src_lang,
-                 tgt_lang)
+    logging.info(
+        "%s: %s (%s): %d pairs %s -> %s", d.source, split, tfds_split, n, src_lang, tgt_lang
+    )
   return out
 
 
