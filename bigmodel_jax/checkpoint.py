@@ -320,8 +320,8 @@ def _shapes(tree) -> dict[str, tuple]:
   return out
 
 
-def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...]):
-  """Parameters for fine-tuning from another run (`config.init_from`).
+def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...], task: str):
+  """Parameters for fine-tuning from another run (`config.init_from`) of the same `task`.
 
   `path` is that run's workdir or its checkpoints/ folder; its latest step is used. Parameters whose
   path ('/'-joined) matches a regex in `reinit` keep their values from `fresh_params`.
@@ -344,6 +344,14 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
   problem = damage(os.path.join(os.path.abspath(directory), str(step)))
   if problem:
     raise RunError(f"config.init_from={path!r}: its checkpoint {step} is damaged: {problem}")
+  saved = json_files.read_json(
+      os.path.join(os.path.abspath(directory), str(step), "config", "metadata"), "checkpoint config"
+  )
+  if saved.get("task") != task:
+    raise RunError(
+        f"config.init_from={path!r} is a run of another task ({saved.get('experiment')!r}, task "
+        f"{saved.get('task')!r}); this run's task is {task!r}: start from a run of the same task"
+    )
   logging.info("Initialising parameters from %s step %d", directory, step)
   target = {"params": abstract_params}
   try:

@@ -20,7 +20,6 @@ from typing import Any
 from absl import flags
 import ml_collections
 
-from bigmodel_jax import optim_settings
 from bigmodel_jax.errors import UsageError, did_you_mean
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
@@ -243,7 +242,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (the final learning "
         "rate as a fraction of train.learning_rate)"
     )
-  optim_settings.validate(t)
+  from bigmodel_jax import (
+      optim,  # pylint: disable=g-import-not-at-top (optax: only when validating)
+  )
+
+  optim.validate(t)
   if config.checkpoint.every_steps <= 0 or config.checkpoint.keep <= 0:
     raise UsageError("checkpoint.every_steps and checkpoint.keep must be positive integers")
   if t.on_nan not in ("stop", "skip"):

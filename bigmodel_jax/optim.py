@@ -3,7 +3,6 @@ a weight-decay mask chosen by a regex over parameter paths (train.no_decay).
 
 Every optimizer applies weight decay the AdamW way, decoupled from its gradient statistics:
 lr(step) * weight_decay * param per step, so train.weight_decay means the same for all of them.
-The names and their checks are in optim_settings.py (without jax, for config.validate).
 """
 
 import functools
@@ -13,7 +12,7 @@ import flax.linen as nn
 import jax
 import optax
 
-from bigmodel_jax import optim_settings
+from bigmodel_jax.errors import UsageError, did_you_mean
 
 # --- schedules: config.train -> optax.Schedule; step 0 is the first update -----------------------
 
@@ -128,10 +127,28 @@ def decay_mask(params, no_decay: str):
 
 def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`t` is config.train. Returns the transformation and its learning-rate schedule."""
-  optim_settings.validate(t)  # again: bench.py applies overrides without config.validate
+  validate(t)  # (also for configs built in code without config.validate)
   schedule = SCHEDULES[t.schedule](t)
   parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
   parts.append(
       OPTIMIZERS[t.optimizer](t, schedule, functools.partial(decay_mask, no_decay=t.no_decay))
   )
   return optax.chain(*parts), schedule
+
+
+def validate(t) -> None:
+  """`t` is config.train; raises a one-line UsageError naming the first bad key."""
+  for key, valid in (("optimizer", list(OPTIMIZERS)), ("schedule", list(SCHEDULES))):
+    if t[key] not in valid:
+      raise UsageError(
+          f"train.{key}={t[key]!r} is not valid{did_you_mean(t[key], valid)}; "
+          f"valid: {', '.join(valid)}"
+      )
+  if not 0 <= t.momentum < 1:
+    raise UsageError(f"train.momentum={t.momentum} must be in [0, 1)")
+  if not 0 <= t.decay_fraction <= 1:
+    raise UsageError(f"train.decay_fraction={t.decay_fraction} must be in [0, 1]")
+  try:
+    re.compile(t.no_decay)
+  except re.error as e:
+    raise UsageError(f"train.no_decay={t.no_decay!r} is not a valid regex: {e}") from None

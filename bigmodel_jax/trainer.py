@@ -280,7 +280,9 @@ def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx):
   if config.init_from:
     fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
     abstract = jax.eval_shape(lambda: fresh.params)
-    params = checkpoint.params_from(config.init_from, abstract, fresh.params, config.init_reinit)
+    params = checkpoint.params_from(
+        config.init_from, abstract, fresh.params, config.init_reinit, config.task
+    )
     return strategy.place(fresh.replace(params=params, opt_state=tx.init(params))), 0
   return strategy.init_state(init_fn, init_rng), 0
 

@@ -356,3 +356,14 @@ def test_a_full_disk_stops_at_the_failed_save_and_keeps_the_last_good_one(
   monkeypatch.undo()
   config = tiny_config(data_dir, train__steps=good, checkpoint__every_steps=5)
   assert trainer.run(config, workdir, "eval")["loss"] > 0  # the kept one restores
+
+
+def test_init_from_a_run_of_another_task_is_refused(data_dir, tmp_path):
+  from bigmodel_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  tabular = str(tmp_path / "tabular")
+  trainer.run(config_lib.from_command_line("tabular:tiny", {"train.steps": "2"}), tabular)
+  workdir = tmp_path / "textgen"
+  with pytest.raises(RunError, match=r"init_from=.* is a run of another task \('tabular:tiny'"):
+    trainer.run(tiny_config(data_dir, init_from=tabular), str(workdir))
+  assert not workdir.exists()
