@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from bigmodel_jax.data import corpora, files, lm_pipeline, tokenizers
-from bigmodel_jax.errors import UsageError
+from bigmodel_jax.errors import RunError, UsageError
 from tests.helpers import prepared_tfds_metadata
 
 tfds.disable_progress_bar()
@@ -516,3 +516,33 @@ def test_sentencepiece_learns_from_a_corpus_of_only_very_long_lines():
   tok = tokenizers.build_tokenizer("sentencepiece", docs, vocab_size=300)
   assert tok.decode(tok.encode(docs[0][:500])) == docs[0][:500]
   assert len(tok.encode("alpha beta gamma")) < len("alpha beta gamma") // 2  # learned the words
+
+
+@pytest.mark.parametrize("damage", ["records", "dataset_info"])
+def test_a_damaged_corpus_cache_names_the_folder_to_delete(tmp_path, damage):
+  (tmp_path / "text").mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):  # incompressible text: the stored records are as long as the documents
+    (tmp_path / "text" / f"{i}.txt").write_text("".join(rng.choice(list("abcdefgh \n"), 20000)))
+  source, data_dir = f"text_files:{tmp_path}/text/*.txt", str(tmp_path / "cache")
+  splits = corpora.load_text_splits(source, data_dir=data_dir, val_percent=34)
+  assert len("".join(splits["train"])) > 0
+  (folder,) = {os.path.dirname(p) for p in _files_under(data_dir) if "array_record" in p}
+  if damage == "records":  # bytes flipped inside the stored documents
+    path = next(p for p in _files_under(folder) if "train.array_record" in p)
+    data = bytearray(open(path, "rb").read())
+    for i in range(200, 3000):  # inside the first chunk (files are padded to 128 KiB)
+      data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+  else:
+    with open(os.path.join(folder, "dataset_info.json"), "w") as f:
+      f.write("{garbage")
+  with pytest.raises(RunError, match=r"are damaged|cache in .* is damaged") as e:
+    splits = corpora.load_text_splits(source, data_dir=data_dir, val_percent=34)
+    "".join(splits["train"])
+  assert "delete that folder and run again to rebuild it" in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def _files_under(directory):
+  return [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]

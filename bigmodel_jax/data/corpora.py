@@ -39,7 +39,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from bigmodel_jax.data import files, tfds_source
-from bigmodel_jax.errors import UsageError
+from bigmodel_jax.errors import RunError, UsageError
 
 DEFAULT_DATA_DIR = "~/.cache/bigmodel_jax/tensorflow_datasets"
 SOURCES_HELP = "pystdlib, text_files:<glob>, tfds:<name>[/<config>][:<version>]"
@@ -77,11 +77,23 @@ def load_text_splits(
 
 
 class TextSequence(Sequence[str]):
-  """Documents of one split of a TFDS data source, decoded to str on access."""
+  """Documents of one split of a TFDS data source, decoded to str on access. A record that fails
+  its checksum is a one-line RunError naming the dataset folder (`where`)."""
 
-  def __init__(self, data_source: Sequence[dict], key: str):
+  def __init__(self, data_source: Sequence[dict], key: str, where: str = ""):
     self._source = data_source
     self._key = key
+    self._where = where
+
+  def _read(self, index: int) -> str:
+    try:
+      return _to_str(self._source[index][self._key])
+    except RuntimeError as e:  # array_record: "Corrupted Riegeli/records file: ... hash mismatch"
+      raise RunError(
+          f"the dataset files in {self._where} are damaged (record {index}: "
+          f"{' '.join(str(e).split())[:160]}); delete that folder and run again to rebuild it "
+          "(or prepare the tfds dataset again)"
+      ) from None
 
   def __len__(self) -> int:
     return len(self._source)
@@ -93,13 +105,13 @@ class TextSequence(Sequence[str]):
       index += len(self)
     if not 0 <= index < len(self):
       raise IndexError(f"document {index} out of range (0..{len(self) - 1})")
-    return _to_str(self._source[index][self._key])
+    return self._read(index)
 
   def __iter__(self) -> Iterator[str]:
     # ~50 us a record (mostly decoding); reading in blocks with __getitems__
     # measured no faster, and tfds.testing.mock_data breaks __getitems__.
     for i in range(len(self)):
-      yield _to_str(self._source[i][self._key])
+      yield self._read(i)
 
 
 def _to_str(value) -> str:
@@ -339,15 +351,23 @@ def _load_local(files, source, data_dir, val_percent, *, builder_cls):
       name=f"{prefix}-{key}-val{val_percent}",
       description=f"{source}: {len(paths)} files under {root}",
   )
-  builder = builder_cls(
-      root=root,
-      paths=paths,
-      val_percent=val_percent,
-      source=source,
-      config=config,
-      data_dir=os.path.expanduser(data_dir or DEFAULT_DATA_DIR),
-      file_format="array_record",
-  )
+  data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+  try:
+    builder = builder_cls(
+        root=root,
+        paths=paths,
+        val_percent=val_percent,
+        source=source,
+        config=config,
+        data_dir=data_dir,
+        file_format="array_record",
+    )
+  except Exception as e:  # tfds raises protobuf ParseError and others for a damaged cache
+    cache = os.path.join(data_dir, builder_cls.name, config.name)
+    raise RunError(
+        f"{source}: the corpus cache in {cache} is damaged ({type(e).__name__}: "
+        f"{' '.join(str(e).split())[:160]}); delete that folder and run again to rebuild it"
+    ) from None
   if builder.is_prepared():
     logging.info("%s: reusing %s", source, builder.data_dir)
   else:
@@ -408,7 +428,7 @@ def _describe(features) -> str:
 def _read_splits(builder, source, split_names, key) -> dict[str, Sequence[str]]:
   out = {}
   for split, tfds_split in split_names.items():
-    out[split] = TextSequence(builder.as_data_source(tfds_split), key)
+    out[split] = TextSequence(builder.as_data_source(tfds_split), key, str(builder.data_dir))
     try:
       size = f", {builder.info.splits[tfds_split].num_bytes / 2**20:.1f} MiB"
     except (KeyError, ValueError):
