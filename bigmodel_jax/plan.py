@@ -103,6 +103,7 @@ def plan(config, task) -> dict[str, float]:
       ),
       "flops_per_step_per_device": float(cost.get("flops", 0.0)),
       "compile_seconds": compile_s,
+      "platform": jax.devices()[0].platform,
   }
   _print(config, report)
   return report
@@ -126,3 +127,8 @@ def _print(config, r) -> None:
   ]
   for name, value in rows:
     print(f"  per device  {name:<32} {value:>16}")
+  if r["platform"] == "cpu" and config.get("model", {}).get("remat", "none") != "none":
+    print(f"  note: model.remat={config.model.remat!r} is not in these CPU figures. XLA:CPU's buffer "
+          "assignment keeps the forward activations as if nothing were recomputed (measured: "
+          "equal for none, dots and full), so read them as the no-remat memory; plan on the "
+          "GPU/TPU itself for the rematerialised figure")

@@ -159,3 +159,30 @@ def test_cpu_devices_auto_picks_one_per_core_that_divides(monkeypatch, overrides
   config = config_lib.load_experiment("textgen:tiny")
   config_lib.set_values(config, overrides, "test")
   assert parallel._devices_per_core(config) == expected
+
+
+def test_cpu_plan_memory_matches_per_layer_arithmetic_and_says_it_ignores_remat(data_dir, capsys):
+  b, t, c, h, layers = 4, 256, 128, 4, 2
+  shape = dict(
+      model__num_layers=layers,
+      model__embed_dim=c,
+      model__num_heads=h,
+      model__block_size=t,
+      train__batch_size=b,
+      parallel__num_devices=1,
+  )
+  plans = {}
+  for remat in ("none", "full"):
+    config = tiny_config(data_dir, model__remat=remat, **shape)
+    plans[remat] = trainer.run(config, "/nonexistent/never/written", "plan")
+  # What backward keeps per layer without remat (float32): LayerNorm outputs, q/k/v, attention
+  # output and residuals (9 x B*T*C), the MLP's two (B, T, 4C) tensors, and the attention scores and
+  # probabilities, between the causal query blocks' share (10/16 at T=256) and all of (B, H, T, T).
+  per_layer = lambda share: 4 * (b * t * (9 * c + 2 * 4 * c) + share * 2 * b * h * t * t)
+  low, high = layers * per_layer(10 / 16), layers * per_layer(1.0)
+  assert 0.5 * low < plans["none"]["activation_bytes_per_device"] < 2 * high
+  # XLA:CPU keeps the same buffers whatever model.remat says; the printed plan says so.
+  assert plans["full"]["activation_bytes_per_device"] == pytest.approx(
+      plans["none"]["activation_bytes_per_device"], rel=0.05
+  )
+  assert "model.remat='full' is not in these CPU figures" in capsys.readouterr().out
