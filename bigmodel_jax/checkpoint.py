@@ -211,7 +211,7 @@ class Checkpointer:
           and not os.path.exists(os.path.join(path, MANIFEST))
       ):
         files = {
-            os.path.relpath(os.path.join(root, f), path): _fingerprint(os.path.join(root, f))
+            os.path.relpath(os.path.join(root, f), path): file_fingerprint(os.path.join(root, f))
             for root, _, names in os.walk(path)
             for f in names
         }
@@ -226,7 +226,7 @@ class Checkpointer:
       self._manager.close()
 
 
-def _fingerprint(path: str) -> dict:
+def file_fingerprint(path: str) -> dict:
   """Size and BLAKE2b digest of a file (hashing runs at ~1 GB/s: a small part of a save)."""
   with open(path, "rb") as f:
     digest = hashlib.file_digest(f, "blake2b").hexdigest()
@@ -253,7 +253,7 @@ def damage(path: str) -> str | None:
             f"{name} is {os.path.getsize(full)} bytes, {saved.get('size')} when saved "
             "(truncated?)"
         )
-      if "blake2b" in saved and _fingerprint(full)["blake2b"] != saved["blake2b"]:
+      if "blake2b" in saved and file_fingerprint(full)["blake2b"] != saved["blake2b"]:
         return f"{name} does not match its checksum from when it was saved (bytes changed on disk)"
     return None
   # No manifest yet (the run was killed right after this save committed): check the structure.

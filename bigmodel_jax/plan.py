@@ -128,7 +128,9 @@ def _print(config, r) -> None:
   for name, value in rows:
     print(f"  per device  {name:<32} {value:>16}")
   if r["platform"] == "cpu" and config.get("model", {}).get("remat", "none") != "none":
-    print(f"  note: model.remat={config.model.remat!r} is not in these CPU figures. XLA:CPU's buffer "
-          "assignment keeps the forward activations as if nothing were recomputed (measured: "
-          "equal for none, dots and full), so read them as the no-remat memory; plan on the "
-          "GPU/TPU itself for the rematerialised figure")
+    print(
+        f"  note: model.remat={config.model.remat!r} is not in these CPU figures. XLA:CPU's buffer "
+        "assignment keeps the forward activations as if nothing were recomputed (measured: "
+        "equal for none, dots and full), so read them as the no-remat memory; plan on the "
+        "GPU/TPU itself for the rematerialised figure"
+    )
