@@ -94,6 +94,9 @@ def _one_file(directory):
     [
         ("truncate", "bytes, "),
         ("flip_bytes", "does not match its checksum"),
+        ("flip_bytes:state/_METADATA", "_METADATA does not match its checksum"),
+        ("flip_bytes:data/process_0-of-1.json", "process_0-of-1.json does not match its checksum"),
+        ("flip_bytes:config/metadata", "config/metadata does not match its checksum"),
         ("bad_manifest", "manifest.bigmodel.json is unreadable"),
         ("delete", "is missing"),
         ("half_written", "never committed"),
@@ -103,8 +106,10 @@ def test_damaged_latest_checkpoint_stops_or_falls_back(data_dir, trained, damage
   latest = os.path.join(trained, "checkpoints", "40")
   if damage == "truncate":
     os.truncate(_one_file(os.path.join(latest, "state")), 10)
-  elif damage == "flip_bytes":  # same size, other bytes: only a checksum can tell
-    with open(_one_file(os.path.join(latest, "state")), "r+b") as f:
+  elif damage.startswith("flip_bytes"):  # same size, other bytes: only a checksum can tell
+    named = damage.partition(":")[2]
+    path = os.path.join(latest, named) if named else _one_file(os.path.join(latest, "state"))
+    with open(path, "r+b") as f:
       f.seek(os.path.getsize(f.name) // 2)
       byte = f.read(1)
       f.seek(-1, os.SEEK_CUR)
