@@ -3,9 +3,27 @@
 import json
 import os
 
+import jax.numpy as jnp
 import tensorflow_datasets as tfds
 
 from bigmodel_jax import config as config_lib
+
+# Every field of models.gpt.GPT at a tiny size, for tests that build the module directly.
+TINY_GPT = dict(
+    vocab_size=32,
+    block_size=16,
+    num_layers=2,
+    num_heads=2,
+    embed_dim=16,
+    mlp_dim=0,
+    dropout=0.0,
+    positions="learned",
+    use_bias=True,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    attention_impl=None,
+    remat="none",
+)
 
 
 def tiny_config(data_dir: str, experiment: str = "textgen:tiny", **overrides):

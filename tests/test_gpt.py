@@ -10,22 +10,7 @@ import pytest
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import gpt
-
-TINY = dict(
-    vocab_size=32,
-    block_size=16,
-    num_layers=2,
-    num_heads=2,
-    embed_dim=16,
-    mlp_dim=0,
-    dropout=0.0,
-    positions="learned",
-    use_bias=True,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    attention_impl=None,
-    remat="none",
-)
+from tests.helpers import TINY_GPT as TINY
 
 
 def expected_params(V, T, L, C, M=0, positions="learned", use_bias=True):
