@@ -1,8 +1,18 @@
-"""sentiment: classify movie reviews as negative or positive (a Transformer encoder, or an RNN).
+"""sentiment: classify texts (a Transformer encoder, or an RNN): generated movie reviews as
+negative or positive, or your own labelled rows with any number of classes.
 
   python run.py --experiment=sentiment                # CPU, ~2.5 minutes on 2 cores
   python run.py --experiment=sentiment --mode=predict --config.predict.input="Slow, but good."
+  python run.py --experiment=sentiment --mode=predict --config.predict.input=new.csv
   python run.py --experiment=sentiment --mode=eval
+
+Your own rows: --config.data.source=csv:<glob> (or tsv:<glob>, jsonl:<glob>) with
+data.text_column and data.label_column (names; 0-based positions with data.header=false), labels as
+strings or integers. Validation is data.validation_source, or data.val_percent% of the rows held
+out by a stable hash per class. The files are built once into a cached TFDS dataset, and the class
+list is saved with the run (dataset.json). --mode=predict with predict.input naming .csv/.tsv/.jsonl
+files classifies every row into predict.output (default <workdir>/predictions.csv): the row, then
+`predicted` and a p_<class> column per class, streamed in batches of predict.batch_size.
 
 Offline default: the generated review corpus of bigmodel_jax/data/reviews.py, whose labels need word
 order and negation ("good, but slow" is negative, "slow, but good" positive, "not bad" positive);
