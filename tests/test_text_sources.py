@@ -220,6 +220,16 @@ def test_jsonl_with_integer_labels_and_a_validation_file_trains(tmp_path):
     assert json.load(f)["class_names"] == ["2", "3", "10"]
 
 
+def test_one_class_is_not_a_classification(tmp_path):
+  source = "csv:" + write_csv(tmp_path / "a.csv", [(f"text {i}", "spam") for i in range(10)])
+  with pytest.raises(
+      UsageError,
+      match=r"every training row has the label 'spam' \(data.label_column=label\); a classifier "
+      r"needs at least two classes",
+  ):
+    classify_text.Task(_config(tmp_path, source))
+
+
 def test_headerless_tsv_task_reads_columns_by_position(tmp_path):
   path = tmp_path / "t.tsv"
   path.write_text("".join(f"{y}\t{t.replace(chr(10), ' ')}\n" for t, y in topics(40)))

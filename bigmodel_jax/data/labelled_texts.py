@@ -111,7 +111,11 @@ class Tfds(Source):
       texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
       labels[i] = int(record[self._label_key])
     logging.info(
-        "%s %s: %d examples from %s", self._builder.name, split, len(texts), self._builder.data_dir
+        "tfds:%s %s: %d examples from %s",
+        self._builder.name,
+        split,
+        len(texts),
+        self._builder.data_dir,
     )
     return texts, [self.class_names[y] for y in labels]
 

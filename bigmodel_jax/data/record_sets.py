@@ -77,10 +77,13 @@ def load(spec: Spec, data_dir: str = "") -> Dataset:
   """The dataset of `spec`, built on the first call (see module doc); errors are UsageErrors."""
   if not 0 < spec.val_percent < 100:
     raise UsageError(f"data.val_percent={spec.val_percent} must be in 1..99")
-  records.check_columns({f.setting: f.column for f in spec.fields}, spec.header)
   files = {"train": _files(spec.source, "data.source")}
   if spec.validation_source:
     files["validation"] = _files(spec.validation_source, "data.validation_source")
+  for scheme, _ in files.values():  # positions without a header: checked before any build
+    records.check_columns(
+        {f.setting: f.column for f in spec.fields}, spec.header or scheme == "jsonl"
+    )
   paths = [p for _, split_paths in files.values() for p in split_paths]
   key, total = local_tfds.fingerprint(
       paths, spec, {s: (scheme, len(p)) for s, (scheme, p) in files.items()}
