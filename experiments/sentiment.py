@@ -1,8 +1,18 @@
-"""sentiment: classify movie reviews as negative or positive (a Transformer encoder, or an RNN).
+"""sentiment: classify texts (a Transformer encoder, or an RNN): generated movie reviews as
+negative or positive, or your own labelled rows with any number of classes.
 
   python run.py --experiment=sentiment                # CPU, ~2.5 minutes on 2 cores
   python run.py --experiment=sentiment --mode=predict --config.predict.input="Slow, but good."
+  python run.py --experiment=sentiment --mode=predict --config.predict.input=new.csv
   python run.py --experiment=sentiment --mode=eval
+
+Your own rows: --config.data.source=csv:<glob> (or tsv:<glob>, jsonl:<glob>) with
+data.text_column and data.label_column (names; 0-based positions with data.header=false), labels as
+strings or integers. Validation is data.validation_source, or data.val_percent% of the rows held
+out by a stable hash per class. The files are built once into a cached TFDS dataset, and the class
+list is saved with the run (dataset.json). --mode=predict with predict.input naming .csv/.tsv/.jsonl
+files classifies every row into predict.output (default <workdir>/predictions.csv): the row, then
+`predicted` and a p_<class> column per class, streamed in batches of predict.batch_size.
 
 Offline default: the generated review corpus of bigmodel_jax/data/reviews.py, whose labels need word
 order and negation ("good, but slow" is negative, "slow, but good" positive, "not bad" positive);
@@ -33,13 +43,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="classify_text")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "reviews"  # | tfds:<name>, e.g. tfds:imdb_reviews
+  # reviews | tfds:<name>, e.g. tfds:imdb_reviews | csv:<glob> | tsv:<glob> | jsonl:<glob>
+  c.data.source = "reviews"
   c.data.num_train = 20000  # reviews only: generated training reviews
   c.data.num_test = 2000  # reviews only: held-out reviews (another seed)
   c.data.seed = 0  # reviews only: the generator's seed
-  c.data.tfds_data_dir = ""  # tfds only; "" -> TFDS's default
+  # tfds: where the prepared dataset is ("" -> TFDS's default); csv/tsv/jsonl: where they are
+  # built once ("" -> ~/.cache/bigmodel_jax/tensorflow_datasets)
+  c.data.tfds_data_dir = ""
   c.data.text_key = "text"  # tfds only: the Text feature
   c.data.label_key = "label"  # tfds only: the ClassLabel feature
+  # csv/tsv/jsonl (and predict.input files): the columns by name, or by 0-based position when
+  # data.header=false; labels are strings or integers, classes those of the training rows.
+  c.data.text_column = "text"
+  c.data.label_column = "label"
+  c.data.header = True  # csv/tsv: the first row names the columns
+  c.data.validation_source = ""  # csv/tsv/jsonl: the validation rows; "" -> hold out:
+  c.data.val_percent = 10  # rows whose text hashes below it, per class (stable as rows change)
   c.data.tokenizer = "sentencepiece"  # | byte
   c.data.vocab_size = 512  # sentencepiece only; byte is always 256
   c.data.spm_model_type = "bpe"  # | unigram
@@ -58,7 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 500
 
   c.predict = ml_collections.ConfigDict()
-  c.predict.input = ""  # --mode=predict: the text to classify
+  # --mode=predict: the text to classify, or CSV/TSV/JSONL file(s) (a path, a glob, or
+  # csv:/tsv:/jsonl:<glob>) whose every row is classified into predict.output
+  c.predict.input = ""
+  c.predict.output = ""  # "" -> <workdir>/predictions.csv; a name ending .jsonl writes JSON lines
+  c.predict.batch_size = 256  # rows per model call when predicting files
   c.predict.num_examples = 6  # showcase: eval texts shown with their predictions
   # An input longer than model.max_len tokens: warn (classify its first max_len tokens and say
   # so on stderr) | error (refuse it: a label for part of a text can be the wrong one).

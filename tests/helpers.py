@@ -1,7 +1,9 @@
 """Shared test helpers: tiny configs on a private data cache, and reading metrics.jsonl."""
 
+import csv
 import json
 import os
+import random
 
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
@@ -71,3 +73,35 @@ def prepared_tfds_metadata(data_dir, name, splits):
   )
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)
+
+
+TOPIC_WORDS = {
+    "food": ("pasta", "sauce", "bread", "cheese"),
+    "sports": ("goal", "match", "team", "score"),
+    "weather": ("rain", "sunny", "storm", "cloud"),
+}
+
+
+def topics(n: int, seed: int = 0) -> list[tuple[str, str]]:
+  """(text, label) rows of 3 classes (TOPIC_WORDS), numbered so each text is distinct; every
+  fifth text holds a comma, quotes and a line break."""
+  r = random.Random(seed)
+  rows = []
+  for i in range(n):
+    label = sorted(TOPIC_WORDS)[i % 3]
+    words = [r.choice(TOPIC_WORDS[label]) for _ in range(4)]
+    text = " ".join(words)
+    if i % 5 == 0:
+      text = f'{words[0]}, "{words[1]}",\n{" ".join(words[2:])}'
+    rows.append((f"{text} #{i}", label))
+  return rows
+
+
+def write_csv(path, rows, header=("id", "text", "label"), delimiter=",") -> str:
+  """Writes (text, label) rows with a numbered id column as CSV (or TSV); returns the path."""
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f, delimiter=delimiter)
+    if header:
+      writer.writerow(header)
+    writer.writerows((i, text, label) for i, (text, label) in enumerate(rows))
+  return str(path)

@@ -269,6 +269,39 @@ CASES = [
         "decode.input is 100001 tokens long but the model reads 31 (data.max_source_len=32",
     ),
     (
+        "sentiment CSV without its label column",
+        [
+            "--experiment=sentiment:tiny",
+            "--config.data.source=csv:{tmp}/reviews.csv",
+            "--config.data.label_column=stars",
+            "--config.data.tfds_data_dir={tmp}/records",
+        ],
+        2,
+        "data.label_column='stars' is not a column of",
+    ),
+    (
+        "TSV read as CSV",
+        [
+            "--experiment=sentiment:tiny",
+            "--config.data.source=csv:{tmp}/reviews.tsv",
+            "--config.data.tfds_data_dir={tmp}/records",
+        ],
+        2,
+        "the file looks like TSV; use data.source=tsv:<glob>",
+    ),
+    (
+        "predictions written over their input",
+        [
+            "--experiment=sentiment:tiny",
+            "--workdir={sentiment}",
+            "--mode=predict",
+            "--config.predict.input={tmp}/reviews.csv",
+            "--config.predict.output={tmp}/reviews.csv",
+        ],
+        2,
+        "is an input file; writing it would destroy the input",
+    ),
+    (
         "unknown on_long_input",
         ["--experiment=sentiment:tiny", "--mode=predict", "--config.predict.on_long_input=cut"],
         2,
@@ -295,6 +328,8 @@ def scratch(tmp_path_factory):
   (tmp / "users_folder" / "notes.txt").write_text("mine")
   (tmp / "users_folder" / "config.json").write_text('{"model_type": "gpt2"}')
   (tmp / "table.csv").write_text("age,income,plan\n31,40000,basic\n45,52000,pro\n")
+  (tmp / "reviews.csv").write_text("text,label\nGood.,pos\nBad.,neg\n")
+  (tmp / "reviews.tsv").write_text("text\tlabel\nGood.\tpos\nBad.\tneg\n")
   data = str(tmp / "tfds")
   trained = str(tmp / "trained")
   trainer.run(tiny_config(data, train__steps=2), trained)

@@ -29,7 +29,6 @@ split empty, the file with the smallest (or largest) hash moves over to fill it.
 
 from collections.abc import Iterator, Sequence
 import glob
-import hashlib
 import os
 import sys
 import sysconfig
@@ -38,10 +37,10 @@ import zlib
 from absl import logging
 import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import files, tfds_source
+from bigmodel_jax.data import files, local_tfds, tfds_source
 from bigmodel_jax.errors import RunError, UsageError
 
-DEFAULT_DATA_DIR = "~/.cache/bigmodel_jax/tensorflow_datasets"
+DEFAULT_DATA_DIR = local_tfds.DEFAULT_DATA_DIR
 SOURCES_HELP = "pystdlib, text_files:<glob>, tfds:<name>[/<config>][:<version>]"
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
@@ -203,11 +202,8 @@ def _assign_splits(paths: list[str], val_percent: int) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------
 
 
-class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _LocalTextBuilder(local_tfds.LocalBuilder, skip_registration=True):
   """Documents {"text", "path"} from local files, in sorted path order."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version."}
 
   def __init__(self, *, root: str, paths: list[str], val_percent: int, source: str, **kwargs):
     self._root = root
@@ -216,38 +212,11 @@ class _LocalTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     self._source = source
     super().__init__(**kwargs)
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # No checksums file to find (we download nothing). TFDS 4.9.10's lookup
-    # also needs the `importlib_resources` backport for classes defined in a
-    # package, which Python >= 3.9 installs lack.
-    return None
-
-  def is_prepared(self) -> bool:
-    # Before a first build the folder does not exist; TFDS's check would warn that it "has no
-    # dataset_info.json", which reads like a damaged cache.
-    return self.data_path.exists() and super().is_prepared()
-
-  def _log_download_bytes(self) -> None:
-    # In place of TFDS's "Downloading and preparing dataset Unknown size ...": nothing is
-    # downloaded, the local files are read once into array_record.
-    logging.info(
-        "%s: building the local corpus cache from %d files under %s into %s (once; "
-        "later runs reuse it)",
-        self._source,
-        len(self._paths),
-        self._root,
-        self.data_dir,
+  def build_message(self) -> str:
+    return (
+        f"{self._source}: building the local corpus cache from {len(self._paths)} files under "
+        f"{self._root} into {self.data_dir}"
     )
-
-  def _log_download_done(self) -> None:
-    pass  # TFDS would say "downloaded and prepared"; _read_splits logs what was built
-
-  def _create_builder_config(self, builder_config, version):
-    # Our configs are made per corpus (named by its fingerprint), never listed
-    # in BUILDER_CONFIGS; skip TFDS's "custom data configuration" warning.
-    return builder_config
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -325,20 +294,9 @@ def _split_text(text: str, val_percent: int) -> dict[str, str]:
   return {"train": text[:cut], "validation": text[cut:]}
 
 
-def _fingerprint(root: str, paths: list[str]) -> tuple[str, int]:
-  """Returns (hash of root and paths, sizes, mtimes; total size in bytes)."""
-  digest = hashlib.sha256(os.path.abspath(root).encode("utf-8"))
-  total = 0
-  for path in paths:
-    st = os.stat(os.path.join(root, path))
-    total += st.st_size
-    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-  return digest.hexdigest()[:16], total
-
-
 def _load_local(files, source, data_dir, val_percent, *, builder_cls):
   root, paths = files
-  key, total = _fingerprint(root, paths)
+  key, total = local_tfds.fingerprint(paths, root=root)
   if total == 0:
     raise UsageError(
         f"{source}: all {len(paths)} matched files are empty; give files with text in them"
@@ -368,19 +326,7 @@ def _load_local(files, source, data_dir, val_percent, *, builder_cls):
         f"{source}: the corpus cache in {cache} is damaged ({type(e).__name__}: "
         f"{' '.join(str(e).split())[:160]}); delete that folder and run again to rebuild it"
     ) from None
-  if builder.is_prepared():
-    logging.info("%s: reusing %s", source, builder.data_dir)
-  else:
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(
-              compute_stats=tfds.download.ComputeStatsMode.SKIP
-          )
-      )
-    except OSError:
-      # Another process finished the same build first (its rename won).
-      if not builder.is_prepared():
-        raise
+  local_tfds.prepare(builder, source)
   return _read_splits(builder, source, {"train": "train", "validation": "validation"}, "text")
 
 

@@ -1,18 +1,20 @@
 """Text classification: a label per text (sentiment, topic, ...), with any model of `models/` that
 maps tokens (B, T) to logits (B, num_classes) ("text_encoder", "rnn").
 
-Data (`config.data.source`):
-  reviews       the offline generated review corpus of `data/reviews.py` (train and a held-out
-                test split drawn with another seed; labels negative/positive)
-  tfds:<name>   a prepared TFDS dataset with a text feature (`data.text_key`) and a ClassLabel
-                (`data.label_key`), e.g. tfds:imdb_reviews; trains on "train" and evaluates on
-                "test" (or "validation"); read through array_record, never downloaded
+Data (`config.data.source`, see `data/labelled_texts.py`): `reviews` (generated, offline),
+`tfds:<name>` (a prepared TFDS dataset) or the user's own rows, `csv:<glob>`, `tsv:<glob>`,
+`jsonl:<glob>` (columns data.text_column, data.label_column), with any number of classes. The
+class list is saved with the run (`dataset.json`, with the source), so eval and predict use the
+classes training used, and the model's number of classes comes from it.
 
 Texts are tokenized by `data.tokenizer` (byte, or sentencepiece trained on the training split and
 saved in the workdir's tokenizer/), truncated to `model.max_len` and padded at the end. Token ids
 are the tokenizer's + 1, so that 0 is padding: the models mask it out. Truncation is never silent:
 each split logs how many of its texts were cut, and a longer `predict.input` warns with both
 lengths (or, with predict.on_long_input=error, is refused).
+
+`--mode=predict`: `predict.input` is a text, or CSV/TSV/JSONL file(s) whose every row is predicted
+into `predict.output` (`batch_predict.py`).
 """
 
 import functools
@@ -22,16 +24,15 @@ from absl import logging
 import jax
 import numpy as np
 import optax
-import tensorflow_datasets as tfds
 
-from bigmodel_jax import models
-from bigmodel_jax.data import arrays, reviews, tfds_source, tokenizers, too_long
+from bigmodel_jax import batch_predict, models
+from bigmodel_jax.data import arrays, labelled_texts, reviews, tokenizers, too_long
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
 TOKENIZER_DIR = "tokenizer"
+DATASET_FILE = "dataset.json"
 MODELS = ("text_encoder", "rnn")
-SOURCES_HELP = "reviews, tfds:<name>"
 
 
 class Task(base.Task):
@@ -47,23 +48,19 @@ class Task(base.Task):
     max_len = config.model.get("max_len")
     if not isinstance(max_len, int) or max_len <= 0:
       raise UsageError(f"model.max_len={max_len!r} must be a positive integer")
-    if config.predict.num_examples < 0:
-      raise UsageError(f"predict.num_examples={config.predict.num_examples} must be >= 0")
-    too_long.check_policy("predict.on_long_input", config.predict.on_long_input)
-    if d.source == "reviews":
-      for key in ("num_train", "num_test"):
-        if d[key] <= 0:
-          raise UsageError(f"data.{key}={d[key]} must be a positive integer")
-      self.class_names, self.eval_split = reviews.CLASS_NAMES, "test"
-    elif d.source.startswith("tfds:") and d.source[5:]:
-      self._builder, self.eval_split = _open_tfds(
-          d.source[5:], d.tfds_data_dir, d.text_key, d.label_key
+    p = config.predict
+    if p.num_examples < 0 or p.batch_size <= 0:
+      raise UsageError(
+          f"predict.num_examples={p.num_examples} must be >= 0 and predict.batch_size="
+          f"{p.batch_size} > 0"
       )
-      self.class_names = tuple(self._builder.info.features[d.label_key].names)
-    else:
-      raise UsageError(f"data.source={d.source!r} is not valid; valid: {SOURCES_HELP}")
+    too_long.check_policy("predict.on_long_input", p.on_long_input)
+    # Checks the source and gives its classes; reads no texts (records are built once, here).
+    self.source = labelled_texts.open_source(d)
+    self.class_names, self.eval_split = self.source.class_names, self.source.eval_split
     self.modes = {"predict": self.predict}
     self.tokenizer = None
+    self.workdir = ""
     # Built now (with the configured vocabulary) so that model config errors come early.
     self.model = self._make_model()
 
@@ -80,8 +77,15 @@ class Task(base.Task):
   # --- data ---------------------------------------------------------------------------------
 
   def setup(self, workdir: str, create: bool) -> None:
-    """Loads the run's tokenizer from the workdir, or (create) trains and saves one there."""
+    """Loads the run's class list and tokenizer from the workdir, or (create) makes and saves
+    them there."""
     d = self.config.data
+    path = os.path.join(workdir, DATASET_FILE)
+    if os.path.exists(path):
+      self.class_names = labelled_texts.load_classes(path)
+    elif create:
+      labelled_texts.save_classes(path, d.source, self.class_names)
+    # else: a run from before dataset.json, trained on the source's own classes
     directory = os.path.join(workdir, TOKENIZER_DIR)
     if os.path.exists(directory):
       self.tokenizer = tokenizers.load_tokenizer(directory)
@@ -98,20 +102,22 @@ class Task(base.Task):
           f"no tokenizer in {directory}; train first with "
           f"python run.py --experiment={self.config.experiment} --workdir={workdir}"
       )
+    self.workdir = workdir
     self.model = self._make_model()
-
-  @functools.cached_property
-  def _generated(self):
-    d = self.config.data
-    return reviews.splits(d.num_train, d.num_test, seed=d.seed)
 
   @functools.cache
   def _texts(self, split: str) -> tuple[list[str], np.ndarray]:
-    """(texts, int32 labels) of "train" or the eval split."""
-    d = self.config.data
-    if d.source == "reviews":
-      return self._generated[split]
-    return _read_tfds(self._builder, split, d.text_key, d.label_key)
+    """(texts, int32 labels: indices into the run's class list) of "train" or the eval split."""
+    texts, names = self.source.texts(split)
+    index = {name: i for i, name in enumerate(self.class_names)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+      raise RunError(
+          f"the {split} split of data.source={self.config.data.source} has labels this run's "
+          f"classes lack ({', '.join(map(repr, unknown[:5]))}); its classes: "
+          f"{', '.join(self.class_names)}. Train in a new --workdir for other classes"
+      )
+    return texts, np.asarray([index[n] for n in names], np.int32).reshape(-1)
 
   @functools.cache
   def _arrays(self, split: str) -> dict[str, np.ndarray]:
@@ -203,11 +209,18 @@ class Task(base.Task):
     return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
   def predict(self, variables) -> dict:
-    """`--mode=predict --config.predict.input="some text"`: prints and returns the label."""
+    """`--mode=predict --config.predict.input=...`: a text (prints and returns its label), or
+    CSV/TSV/JSONL file(s) whose every row is predicted into predict.output (`batch_predict`)."""
     p = self.config.predict
     text = p.input
     if not text.strip():
-      raise UsageError('predict.input is empty; pass --config.predict.input="some text"')
+      raise UsageError(
+          'predict.input is empty; pass --config.predict.input="some text" (or a .csv, .tsv or '
+          ".jsonl file)"
+      )
+    found = batch_predict.input_files(text)
+    if found:
+      return self._predict_files(variables, *found)
     tokens, lengths = self._encode([text])
     max_len = self.config.model.max_len
     too_long.check_input(
@@ -223,6 +236,26 @@ class Task(base.Task):
     print(f"{label} ({probs.max():.3f}): {text}")
     print("  " + ", ".join(f"{n} {p:.3f}" for n, p in zip(self.class_names, probs)), flush=True)
     return {"label": label, "probabilities": dict(zip(self.class_names, probs.tolist()))}
+
+  def _predict_files(self, variables, scheme: str, paths: list[str]) -> dict:
+    p, d = self.config.predict, self.config.data
+
+    def classify(texts):
+      tokens, lengths = self._encode(texts)
+      return self.probabilities(variables, tokens, p.batch_size), lengths
+
+    return batch_predict.run(
+        scheme,
+        paths,
+        os.path.expanduser(p.output) or os.path.join(self.workdir, "predictions.csv"),
+        text_column=d.text_column,
+        header=d.header,
+        class_names=self.class_names,
+        classify=classify,
+        batch_size=p.batch_size,
+        max_len=self.config.model.max_len,
+        on_long_input=p.on_long_input,
+    )
 
   def showcase(self, variables) -> None:
     """Eval-split accuracy, then a few eval texts (and, for `reviews`, fixed contrast probes)."""
@@ -253,43 +286,3 @@ class Task(base.Task):
       text = text if len(text) <= 110 else text[:107] + "..."
       print(f"  {mark} {self.class_names[guess]:>8} {p[guess]:.3f}  {text}")
     print(flush=True)
-
-
-# --- TFDS ----------------------------------------------------------------------------------------
-
-
-def _open_tfds(name: str, data_dir: str, text_key: str, label_key: str):
-  """(builder, eval split name) of a prepared array_record dataset, checked; one-line errors."""
-  source = f"tfds:{name}"
-  builder = tfds_source.open_prepared(name, data_dir)
-  features = builder.info.features
-  described = ", ".join(f"{k} ({type(f).__name__})" for k, f in sorted(features.items()))
-  for key, kind, want in (
-      (text_key, tfds.features.Text, "text"),
-      (label_key, tfds.features.ClassLabel, "label"),
-  ):
-    if key not in features or not isinstance(features[key], kind):
-      raise UsageError(
-          f"data.{want}_key={key!r} is not a {kind.__name__} feature of {source}; "
-          f"features: {described}"
-      )
-  splits = set(builder.info.splits)
-  eval_split = next((s for s in ("test", "validation") if s in splits), None)
-  if "train" not in splits or eval_split is None:
-    raise UsageError(
-        f"{source} needs a train split and a test or validation split; its "
-        f"splits: {', '.join(sorted(splits)) or 'none'}"
-    )
-  return builder, eval_split
-
-
-def _read_tfds(builder, split: str, text_key: str, label_key: str):
-  source = builder.as_data_source(split)
-  texts, labels = [], np.zeros(len(source), np.int32)
-  for i in range(len(source)):
-    record = source[i]
-    text = record[text_key]
-    texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-    labels[i] = int(record[label_key])
-  logging.info("tfds:%s %s: %d examples from %s", builder.name, split, len(texts), builder.data_dir)
-  return texts, labels
