@@ -39,10 +39,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="classify_image")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "digits"  # | tfds:mnist | tfds:fashion_mnist | tfds:cifar10
-  c.data.tfds_data_dir = ""  # where tfds:<name> is prepared ("" -> TFDS's default)
+  c.data.source = "digits"  # | tfds:<name> | image_folder:<dir> | csv:<file>
+  # Where tfds:<name> is prepared ("" -> TFDS's default), and where image_folder/csv sources are
+  # cached ("" -> ~/.cache/bigmodel_jax/tensorflow_datasets).
+  c.data.tfds_data_dir = ""
   c.data.test_fraction = 0.2  # digits only: the held-out share of the fixed stratified split
   c.data.split_seed = 0  # digits only
+  # image_folder / csv only (your own images):
+  c.data.image_size = 32  # each image is resized to image_size x image_size pixels
+  c.data.channels = 0  # 1 (grayscale) or 3 (RGB); 0: 3 if any image has colour, else 1
+  c.data.val_percent = 10  # held out for validation by a hash of each path (no validation/ folder)
+  c.data.on_bad_image = "stop"  # stop | skip: a file pillow cannot read stops the run | is skipped
+  c.data.image_column = "image"  # csv: the column of image paths (relative to the CSV's folder)
+  c.data.label_column = "label"  # csv: the column of class names
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 1  # pixels of zero padding to crop back from; 0 = off
@@ -64,7 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 500
 
   c.predict = ml_collections.ConfigDict()
-  c.predict.input = ""  # an image file for --mode=predict
+  c.predict.input = ""  # --mode=predict: an image file (prints), or a folder or glob (writes a CSV)
+  c.predict.output = ""  # the CSV of a folder or glob ("" -> <workdir>/predictions.csv)
+  c.predict.batch_size = 256  # images classified at once for a folder or glob
   c.predict.top_k = 3
   c.predict.invert = "auto"  # auto: invert a light-background image for dark-background data
   return config_lib.apply_preset(c, arg, PRESETS)
