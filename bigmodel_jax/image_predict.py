@@ -69,7 +69,7 @@ def write_csv(
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   partial = f"{output}.partial"
   h, w, c = shape
-  decoded = image_files.decoded(paths, (h, w), c, lookahead=2 * batch_size)
+  decoded = image_files.decoded(paths, (h, w), c)
   count = 0
   try:
     with open(partial, "w", newline="") as f:

@@ -10,19 +10,21 @@ training and for prediction: EXIF orientation applied (a phone's portrait JPEG s
 converted to grayscale ("L") or RGB (pillow's conversion: alpha dropped, palettes expanded), and
 resized to (h, w) without keeping the aspect ratio (nothing is cut off). Downsizing averages areas
 (Image.BOX, as the digits were made); upsizing is bilinear. A JPEG much larger than (h, w) is
-decoded at a reduced scale first (pillow's draft mode, DCT scaling: a 4000x3000 photo to 32x32
-decodes ~20x faster). A file that claims more pixels than pillow's limit is refused before it is
-decoded (a decompression bomb).
+decoded at a reduced scale first (pillow's draft mode, DCT scaling; measured on a noisy 4000x3000
+JPEG to 32x32: 131 -> 54 ms, pixels within 1 of a full decode). A file that claims more pixels
+than pillow's limit is refused before it is decoded (a decompression bomb).
 
-`decoded(paths, ...)` decodes in a few threads (pillow releases the GIL while decoding and
-resizing), in order, with a bounded lookahead, so memory stays bounded however many files there
-are. `BadImages` applies data.on_bad_image to each file that fails: stop with a one-line error
-naming it, or skip it and count.
+`decoded(paths, ...)` decodes in threads (pillow releases the GIL while decoding and resizing), in
+order, a few chunks ahead of the caller, so memory stays bounded however many files there are and
+the caller's work (the model, writing) overlaps the decoding. `BadImages` applies
+data.on_bad_image to each file that fails: stop with a one-line error naming it, or skip it and
+count.
 """
 
 import collections
 from collections.abc import Iterable, Iterator
 import glob
+import itertools
 import os
 import warnings
 
@@ -99,30 +101,35 @@ def is_grayscale(path: str) -> bool | None:
 
 
 def decoded(
-    paths: Iterable[str], size: tuple[int, int], channels: int, lookahead: int = 64
+    paths: Iterable[str], size: tuple[int, int], channels: int, chunk: int = 16
 ) -> Iterator[tuple[str, np.ndarray | None, str]]:
-  """(path, image, "") or (path, None, reason) for each path, in order; decoded in threads."""
+  """(path, image, "") or (path, None, reason) for each path, in order. Decoded in threads, at most
+  two tasks a thread ahead of the caller, `chunk` files a task: predicting 2,100 small images on
+  2 busy cores ran at ~1,300 images/s with a task per file and ~2,300 with chunks of 16 (one thread
+  or two: the same there)."""
   from concurrent import futures  # pylint: disable=g-import-not-at-top
 
-  def one(path):
-    try:
-      return decode(path, size, channels), ""
-    except FileNotFoundError:
-      return None, "does not exist"
-    except BadImage as e:
-      return None, str(e)
+  def some(group: list[str]) -> list[tuple[str, np.ndarray | None, str]]:
+    out = []
+    for path in group:
+      try:
+        out.append((path, decode(path, size, channels), ""))
+      except FileNotFoundError:
+        out.append((path, None, "does not exist"))
+      except BadImage as e:
+        out.append((path, None, str(e)))
+    return out
 
-  workers = min(8, os.cpu_count() or 1)
+  workers = min(8, len(os.sched_getaffinity(0)))
+  remaining = iter(paths)
+  groups = iter(lambda: list(itertools.islice(remaining, chunk)), [])
   with futures.ThreadPoolExecutor(workers) as pool:
-    pending = collections.deque()
-    for path in paths:
-      pending.append((path, pool.submit(one, path)))
-      if len(pending) >= lookahead:
-        done, job = pending.popleft()
-        yield done, *job.result()
+    pending = collections.deque(pool.submit(some, g) for g in itertools.islice(groups, 2 * workers))
     while pending:
-      done, job = pending.popleft()
-      yield done, *job.result()
+      done = pending.popleft().result()
+      for group in itertools.islice(groups, 1):
+        pending.append(pool.submit(some, group))
+      yield from done
 
 
 class BadImages:
