@@ -159,11 +159,11 @@ def test_every_image_once_in_one_split_and_the_hash_split_is_stable(shapes):
   assert set(val) <= set(again.splits["validation"]) and set(train) <= set(again.splits["train"])
 
 
-@pytest.mark.parametrize("layout", ["train/ and val/", "validation/ beside the classes"])
+@pytest.mark.parametrize("layout", ["train/ and val/", "train/ and test/", "validation/ beside"])
 def test_a_validation_folder_is_the_validation_split(tmp_path, layout):
-  if layout == "train/ and val/":
+  if layout.startswith("train/"):
     write_shapes(tmp_path / "img" / "train", 4)
-    write_shapes(tmp_path / "img" / "val", 2, seed=1, classes=CLASSES[:2])
+    write_shapes(tmp_path / "img" / layout.split()[-1][:-1], 2, seed=1, classes=CLASSES[:2])
   else:
     write_shapes(tmp_path / "img", 4)
     write_shapes(tmp_path / "img" / "validation", 2, seed=1, classes=CLASSES[:2])

@@ -83,7 +83,8 @@ def decode(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
         f"too large to decode safely: {e}; images must be under {Image.MAX_IMAGE_PIXELS:,} pixels"
     ) from None
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise BadImage(" ".join(str(e).split())[:200] or type(e).__name__) from None
+    reason = str(e).replace(f" '{path}'", "")  # pillow names the file, which the message does
+    raise BadImage(" ".join(reason.split())[:200] or type(e).__name__) from None
   return x.reshape(h, w, channels)
 
 
@@ -120,7 +121,8 @@ def decoded(
         out.append((path, None, str(e)))
     return out
 
-  workers = min(8, len(os.sched_getaffinity(0)))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  workers = min(8, cores or 1)
   remaining = iter(paths)
   groups = iter(lambda: list(itertools.islice(remaining, chunk)), [])
   with futures.ThreadPoolExecutor(workers) as pool:

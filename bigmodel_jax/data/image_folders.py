@@ -4,6 +4,7 @@
                       folder belong to that class. A `validation/` (or `val/`) subfolder holding
                       (some of) the same class folders is the validation split; then the training
                       classes are the other subfolders, or those of `train/` when there is one.
+                      `train/` beside `test/` (and no validation/ or val/): test/ is validation.
   csv:<path>          a CSV with a header row and one row per image: data.image_column (the file's
                       path, relative to the CSV's folder unless absolute) and data.label_column
                       (its class name)
@@ -56,8 +57,20 @@ def list_images(
 
 
 def _subfolders(folder: str) -> list[str]:
+  return [name for name, is_dir in _entries(folder) if is_dir]
+
+
+def _entries(folder: str) -> list[tuple[str, bool]]:
+  """Sorted [(name, is a folder or a link to one)] of the names not starting with "."."""
+  out = []
   with os.scandir(folder) as it:
-    return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+    for e in it:
+      if not e.name.startswith("."):
+        try:
+          out.append((e.name, e.is_dir()))
+        except OSError:  # e.g. a link that loops onto itself: not a folder
+          out.append((e.name, False))
+  return sorted(out)
 
 
 def _folder(source: str, path: str, val_percent: int) -> Listing:
@@ -73,6 +86,8 @@ def _folder(source: str, path: str, val_percent: int) -> Listing:
     raise UsageError(
         f"data.source={source} has both validation/ and val/; keep one as the validation split"
     )
+  if not val_names and {"train", "test"} <= set(subfolders):
+    val_names = ["test"]  # train/ and test/ (as many downloads come): never classes "train", "test"
   train_root = root
   if val_names and "train" in subfolders:
     train_root = os.path.join(root, "train")
@@ -84,6 +99,15 @@ def _folder(source: str, path: str, val_percent: int) -> Listing:
         f"{f' ({names[0]})' if names else ''}"
         f"{f' and {loose} image(s) not in a class folder' if loose else ''}; a classifier needs "
         "at least 2: put each class's images in a subfolder named after it (e.g. cat/1.jpg)"
+    )
+  stray = [n for n, is_dir in _entries(train_root) if not is_dir and image_files.is_image_name(n)]
+  if stray:
+    logging.warning(
+        "%s: %d images directly in %s (e.g. %s) belong to no class folder and are not used",
+        source,
+        len(stray),
+        train_root,
+        stray[0],
     )
   train, seen = _class_files(source, train_root, names, names, set())
   if not val_names:
