@@ -1,9 +1,15 @@
-"""Small image folders for tests, drawn with pillow: three classes of simple shapes."""
+"""Small image folders for tests, drawn with pillow (three classes of simple shapes), and an
+imagecls config that trains on one."""
 
+import contextlib
+import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from bigmodel_jax import config as config_lib
+from bigmodel_jax import trainer
 
 CLASSES = ("circle", "square", "stripes")
 FORMATS = ("png", "jpg", "bmp", "webp")
@@ -42,3 +48,21 @@ def write_shapes(root, per_class: int, seed: int = 0, classes=CLASSES) -> list[s
       draw(kind, rng, size).save(path)
       paths.append(path)
   return paths
+
+
+def image_config(source: str, cache, **overrides):
+  """imagecls:tiny on `source` at 16x16, cached in `cache`; overrides as name__sub=value."""
+  c = config_lib.load_experiment("imagecls:tiny")
+  values = {"data.source": source, "data.image_size": 16, "data.tfds_data_dir": str(cache)}
+  values.update({k.replace("__", "."): v for k, v in overrides.items()})
+  config_lib.set_values(c, values, "test")
+  config_lib.validate(c)
+  return c
+
+
+def run_quietly(config, workdir, mode: str = "train", **hooks):
+  """trainer.run -> (its result, what it printed)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    result = trainer.run(config, str(workdir), mode, **hooks)
+  return result, out.getvalue()

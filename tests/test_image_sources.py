@@ -1,38 +1,24 @@
-"""imagecls on your own images: image_folder and csv sources, their cache, bad files, batch predict.
+"""imagecls on your own images: image_folder and csv sources, their cache, splits and bad files.
 
 The images are drawn here with pillow (tests/image_helpers.py): three classes of shapes, 16..79
 pixels a side, PNG, JPEG, BMP and WebP, some in nested folders.
 """
 
-import contextlib
 import csv
-import io
 import json
 import os
-import re
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from bigmodel_jax import config as config_lib
-from bigmodel_jax import trainer
 from bigmodel_jax.data import image_cache, image_files, image_folders, images
 from bigmodel_jax.errors import RunError, UsageError
 from tests.helpers import read_metrics
-from tests.image_helpers import CLASSES, write_shapes
+from tests.image_helpers import CLASSES, image_config, run_quietly, write_shapes
 
 tfds.disable_progress_bar()
-
-
-def _config(source, cache, **overrides):
-  c = config_lib.load_experiment("imagecls:tiny")
-  values = {"data.source": source, "data.image_size": 16, "data.tfds_data_dir": str(cache)}
-  values.update({k.replace("__", "."): v for k, v in overrides.items()})
-  config_lib.set_values(c, values, "test")
-  config_lib.validate(c)
-  return c
 
 
 def _local(cache, **kw):
@@ -42,13 +28,6 @@ def _local(cache, **kw):
 def _cached(cache) -> list[str]:
   folder = os.path.join(cache, "image_files")
   return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-
-
-def _run(config, workdir, mode="train", **hooks):
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    result = trainer.run(config, str(workdir), mode, **hooks)
-  return result, out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +42,8 @@ def shapes(tmp_path_factory):
 def trained(shapes, tmp_path_factory):
   """One tiny CNN run (30 steps, 8 devices) on the shapes folder, shared by the tests below."""
   tmp = tmp_path_factory.mktemp("trained")
-  config = _config(f"image_folder:{shapes}", tmp / "cache")
-  _, printed = _run(config, tmp / "workdir")
+  config = image_config(f"image_folder:{shapes}", tmp / "cache")
+  _, printed = run_quietly(config, tmp / "workdir")
   return config, tmp / "workdir", tmp / "cache", printed
 
 
@@ -117,8 +96,8 @@ def test_a_changed_file_or_setting_builds_a_new_cache(tmp_path):
 
 def test_a_resumed_run_continues_exactly_as_one_never_stopped(trained, tmp_path):
   config, workdir, _, _ = trained
-  _run(config, tmp_path, stop_after=15)
-  _run(config, tmp_path)
+  run_quietly(config, tmp_path, stop_after=15)
+  run_quietly(config, tmp_path)
   # The same batches in the same order after the resume: the same parameters, so the same
   # validation loss, to the bit (train losses are averages since the last log line: from 16).
   for split in ("train", "validation"):
@@ -133,7 +112,7 @@ def test_eval_on_other_data_than_the_run_was_trained_on_is_refused(trained):
     with pytest.raises(
         RunError, match=r"now gives \(12, 12, 3\) images .* trained on \(16, 16, 3\)"
     ):
-      _run(config, workdir, "eval")
+      run_quietly(config, workdir, "eval")
   finally:
     config.data.image_size = 16
 
@@ -284,83 +263,3 @@ def test_skip_leaves_out_unreadable_images_with_a_warning(tmp_path, caplog):
     data = images.load(source, local=local)
     assert sum(len(d["label"]) for d in data.values()) == 9
     assert "skipped 1 unreadable image file(s)" in caplog.text and "oops.webp" in caplog.text
-
-
-# --- batch prediction ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def to_predict(tmp_path):
-  folder = tmp_path / "new"
-  write_shapes(folder, 5, seed=7)  # 15 images
-  (folder / "oops.jpg").write_bytes(b"\xff\xd8 truncated")
-  return folder
-
-
-def _predict(trained, on_bad_image="stop", **settings):
-  config = trained[0]
-  saved = (config.predict.to_dict(), config.data.on_bad_image)
-  config.predict.update(settings)
-  config.data.on_bad_image = on_bad_image
-  try:
-    return _run(config, trained[1], "predict")
-  finally:
-    config.predict.update(saved[0])
-    config.data.on_bad_image = saved[1]
-
-
-def test_batch_prediction_writes_a_row_per_image_in_path_order(trained, to_predict, tmp_path):
-  output = tmp_path / "out" / "p.csv"
-  # 15 readable images in batches of 4: three full batches and a padded one.
-  path, printed = _predict(trained, "skip", input=str(to_predict), output=str(output), batch_size=4)
-  assert path == str(output)
-  assert "wrote 15 predictions" in printed and "skipped 1 unreadable" in printed
-  assert "images/s" in printed
-  with open(output, newline="") as f:
-    rows = list(csv.DictReader(f))
-  written = [
-      str(p.relative_to(to_predict)) for p in to_predict.rglob("*.*") if "oops" not in p.name
-  ]
-  assert [r["path"] for r in rows] == sorted(written)
-  assert list(rows[0]) == [
-      "path", "class", "probability", "class_2", "probability_2", "class_3", "probability_3"
-  ]  # fmt: skip
-  for r in rows:
-    assert sorted([r["class"], r["class_2"], r["class_3"]]) == list(CLASSES)
-    probs = [float(r[k]) for k in ("probability", "probability_2", "probability_3")]
-    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
-  right = sum(r["class"] == re.match("[a-z]+", os.path.basename(r["path"]))[0] for r in rows)
-  assert right > 5  # chance is 5 of 15
-  # One file alone gets the same answer as its row.
-  top, _ = _predict(trained, input=str(to_predict / rows[3]["path"]))
-  assert top[0] == (rows[3]["class"], pytest.approx(float(rows[3]["probability"]), abs=1e-5))
-  assert os.listdir(output.parent) == ["p.csv"]  # no temporary file left
-
-
-def test_batch_prediction_stops_at_a_bad_image_and_writes_nothing(trained, to_predict, tmp_path):
-  output = tmp_path / "p.csv"
-  with pytest.raises(UsageError, match=r"predict.input: oops.jpg is not a readable image") as e:
-    _predict(trained, input=str(to_predict), output=str(output), batch_size=4)
-  assert "\n" not in str(e.value) and os.listdir(tmp_path) == ["new"]
-
-
-def test_a_glob_predicts_the_images_it_matches(trained, to_predict):
-  output = to_predict / "p.csv"
-  _predict(trained, input=f"{to_predict}/**/*.png", output=str(output))
-  with open(output, newline="") as f:
-    paths = [r["path"] for r in csv.DictReader(f)]
-  assert paths == sorted(os.path.realpath(p) for p in to_predict.rglob("*.png")) and len(paths) == 6
-
-
-@pytest.mark.parametrize(
-    "settings, match",
-    [
-        ({"input": "{t}", "output": "{t}"}, r"predict.output=.* is a directory; give a file path"),
-        ({"input": "{t}/nowhere"}, r"predict.input=.*nowhere does not exist"),
-        ({"input": "{t}/*.gif"}, r"predict.input=.*gif has no JPEG, PNG, BMP or WebP files"),
-    ],
-)
-def test_batch_prediction_errors_are_one_line(trained, tmp_path, settings, match):
-  with pytest.raises(UsageError, match=match) as e:
-    _predict(trained, **{k: v.format(t=tmp_path) for k, v in settings.items()})
-  assert "\n" not in str(e.value)
