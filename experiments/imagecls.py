@@ -5,18 +5,29 @@
   python run.py --experiment=imagecls --mode=predict --config.predict.input=digit.png
   python run.py --experiment=imagecls:resnet           # ResNet with BatchNorm, same data
   python run.py --experiment=imagecls:cifar10 --config.data.tfds_data_dir=DIR
+  python run.py --experiment=imagecls --config.data.source=image_folder:pets --workdir=runs/pets
+  python run.py --experiment=imagecls --config.data.source=image_folder:pets --workdir=runs/pets \
+    --mode=predict --config.predict.input=new_photos        # -> runs/pets/predictions.csv
 
 Offline default: scikit-learn's bundled 8x8 handwritten digits (1,797 real scans; 1,437 train /
 360 test, a fixed stratified split; see bigmodel_jax/data/images.py for why). Expect about 99% top-1
 test accuracy from the default CNN (98.9% with seed 0; 98.9-99.2% over seeds 0-2), printed at the
 end with a per-class table. The resnet preset reaches about the same (99.4%), many times slower on
-a CPU. Predict reads a PNG/JPEG, resizes it to the dataset's size and channels, and inverts a light
-background to match the training images (predict.invert=auto|yes|no).
+a CPU. Predict reads an image, resizes it to the dataset's size and channels, and for light-on-dark
+data (digits, MNIST) inverts a light background to match (predict.invert=auto|yes|no). Given a
+folder or a glob it writes one CSV row per image (path, class, probability, the top-k), in sorted
+path order, in batches of predict.batch_size: about 2,300 images/s for 2,100 small images on 2 CPU
+cores with the default CNN at 32x32 (README, "Your own images").
 
 Data (`data.source`): digits | tfds:mnist | tfds:fashion_mnist | tfds:cifar10 (any prepared TFDS
-dataset with "image" and "label" features and train/test splits). Augmentation on training batches
-only: random crop from an image padded by augment.crop_padding pixels, horizontal flip
-(augment.flip; off for digits), cutout of an augment.cutout-pixel square.
+dataset with "image" and "label" features and train/test splits) | image_folder:<dir> (one
+subfolder per class; a validation/ or val/ subfolder is the validation split, else data.val_percent
+by a hash of each path) | csv:<file> (data.image_column, data.label_column). Your own images are
+resized to data.image_size (channels: data.channels, 0 = from the data), decoded once into a cached
+TFDS dataset (data.tfds_data_dir or ~/.cache/bigmodel_jax), and an unreadable file stops the run
+or is skipped (data.on_bad_image=stop|skip). Augmentation on training batches only: random crop
+from an image padded by augment.crop_padding pixels, horizontal flip (augment.flip; off for
+digits), cutout of an augment.cutout-pixel square.
 
 Presets (`--experiment=imagecls:<preset>`):
   tiny           a few seconds; used by tests
@@ -39,10 +50,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="classify_image")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "digits"  # | tfds:mnist | tfds:fashion_mnist | tfds:cifar10
-  c.data.tfds_data_dir = ""  # where tfds:<name> is prepared ("" -> TFDS's default)
+  c.data.source = "digits"  # | tfds:<name> | image_folder:<dir> | csv:<file>
+  # Where tfds:<name> is prepared ("" -> TFDS's default), and where image_folder/csv sources are
+  # cached ("" -> ~/.cache/bigmodel_jax/tensorflow_datasets).
+  c.data.tfds_data_dir = ""
   c.data.test_fraction = 0.2  # digits only: the held-out share of the fixed stratified split
   c.data.split_seed = 0  # digits only
+  # image_folder / csv only (your own images):
+  c.data.image_size = 32  # each image is resized to image_size x image_size pixels
+  c.data.channels = 0  # 1 (grayscale) or 3 (RGB); 0: 3 if any image has colour, else 1
+  c.data.val_percent = 10  # held out for validation by a hash of each path (no validation/ folder)
+  c.data.on_bad_image = "stop"  # stop | skip: a file pillow cannot read stops the run | is skipped
+  c.data.image_column = "image"  # csv: the column of image paths (relative to the CSV's folder)
+  c.data.label_column = "label"  # csv: the column of class names
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 1  # pixels of zero padding to crop back from; 0 = off
@@ -64,7 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 500
 
   c.predict = ml_collections.ConfigDict()
-  c.predict.input = ""  # an image file for --mode=predict
+  c.predict.input = ""  # --mode=predict: an image file (prints), or a folder or glob (writes a CSV)
+  c.predict.output = ""  # the CSV of a folder or glob ("" -> <workdir>/predictions.csv)
+  c.predict.batch_size = 256  # images classified at once for a folder or glob
   c.predict.top_k = 3
   c.predict.invert = "auto"  # auto: invert a light-background image for dark-background data
   return config_lib.apply_preset(c, arg, PRESETS)

@@ -11,9 +11,12 @@ import pytest
 
 from bigmodel_jax import trainer
 from tests.helpers import tiny_config
+from tests.image_helpers import write_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--experiment=textgen:tiny"
+IMAGES = "--experiment=imagecls:tiny"
+IMAGE_CACHE = "--config.data.tfds_data_dir={tmp}/image_cache"
 
 CASES = [
     # (id, args, exit code, part of the message); {tmp} is a scratch folder, {trained} a trained
@@ -302,6 +305,19 @@ CASES = [
         "is an input file; writing it would destroy the input",
     ),
     (
+        "image folder with an unreadable image",
+        [IMAGES, "--config.data.source=image_folder:{tmp}/images/bad_file", IMAGE_CACHE],
+        2,
+        "oops.png is not a readable image (cannot identify image file",
+    ),
+    (
+        "image folder with an empty class folder",
+        [IMAGES, "--config.data.source=image_folder:{tmp}/images/empty_class", IMAGE_CACHE],
+        2,
+        "empty_class/dog has no JPEG, PNG, BMP or WebP images",
+    ),
+    ("image size zero", [IMAGES, "--config.data.image_size=0"], 2, "data.image_size=0 must be"),
+    (
         "unknown on_long_input",
         ["--experiment=sentiment:tiny", "--mode=predict", "--config.predict.on_long_input=cut"],
         2,
@@ -330,6 +346,10 @@ def scratch(tmp_path_factory):
   (tmp / "table.csv").write_text("age,income,plan\n31,40000,basic\n45,52000,pro\n")
   (tmp / "reviews.csv").write_text("text,label\nGood.,pos\nBad.,neg\n")
   (tmp / "reviews.tsv").write_text("text\tlabel\nGood.\tpos\nBad.\tneg\n")
+  write_shapes(tmp / "images" / "bad_file", 2)
+  (tmp / "images" / "bad_file" / "circle" / "oops.png").write_text("not an image")
+  write_shapes(tmp / "images" / "empty_class", 2)
+  (tmp / "images" / "empty_class" / "dog").mkdir()
   data = str(tmp / "tfds")
   trained = str(tmp / "trained")
   trainer.run(tiny_config(data, train__steps=2), trained)

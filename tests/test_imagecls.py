@@ -94,7 +94,7 @@ def test_predict_reads_an_image_like_the_dataset(trained, tmp_path):
 @pytest.mark.parametrize(
     "name, content, match",
     [
-        ("", None, r"needs --config.predict.input=<image file>"),
+        ("", None, r"needs --config.predict.input=<image file, folder or glob>"),
         ("missing.png", None, r"predict.input=.*missing.png does not exist"),
         ("notes.png", b"not an image at all", r"notes.png is not an image that pillow can read"),
     ],
@@ -304,6 +304,10 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
         ({"predict__invert": "maybe"}, r"predict.invert='maybe' one of auto, yes, no"),
         ({"augment__cutout": -1}, r"augment.cutout=-1 must be >= 0"),
         ({"data__test_fraction": 1.0}, r"data.test_fraction=1.0 must be in \(0, 1\)"),
+        ({"data__channels": 2}, r"data.channels=2 one of 1, 3, 0 \(0: decide from the data\)"),
+        ({"data__on_bad_image": "ignore"}, r"data.on_bad_image='ignore' one of stop, skip"),
+        ({"data__val_percent": 0}, r"data.val_percent=0 must be in 1..99"),
+        ({"predict__batch_size": 0}, r"predict.top_k=3 and predict.batch_size=0 must be >= 1"),
     ],
 )
 def test_config_errors_are_one_line(overrides, match):

@@ -3,9 +3,13 @@
 `load(source)` returns {"train": arrays, "test": arrays}, arrays = {"image": uint8 (N, H, W, C),
 "label": int32 (N,)}. Sources:
 
-  digits             scikit-learn's bundled 8x8 handwritten digits (offline default, see below)
-  tfds:<name>        a prepared TFDS dataset with an Image feature "image" and a ClassLabel "label"
-                     and train/test splits: tfds:mnist, tfds:fashion_mnist, tfds:cifar10, ...
+  digits              scikit-learn's bundled 8x8 handwritten digits (offline default, see below)
+  tfds:<name>         a prepared TFDS dataset with an Image feature "image" and a ClassLabel "label"
+                      and train/test splits: tfds:mnist, tfds:fashion_mnist, tfds:cifar10, ...
+  image_folder:<dir>  your images, one subfolder per class (image_folders.py); "test" is its
+                      validation split. Decoded and resized once into a cached TFDS dataset
+                      (image_cache.py), then read as the tfds sources are.
+  csv:<path>          your images listed in a CSV of (path, class) rows, as image_folder
 
 Why digits offline: a fresh machine with no internet has no MNIST or CIFAR, and a generated
 stand-in would say nothing about real accuracy. `sklearn.datasets.load_digits` ships inside
@@ -22,16 +26,19 @@ pixel, after DeVries & Taylor 2017).
 
 from collections.abc import Callable
 import dataclasses
-import warnings
+import os
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import tfds_source
+from bigmodel_jax.data import image_cache, image_files, tfds_source
 from bigmodel_jax.errors import UsageError
 
-SOURCES_HELP = "digits, tfds:<name> (e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10)"
+SOURCES_HELP = (
+    "digits, tfds:<name> (e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10), image_folder:<dir>, "
+    "csv:<file>"
+)
 
 
 @dataclasses.dataclass
@@ -46,37 +53,73 @@ class Info:
     return len(self.class_names)
 
 
-def info(source: str, data_dir: str = "") -> Info:
-  """The dataset's image shape and classes, cheaply (no images read); checks the source."""
-  if source == "digits":
-    return Info((8, 8, 1), [str(i) for i in range(10)])
-  builder = _tfds_builder(source, data_dir)
-  features = builder.info.features
-  return Info(tuple(features["image"].shape), list(features["label"].names))
+def check(source: str, data_dir: str = "") -> None:
+  """Checks the source cheaply: its name; a tfds dataset is prepared; a local path exists."""
+  if image_cache.is_local(source):
+    path = os.path.expanduser(source.partition(":")[2])
+    if not os.path.exists(path):
+      what = (
+          "a folder with one subfolder of images per class"
+          if source.startswith("image_folder:")
+          else "a CSV file of (image path, class) rows"
+      )
+      raise UsageError(f"data.source={source}: {path} does not exist; give {what}")
+  elif source != "digits":
+    _tfds_builder(source, data_dir)
 
 
-def load(
-    source: str,
-    *,
-    data_dir: str = "",
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-    splits: tuple[str, ...] = ("train", "test"),
-) -> dict[str, dict[str, np.ndarray]]:
-  """{split: arrays} for `splits` of "train", "test" (see module doc); test_fraction and
-  split_seed are for digits, which has no split of its own."""
-  if source == "digits":
-    return {k: v for k, v in load_digits(test_fraction, split_seed).items() if k in splits}
-  builder = _tfds_builder(source, data_dir)
-  out = {}
-  for split in splits:
-    records = builder.as_data_source(split)
+class Source:
+  """A dataset named by `source`, opened once: its Info, and its splits as arrays on request.
+
+  test_fraction and split_seed are for digits, which has no split of its own; `local` holds the
+  settings of a local source, whose cache is built (or reused) here, once.
+  """
+
+  def __init__(
+      self,
+      source: str,
+      *,
+      data_dir: str = "",
+      local: image_cache.Settings | None = None,
+      test_fraction: float = 0.2,
+      split_seed: int = 0,
+  ):
+    self.source, self._digits = source, (test_fraction, split_seed)
+    if source == "digits":
+      self.info = Info((8, 8, 1), [str(i) for i in range(10)])
+      return
+    if image_cache.is_local(source):
+      self._builder = image_cache.prepare(source, local or image_cache.Settings(data_dir=data_dir))
+      self._names = {"test": "validation"}
+    else:
+      self._builder, self._names = _tfds_builder(source, data_dir), {}
+    features = self._builder.info.features
+    self.info = Info(tuple(features["image"].shape), list(features["label"].names))
+
+  def load(self, split: str) -> dict[str, np.ndarray]:
+    """Arrays of split "train" or "test" (see module doc)."""
+    if self.source == "digits":
+      return load_digits(*self._digits)[split]
+    records = self._builder.as_data_source(self._names.get(split, split))
     # One record at a time: ~50 us each (decoding); mock_data breaks __getitems__.
-    images = np.stack([np.asarray(records[i]["image"], np.uint8) for i in range(len(records))])
-    labels = np.array([records[i]["label"] for i in range(len(records))], np.int32)
-    out[split] = {"image": images, "label": labels}
-    logging.info("%s: %s: %d images of %s", source, split, len(labels), images.shape[1:])
-  return out
+    rows = [records[i] for i in range(len(records))]
+    images = np.stack([np.asarray(r["image"], np.uint8) for r in rows])
+    labels = np.array([r["label"] for r in rows], np.int32)
+    name = self._names.get(split, split)
+    logging.info("%s: %s: %d images of %s", self.source, name, len(labels), images.shape[1:])
+    return {"image": images, "label": labels}
+
+
+def info(source: str, data_dir: str = "", local: image_cache.Settings | None = None) -> Info:
+  """The dataset's image shape and classes; checks the source. Cheap (no images read) except for
+  a local source, whose cache this builds the first time."""
+  return Source(source, data_dir=data_dir, local=local).info
+
+
+def load(source: str, *, splits: tuple[str, ...] = ("train", "test"), **kwargs):
+  """{split: arrays} for `splits` of "train", "test"; kwargs as for Source."""
+  opened = Source(source, **kwargs)
+  return {split: opened.load(split) for split in splits}
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
@@ -170,40 +213,23 @@ def make_augment(
 
 
 def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-  """A PNG/JPEG/... file -> uint8 (H, W, C) of the dataset's size and channels (UsageError if the
-  file is missing or unreadable). Downsizing averages areas, as the digits were made."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-
+  """A PNG/JPEG/... file -> uint8 (H, W, C) of the dataset's size and channels, read as the
+  training images were (image_files.decode); UsageError if it is missing or unreadable."""
   h, w, c = shape
   try:
-    with warnings.catch_warnings():
-      # A file that claims more pixels than pillow's limit is refused before it is decoded.
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(path) as img:
-        img = img.convert("L" if c == 1 else "RGB")
-        resample = (
-            Image.Resampling.BOX
-            if img.width >= w and img.height >= h
-            else (Image.Resampling.BILINEAR)
-        )
-        img = img.resize((w, h), resample)
-        x = np.asarray(img, np.uint8)
+    return image_files.decode(path, (h, w), c)
   except FileNotFoundError:
     raise UsageError(
-        f"predict.input={path} does not exist; give an image file (PNG, JPEG, ...)"
+        f"predict.input={path} does not exist; give an image file ({image_files.KINDS}), a "
+        "folder of them or a glob"
     ) from None
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+  except image_files.TooLarge as e:
+    raise UsageError(f"predict.input={path} is {e}") from None
+  except image_files.BadImage as e:
     raise UsageError(
-        f"predict.input={path} is too large to decode safely ({e}); give an image "
-        f"under {Image.MAX_IMAGE_PIXELS:,} pixels"
+        f"predict.input={path} is not an image that pillow can read ({e}); give a "
+        f"{image_files.KINDS} file"
     ) from None
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    reason = " ".join(str(e).split())[:200]
-    raise UsageError(
-        f"predict.input={path} is not an image that pillow can read ({reason}); "
-        "give a PNG or JPEG file"
-    ) from None
-  return x.reshape(h, w, c)
 
 
 def border_mean(image: np.ndarray) -> float:

@@ -2,8 +2,13 @@
 
 Batches are {"image": uint8 (B, H, W, C), "label": int32 (B,)} (eval batches add "weight"). The
 task normalises on the device with the training split's per-channel mean and standard deviation,
-saved with the run (`dataset.json`: image shape, class names, mean/std), so eval and predict use
-exactly what training used. The eval split is the dataset's test split.
+saved with the run (`dataset.json`: source, image shape, class names, mean/std), so eval and predict
+use exactly what training used. The eval split is the dataset's test split, or for your own images
+(image_folder:, csv:) their validation split.
+
+The dataset is opened on first use, not in __init__: a local source's cache is built (or its
+files listed and fingerprinted) then, and a trained run's predict mode never does it, since setup
+reads the facts from dataset.json; the training images may be gone by then.
 """
 
 import functools
@@ -15,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigmodel_jax import classification, json_files, models
-from bigmodel_jax.data import arrays, images
+from bigmodel_jax import classification, image_predict, json_files, models
+from bigmodel_jax.data import arrays, image_cache, image_files, images
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -32,29 +37,68 @@ class Task(base.Task):
     d, a, p = config.data, config.augment, config.predict
     if not 0 < d.test_fraction < 1:
       raise UsageError(f"data.test_fraction={d.test_fraction} must be in (0, 1)")
+    if not 1 <= d.image_size <= 4096 or d.channels not in (0, 1, 3):
+      raise UsageError(
+          f"data.image_size={d.image_size} must be in 1..4096 (pixels) and "
+          f"data.channels={d.channels} one of 1, 3, 0 (0: decide from the data)"
+      )
+    if not 0 < d.val_percent < 100 or d.on_bad_image not in image_files.ON_BAD_IMAGE:
+      raise UsageError(
+          f"data.val_percent={d.val_percent} must be in 1..99 and data.on_bad_image="
+          f"{d.on_bad_image!r} one of {', '.join(image_files.ON_BAD_IMAGE)}"
+      )
     if a.crop_padding < 0 or a.cutout < 0:
       raise UsageError(
           f"augment.crop_padding={a.crop_padding} and augment.cutout={a.cutout} "
           "must be >= 0 (pixels; 0 turns them off)"
       )
-    if p.top_k < 1 or p.invert not in INVERT:
+    if p.top_k < 1 or p.invert not in INVERT or p.batch_size < 1:
       raise UsageError(
-          f"predict.top_k={p.top_k} must be >= 1 and predict.invert={p.invert!r} one "
-          f"of {', '.join(INVERT)}"
+          f"predict.top_k={p.top_k} and predict.batch_size={p.batch_size} must be >= 1 and "
+          f"predict.invert={p.invert!r} one of {', '.join(INVERT)}"
       )
-    self.info = images.info(d.source, d.tfds_data_dir)  # checks the source; reads no images
-    self.model = models.make(config.model, ("cnn", "resnet"), num_classes=self.info.num_classes)
+    images.check(d.source, d.tfds_data_dir)  # cheap; the dataset itself is opened on first use
+    models.make(config.model, ("cnn", "resnet"), num_classes=2)  # checks the model's settings
+    self.local = image_cache.Settings.from_config(d) if image_cache.is_local(d.source) else None
+    self.workdir = ""
+    self.modes = {"predict": self.predict}
+
+  @functools.cached_property
+  def dataset(self) -> images.Source:
+    d = self.config.data
+    return images.Source(
+        d.source,
+        data_dir=d.tfds_data_dir,
+        local=self.local,
+        test_fraction=d.test_fraction,
+        split_seed=d.split_seed,
+    )
+
+  @functools.cached_property
+  def info(self) -> images.Info:  # the dataset's, until setup loads the run's
+    return self.dataset.info
+
+  @functools.cached_property
+  def model(self):
+    return models.make(self.config.model, num_classes=self.info.num_classes)
+
+  @functools.cached_property
+  def stats(self) -> dict:
     # {"mean": [...], "std": [...], "dark_background": bool, ...}: measured or loaded by setup;
     # neutral until then (enough for --mode=plan, which compiles without data).
     channels = self.info.shape[-1]
-    self.stats = {"mean": [0.0] * channels, "std": [1.0] * channels, "dark_background": False}
-    self.modes = {"predict": self.predict}
+    return {"mean": [0.0] * channels, "std": [1.0] * channels, "dark_background": False}
+
+  @property
+  def eval_split(self) -> str:
+    return "validation" if self.local else "test"
 
   # --- data ---------------------------------------------------------------------------------
 
   def setup(self, workdir: str, create: bool) -> None:
     """Loads the run's dataset facts from the workdir, or (create) measures and saves them."""
     path = os.path.join(workdir, DATASET_FILE)
+    self.workdir = workdir
     if os.path.exists(path):
       saved = json_files.read_json(path, "dataset facts (shape, class names, statistics)")
       self.info = images.Info(tuple(saved["shape"]), saved["class_names"])
@@ -68,7 +112,9 @@ class Task(base.Task):
           "class_names": self.info.class_names,
           "mean": mean,
           "std": std,
-          "dark_background": images.border_mean(train.mean(0)) < 0.25,
+          # Light-on-dark data (digits, MNIST): predict inverts a drawing on white to match. Your
+          # own images are taken as they come.
+          "dark_background": not self.local and images.border_mean(train.mean(0)) < 0.25,
       }
       with open(path, "w") as f:
         json.dump(self.stats, f, indent=2)
@@ -88,13 +134,14 @@ class Task(base.Task):
           f"data.source={d.source}; pass --config.data.source={self.stats['source']} "
           "or use a new --workdir"
       )
-    return images.load(
-        d.source,
-        data_dir=d.tfds_data_dir,
-        test_fraction=d.test_fraction,
-        split_seed=d.split_seed,
-        splits=(split,),
-    )[split]
+    now = self.dataset.info
+    if now != self.info:  # e.g. a class folder added, or another data.image_size
+      raise RunError(
+          f"{d.source} now gives {now.shape} images of classes {', '.join(now.class_names)}, but "
+          f"this run was trained on {self.info.shape} images of {', '.join(self.info.class_names)}"
+          f" (its {DATASET_FILE}); use the run's data and settings, or a new --workdir"
+      )
+    return self.dataset.load(split)
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     a = self.config.augment
@@ -155,7 +202,7 @@ class Task(base.Task):
   # --- what a person sees -------------------------------------------------------------------
 
   def showcase(self, variables) -> dict:
-    """Top-1 test accuracy, accuracy per class, and the most frequent confusions."""
+    """Top-1 accuracy on the eval split, accuracy per class, and the most frequent confusions."""
     test = self._split("test")
     predicted = self.probabilities(variables, test["image"]).argmax(-1)
     names = self.info.class_names
@@ -166,9 +213,11 @@ class Task(base.Task):
         for i, name in enumerate(names)
     ]
     print(
-        f"\n{self.config.data.source}: top-1 test accuracy {100 * correct / total:.2f}% "
-        f"({correct}/{total})\n"
-        + classification.format_table(["class", "test images", "correct", "accuracy"], rows),
+        f"\n{self.config.data.source}: top-1 {self.eval_split} accuracy "
+        f"{100 * correct / total:.2f}% ({correct}/{total})\n"
+        + classification.format_table(
+            ["class", f"{self.eval_split} images", "correct", "accuracy"], rows
+        ),
         flush=True,
     )
     off = m - np.diag(np.diag(m))
@@ -184,16 +233,20 @@ class Task(base.Task):
       )
     return {"accuracy": correct / total, "per_class": {r[0]: r[2] / max(r[1], 1) for r in rows}}
 
-  def predict(self, variables) -> list[tuple[str, float]]:
-    """`--mode=predict --config.predict.input=<image>`: prints the top classes of one image."""
+  def predict(self, variables) -> list[tuple[str, float]] | str:
+    """`--mode=predict --config.predict.input=<image file | folder | glob>`: a file prints (and
+    returns) its top classes; a folder or a glob writes the CSV predict.output and returns its
+    path (image_predict.py)."""
     p = self.config.predict
     if not p.input:
-      raise UsageError("--mode=predict needs --config.predict.input=<image file> (PNG, JPEG, ...)")
-    image = images.read_image(p.input, self.info.shape)
-    # Digits and MNIST are light ink on black; a drawing is usually dark ink on white.
-    invert = p.invert == "yes" or (
-        p.invert == "auto" and self.stats["dark_background"] and images.border_mean(image) > 0.5
-    )
+      raise UsageError(
+          "--mode=predict needs --config.predict.input=<image file, folder or glob> "
+          f"({image_files.KINDS})"
+      )
+    if not os.path.isfile(os.path.expanduser(p.input)):
+      return self._predict_files(variables, os.path.expanduser(p.input))
+    image = images.read_image(os.path.expanduser(p.input), self.info.shape)
+    invert = self._invert(image)
     if invert:
       image = 255 - image
       logging.info("predict: inverted %s to light-on-dark like the training images", p.input)
@@ -208,3 +261,37 @@ class Task(base.Task):
         flush=True,
     )
     return result
+
+  def _invert(self, image: np.ndarray) -> bool:
+    # Digits and MNIST are light ink on black; a drawing is usually dark ink on white.
+    p = self.config.predict
+    return p.invert == "yes" or (
+        p.invert == "auto" and self.stats["dark_background"] and images.border_mean(image) > 0.5
+    )
+
+  def _predict_files(self, variables, spec: str) -> str:
+    p = self.config.predict
+    output = p.output or os.path.join(self.workdir, "predictions.csv")
+    if os.path.isdir(output):
+      raise UsageError(f"predict.output={output} is a directory; give a file path for the CSV")
+    root, paths = image_predict.list_inputs(spec)
+    fn = jax.jit(lambda v, x: jax.nn.softmax(self.model.apply(v, self._normalize(x), train=False)))
+    variables = jax.device_put(variables)  # once, not with every batch
+
+    def classify(batch: np.ndarray) -> np.ndarray:  # uint8 (B, H, W, C) -> (B, classes)
+      if p.invert != "no":
+        flip = np.array([self._invert(x) for x in batch])[:, None, None, None]
+        batch = np.where(flip, 255 - batch, batch)
+      return np.asarray(fn(variables, batch))
+
+    return image_predict.write_csv(
+        paths,
+        root=root,
+        output=output,
+        classify=classify,
+        class_names=self.info.class_names,
+        shape=self.info.shape,
+        top_k=p.top_k,
+        batch_size=p.batch_size,
+        bad=image_files.BadImages(self.config.data.on_bad_image, "predict.input"),
+    )
