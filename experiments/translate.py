@@ -33,13 +33,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="translate")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "dates"  # | tfds:<name> with a Translation feature
+  c.data.source = "dates"  # | tfds:<name> with a Translation feature | csv:/tsv:/jsonl:<glob>
   c.data.tfds_data_dir = ""
   c.data.source_lang = ""  # tfds: the source language; "" -> the dataset's supervised source
   c.data.target_lang = ""
   c.data.train_examples = 30000  # dates: how many to generate; tfds: a cap (0 = whole split)
   c.data.eval_examples = 1000  # dates: validation and test sizes; tfds: a cap (0 = all)
   c.data.holdout_percent = 1  # tfds without validation/test splits: % of train held out for each
+  # csv/tsv/jsonl (and decode.input files): the columns by name, or by 0-based position when
+  # data.header=false (JSON lines: keys).
+  c.data.source_column = "source"
+  c.data.target_column = "target"
+  c.data.header = True  # csv/tsv: the first row names the columns
+  c.data.validation_source = ""  # csv/tsv/jsonl: held-out rows (halved into validation, test)
+  c.data.val_percent = 10  # ... else this % of rows, by a hash of the source text, is held out
   c.data.seed = 0  # dates: train seed (validation seed + 1, test seed + 2)
   c.data.tokenizer = "byte"  # | sentencepiece (trained on the training split, saved in workdir)
   c.data.vocab_size = 8000  # sentencepiece only
@@ -68,7 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.decode.eval_examples = 1000  # test examples decoded at the final eval (0 = all)
   c.decode.batch_size = 250
   c.decode.show = 5  # showcase triples (plus up to 3 mistakes)
-  c.decode.input = ""  # --mode=translate: text to translate ("" -> test sources)
+  # --mode=translate: a text to translate ("" -> test sources), or .csv/.tsv/.jsonl file(s) (or
+  # csv:/tsv:/jsonl:<glob>) whose every row's data.source_column is translated into decode.output
+  c.decode.input = ""
+  c.decode.output = ""  # "" -> <workdir>/translations.csv; a name ending .jsonl writes JSON lines
   # An input longer than data.max_source_len tokens: warn (translate its first tokens and say so
   # on stderr) | error (refuse it: a translation of part of a text reads as a whole one).
   c.decode.on_long_input = "warn"
