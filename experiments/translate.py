@@ -3,6 +3,7 @@
   python run.py --experiment=translate                 # CPU, ~3 minutes on 2 cores
   python run.py --experiment=translate --mode=eval     # loss, accuracy; test BLEU, exact match
   python run.py --experiment=translate --mode=translate --config.decode.input="Mar 3, '21"
+  python run.py --experiment=translate --mode=translate --config.decode.input=new.csv
 
 Offline default: dates written 23 ways ("3rd of March 2021", "Mar 3, '21", "03/03/2021",
 "Wednesday, March 3, 2021", "2021.03.03", ...) -> ISO 8601 "2021-03-03", byte-level
@@ -11,6 +12,13 @@ of about 99.7% and BLEU about 99.9 after the default preset (1200 steps, a 2+2 x
 and a showcase of source / reference / hypothesis triples, with a few of the mistakes.
 Validation reports teacher-forced loss, token and sequence accuracy; the final eval decodes up to
 decode.eval_examples test sources with beam search (beam 4, length penalty 0.6).
+
+Your own pairs: data.source=csv:<glob>, tsv:<glob> or jsonl:<glob>, columns data.source_column and
+data.target_column (names, keys, or 0-based positions with data.header=false). Held out:
+data.validation_source, or data.val_percent% of the rows by a hash of the source text; the held-out
+rows are halved into validation and test. --mode=translate with decode.input naming .csv/.tsv/.jsonl
+files translates every row's source column into decode.output (default
+<workdir>/translations.csv): the row, then `translation`, streamed in batches of decode.batch_size.
 
 Presets (`--experiment=translate:<preset>`):
   tiny          a few seconds; used by tests
