@@ -16,9 +16,10 @@ decode.eval_examples test sources with beam search (beam 4, length penalty 0.6).
 Your own pairs: data.source=csv:<glob>, tsv:<glob> or jsonl:<glob>, columns data.source_column and
 data.target_column (names, keys, or 0-based positions with data.header=false). Held out:
 data.validation_source, or data.val_percent% of the rows by a hash of the source text; the held-out
-rows are halved into validation and test. --mode=translate with decode.input naming .csv/.tsv/.jsonl
-files translates every row's source column into decode.output (default
-<workdir>/translations.csv): the row, then `translation`, streamed in batches of decode.batch_size.
+rows are halved into validation and test (both all of them if they cannot be halved).
+--mode=translate with decode.input naming .csv/.tsv/.jsonl files translates every row's source
+column into decode.output (default <workdir>/translations.csv): the row, then `translation`,
+streamed in batches of decode.batch_size.
 
 Presets (`--experiment=translate:<preset>`):
   tiny          a few seconds; used by tests

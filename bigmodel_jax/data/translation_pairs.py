@@ -13,8 +13,8 @@
                         TFDS dataset (`record_sets.py`). Held out: the rows of
                         data.validation_source, or data.val_percent % of the rows by a stable hash
                         of the source text (a sentence is never in two splits); the held-out rows
-                        are halved, by a second hash of the source, into validation and test (with
-                        a single held-out row, both are that row)
+                        are halved, by a second hash of the source, into validation and test (when
+                        they cannot be halved, e.g. one row, both are all of them)
 
 `open_source(d)` checks the source (and, for tfds, opens it) without reading pairs; its `splits()`
 reads them: {"train", "validation", "test"} -> (sources, targets). data.train_examples and
