@@ -3,6 +3,7 @@
   python run.py --experiment=translate                 # CPU, ~3 minutes on 2 cores
   python run.py --experiment=translate --mode=eval     # loss, accuracy; test BLEU, exact match
   python run.py --experiment=translate --mode=translate --config.decode.input="Mar 3, '21"
+  python run.py --experiment=translate --mode=translate --config.decode.input=new.csv
 
 Offline default: dates written 23 ways ("3rd of March 2021", "Mar 3, '21", "03/03/2021",
 "Wednesday, March 3, 2021", "2021.03.03", ...) -> ISO 8601 "2021-03-03", byte-level
@@ -11,6 +12,14 @@ of about 99.7% and BLEU about 99.9 after the default preset (1200 steps, a 2+2 x
 and a showcase of source / reference / hypothesis triples, with a few of the mistakes.
 Validation reports teacher-forced loss, token and sequence accuracy; the final eval decodes up to
 decode.eval_examples test sources with beam search (beam 4, length penalty 0.6).
+
+Your own pairs: data.source=csv:<glob>, tsv:<glob> or jsonl:<glob>, columns data.source_column and
+data.target_column (names, keys, or 0-based positions with data.header=false). Held out:
+data.validation_source, or data.val_percent% of the rows by a hash of the source text; the held-out
+rows are halved into validation and test (both all of them if they cannot be halved).
+--mode=translate with decode.input naming .csv/.tsv/.jsonl files translates every row's source
+column into decode.output (default <workdir>/translations.csv): the row, then `translation`,
+streamed in batches of decode.batch_size.
 
 Presets (`--experiment=translate:<preset>`):
   tiny          a few seconds; used by tests
@@ -33,13 +42,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="translate")
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "dates"  # | tfds:<name> with a Translation feature
+  c.data.source = "dates"  # | tfds:<name> with a Translation feature | csv:/tsv:/jsonl:<glob>
   c.data.tfds_data_dir = ""
   c.data.source_lang = ""  # tfds: the source language; "" -> the dataset's supervised source
   c.data.target_lang = ""
   c.data.train_examples = 30000  # dates: how many to generate; tfds: a cap (0 = whole split)
   c.data.eval_examples = 1000  # dates: validation and test sizes; tfds: a cap (0 = all)
   c.data.holdout_percent = 1  # tfds without validation/test splits: % of train held out for each
+  # csv/tsv/jsonl (and decode.input files): the columns by name, or by 0-based position when
+  # data.header=false (JSON lines: keys).
+  c.data.source_column = "source"
+  c.data.target_column = "target"
+  c.data.header = True  # csv/tsv: the first row names the columns
+  c.data.validation_source = ""  # csv/tsv/jsonl: held-out rows (halved into validation, test)
+  c.data.val_percent = 10  # ... else this % of rows, by a hash of the source text, is held out
   c.data.seed = 0  # dates: train seed (validation seed + 1, test seed + 2)
   c.data.tokenizer = "byte"  # | sentencepiece (trained on the training split, saved in workdir)
   c.data.vocab_size = 8000  # sentencepiece only
@@ -68,7 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.decode.eval_examples = 1000  # test examples decoded at the final eval (0 = all)
   c.decode.batch_size = 250
   c.decode.show = 5  # showcase triples (plus up to 3 mistakes)
-  c.decode.input = ""  # --mode=translate: text to translate ("" -> test sources)
+  # --mode=translate: a text to translate ("" -> test sources), or .csv/.tsv/.jsonl file(s) (or
+  # csv:/tsv:/jsonl:<glob>) whose every row's data.source_column is translated into decode.output
+  c.decode.input = ""
+  c.decode.output = ""  # "" -> <workdir>/translations.csv; a name ending .jsonl writes JSON lines
   # An input longer than data.max_source_len tokens: warn (translate its first tokens and say so
   # on stderr) | error (refuse it: a translation of part of a text reads as a whole one).
   c.decode.on_long_input = "warn"

@@ -293,6 +293,29 @@ CASES = [
         "the file looks like TSV; use data.source=tsv:<glob>",
     ),
     (
+        "translation pairs without their source column",
+        [
+            "--experiment=translate:tiny",
+            "--config.data.source=csv:{tmp}/reviews.csv",
+            "--config.data.tfds_data_dir={tmp}/records",
+        ],
+        2,
+        "data.source_column='source' is not a column of",
+    ),
+    (
+        "translations written over their input",
+        [
+            "--experiment=translate:tiny",
+            "--workdir={translate}",
+            "--mode=translate",
+            "--config.data.source_column=text",
+            "--config.decode.input={tmp}/reviews.csv",
+            "--config.decode.output={tmp}/reviews.csv",
+        ],
+        2,
+        "reviews.csv is an input file",
+    ),
+    (
         "predictions written over their input",
         [
             "--experiment=sentiment:tiny",

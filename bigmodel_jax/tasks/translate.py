@@ -1,13 +1,7 @@
 """Translation with an encoder-decoder Transformer (experiments/translate.py).
 
-Data (`config.data.source`):
-  dates                           offline default: dates written many ways -> ISO 8601
-                                  (`bigmodel_jax.data.dates`); validation and test splits come
-                                  from other seeds and share no source string with train
-  tfds:<name>                     a prepared TFDS dataset with a Translation feature, e.g.
-                                  tfds:ted_hrlr_translate/pt_to_en (train/validation/test) or
-                                  tfds:opus/medical (de-en, train only: validation and test are
-                                  the last 2 x data.holdout_percent % of train)
+Data (`config.data.source`, `bigmodel_jax.data.translation_pairs`): dates (the offline default),
+tfds:<name> with a Translation feature, or the user's pairs as csv:<glob>, tsv:<glob>, jsonl:<glob>.
 
 Tokens: each side's tokenizer (`byte` by default, or `sentencepiece` trained on the training split
 and saved under <workdir>/tokenizer; one for both sides with data.shared_vocab, else
@@ -18,6 +12,9 @@ BOS = V + 1, EOS = V + 2 (`models.seq2seq.special_ids`). Batches are {"inputs": 
 (BLEU and exact match still compare against the full reference text); each split logs how many.
 A `decode.input` longer than data.max_source_len warns with both lengths and is cut (or, with
 decode.on_long_input=error, refused).
+
+`--mode=translate`: decode.input is one text, or CSV/TSV/JSONL file(s) whose every row's
+data.source_column is translated into decode.output (`batch_translate.py`).
 """
 
 import functools
@@ -29,16 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import sacrebleu
-import tensorflow_datasets as tfds
 
-from bigmodel_jax import beam_search, models
-from bigmodel_jax.data import arrays, dates, tfds_source, tokenizers, too_long
+from bigmodel_jax import batch_translate, beam_search, models
+from bigmodel_jax.data import arrays, tokenizers, too_long, translation_pairs
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.models import seq2seq
 from bigmodel_jax.tasks import base
 
 TOKENIZER_DIR = "tokenizer"
-SOURCES_HELP = "dates, tfds:<name>[/<config>] with a Translation feature"
 
 
 class Task(base.Task):
@@ -50,10 +45,7 @@ class Task(base.Task):
   def __init__(self, config):
     super().__init__(config)
     self._validate(config)
-    self._builder = self._languages = None
-    if config.data.source.startswith("tfds:"):
-      self._builder = _open_builder(config.data.source[5:], config.data.tfds_data_dir)
-      self._languages = _languages(self._builder, config.data)
+    self._source = translation_pairs.open_source(config.data)
     self.modes = {"translate": self.translate}
     self.src_tok = self.tgt_tok = None
     self._final = None
@@ -62,8 +54,6 @@ class Task(base.Task):
   @staticmethod
   def _validate(config):
     d, dec = config.data, config.decode
-    if d.source != "dates" and not (d.source.startswith("tfds:") and len(d.source) > 5):
-      raise UsageError(f"data.source={d.source!r} is not valid; valid: {SOURCES_HELP}")
     if d.tokenizer not in tokenizers.NAMES:
       raise UsageError(
           f"data.tokenizer={d.tokenizer!r} is not valid; valid: {', '.join(tokenizers.NAMES)}"
@@ -84,8 +74,6 @@ class Task(base.Task):
         "data.train_examples": 0,
         "data.eval_examples": 0,
     }
-    if d.source == "dates":  # how many to generate; for tfds, 0 means the whole split
-      at_least.update({"data.train_examples": 1, "data.eval_examples": 1})
     for key, low in at_least.items():
       section, name = key.split(".")
       if config[section][name] < low:
@@ -117,12 +105,14 @@ class Task(base.Task):
     d = self.config.data
     root = os.path.join(workdir, TOKENIZER_DIR)
     dirs = [root] if d.shared_vocab else [os.path.join(root, side) for side in ("source", "target")]
-    if not create and not all(os.path.exists(os.path.join(p, "tokenizer.json")) for p in dirs):
+    saved = all(os.path.exists(os.path.join(p, "tokenizer.json")) for p in dirs)
+    if not create and not saved:
       raise RunError(
           f"no tokenizer in {root}; train first with python run.py "
           f"--experiment={self.config.experiment} --workdir={workdir}"
       )
-    src, tgt = self._texts["train"]
+    self.workdir = workdir
+    src, tgt = ([], []) if saved else self._texts["train"]  # saved ones are loaded, not trained
     texts = [list(src) + list(tgt)] if d.shared_vocab else [src, tgt]
     toks = [
         tokenizers.build_tokenizer(
@@ -135,10 +125,7 @@ class Task(base.Task):
 
   @functools.cached_property
   def _texts(self) -> dict[str, tuple[list[str], list[str]]]:
-    d = self.config.data
-    if self._builder is None:
-      return dates.make_splits(d.train_examples, d.eval_examples, d.seed)
-    return _read_pairs(self._builder, d, *self._languages)
+    return self._source.splits()
 
   def _encode(self, tok, texts, length: int):
     """Texts -> (N, length) int32 ids + EOS, PAD-filled, cut to fit; and each text's length in
@@ -261,11 +248,11 @@ class Task(base.Task):
       )
     return src
 
-  def _translate(self, params, src: np.ndarray) -> list[str]:
-    """Decodes encoded sources on the host with the configured search, in fixed-size (padded)
-    batches."""
+  def _translate(self, params, src: np.ndarray, size: int = 0) -> list[str]:
+    """Decodes encoded sources on the host with the configured search, in batches of `size`
+    (default min(decode.batch_size, N)), the last one padded to that size."""
     dec = self.config.decode
-    size = min(dec.batch_size, len(src))
+    size = size or min(dec.batch_size, len(src))
     eos = self.model.tgt_specials[2]
     out = []
     for start in range(0, len(src), size):
@@ -291,15 +278,39 @@ class Task(base.Task):
     self._final = (src, refs, hyps, values)
     return values
 
-  def translate(self, variables) -> list[str]:
-    """`--mode=translate`: decode.input, or the first decode.show test sources."""
+  def translate(self, variables) -> list[str] | dict:
+    """`--mode=translate`: decode.input (a text, or files: see `batch_translate`), or the first
+    decode.show test sources."""
     dec = self.config.decode
+    found = batch_translate.input_files(dec.input) if dec.input.strip() else None
+    if found:
+      return self._translate_files(variables["params"], *found)
     texts = [dec.input] if dec.input else list(self._texts["test"][0][: max(dec.show, 1)])
     src = self._encode_sources(texts, "" if dec.input else "test")
     hyps = self._translate(variables["params"], src)
     for text, hyp in zip(texts, hyps):
       print(f"{text}\n  -> {hyp}", flush=True)
     return hyps
+
+  def _translate_files(self, params, scheme: str, paths: list[str]) -> dict:
+    d, dec = self.config.data, self.config.decode
+
+    def translate(texts):
+      src, lengths = self._encode(self.src_tok, texts, d.max_source_len)
+      return self._translate(params, src, dec.batch_size), lengths
+
+    return batch_translate.run(
+        scheme,
+        paths,
+        os.path.expanduser(dec.output)
+        or os.path.join(self.workdir, batch_translate.DEFAULT_OUTPUT),
+        source_column=d.source_column,
+        header=d.header,
+        translate=translate,
+        batch_size=dec.batch_size,
+        max_source_len=d.max_source_len,
+        on_long_input=dec.on_long_input,
+    )
 
   def showcase(self, variables) -> None:
     if self._final is None:
@@ -320,54 +331,3 @@ class Task(base.Task):
           f"source:     {src[i]}\nreference:  {refs[i]}\nhypothesis: {hyps[i]}  [{mark}]\n",
           flush=True,
       )
-
-
-# --- TFDS translation datasets -----------------------------------------------------------------
-
-
-def _open_builder(name: str, data_dir: str):
-  builder = tfds_source.open_prepared(name, data_dir)
-  if not isinstance(builder.info.features, tfds.features.Translation):
-    raise UsageError(f"tfds:{name} has no Translation feature (data.source); valid: {SOURCES_HELP}")
-  return builder
-
-
-def _languages(builder, d) -> tuple[str, str]:
-  """(source, target) language features: data.source_lang/target_lang, or supervised_keys."""
-  languages = list(builder.info.features.keys())
-  keys = builder.info.supervised_keys or ("", "")
-  src_lang, tgt_lang = d.source_lang or keys[0], d.target_lang or keys[1]
-  for key, lang in (("data.source_lang", src_lang), ("data.target_lang", tgt_lang)):
-    if lang not in languages:
-      raise UsageError(
-          f"{key}={lang!r} is not a language of {d.source}; valid: {', '.join(languages)}"
-      )
-  return src_lang, tgt_lang
-
-
-def _read_pairs(builder, d, src_lang: str, tgt_lang: str) -> dict[str, tuple[list, list]]:
-  """{"train", "validation", "test"}: (sources, targets) of a Translation dataset."""
-  splits, p = set(builder.info.splits), d.holdout_percent
-  carved = [s for s in ("validation", "test") if s not in splits]
-  start = 100 - p * len(carved)
-  names = {"train": f"train[:{start}%]" if carved else "train"}
-  for split in ("validation", "test"):
-    if split not in carved:
-      names[split] = split
-    else:
-      names[split], start = f"train[{start}%:{start + p}%]", start + p
-  out = {}
-  for split, tfds_split in names.items():
-    source = builder.as_data_source(tfds_split)
-    cap = d.train_examples if split == "train" else d.eval_examples
-    n = min(cap, len(source)) if cap else len(source)
-    rows = [source[i] for i in range(n)]
-    out[split] = ([_to_str(r[src_lang]) for r in rows], [_to_str(r[tgt_lang]) for r in rows])
-    logging.info(
-        "%s: %s (%s): %d pairs %s -> %s", d.source, split, tfds_split, n, src_lang, tgt_lang
-    )
-  return out
-
-
-def _to_str(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
