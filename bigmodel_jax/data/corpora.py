@@ -32,7 +32,6 @@ import glob
 import os
 import sys
 import sysconfig
-import zlib
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -183,18 +182,11 @@ def _log_dropped(source: str, count: int, what: str) -> None:
 
 def _assign_splits(paths: list[str], val_percent: int) -> dict[str, list[str]]:
   """Splits files by a stable hash of their relative paths (see module doc)."""
-  hashes = {p: zlib.crc32(p.encode("utf-8")) % 100 for p in paths}
-  val = [p for p in paths if hashes[p] < val_percent]
-  train = [p for p in paths if hashes[p] >= val_percent]
-  if len(paths) > 1 and not val:
-    moved = min(train, key=lambda p: (hashes[p], p))
-    train.remove(moved)
-    val = [moved]
-  elif len(paths) > 1 and not train:
-    moved = max(val, key=lambda p: (hashes[p], p))
-    val.remove(moved)
-    train = [moved]
-  return {"train": train, "validation": val}
+  val = files.held_out(paths, val_percent)
+  return {
+      "train": [p for p, v in zip(paths, val) if not v],
+      "validation": [p for p, v in zip(paths, val) if v],
+  }
 
 
 # ---------------------------------------------------------------------------

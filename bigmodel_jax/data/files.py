@@ -21,6 +21,7 @@ import glob
 import hashlib
 import os
 from typing import NamedTuple
+import zlib
 
 
 class Matches(NamedTuple):
@@ -112,3 +113,19 @@ def _digest(path: str) -> bytes:
     while block := f.read(1 << 20):
       h.update(block)
   return h.digest()
+
+
+def held_out(keys: Sequence[str], val_percent: int) -> list[bool]:
+  """Which items go to validation: those whose key has crc32(key) % 100 < val_percent, so the split
+  is stable as items come and go and equal keys always land together. With two or more distinct
+  keys neither side is left empty: the training key with the smallest (hash, key) moves to
+  validation, or the validation key with the largest to training. The one split rule of the local
+  corpora, record sets and image folders."""
+  unique = sorted(set(keys))
+  score = {k: (zlib.crc32(k.encode("utf-8")) % 100, k) for k in unique}
+  val = {k for k in unique if score[k][0] < val_percent}
+  if len(unique) > 1 and not val:
+    val = {min(unique, key=score.get)}
+  elif len(unique) > 1 and len(val) == len(unique):
+    val.discard(max(unique, key=score.get))
+  return [k in val for k in keys]

@@ -19,11 +19,10 @@ gives that side the file with the smallest (or largest) hash, which needs two fi
 
 import dataclasses
 import os
-import zlib
 
 from absl import logging
 
-from bigmodel_jax.data import image_files, tables
+from bigmodel_jax.data import files, image_files, tables
 from bigmodel_jax.errors import UsageError
 
 VALIDATION_FOLDERS = ("validation", "val")
@@ -215,13 +214,7 @@ def _hash_split(source, root, items, val_percent, names) -> dict[str, list[tuple
           f"data.source={source}: class {names[label]!r} has 1 image ({paths[0]}); a train/"
           "validation split needs at least 2 per class: add images, or give a validation/ folder"
       )
-    score = {p: (zlib.crc32(os.path.relpath(p, root).encode("utf-8")) % 100, p) for p in paths}
-    val = [p for p in paths if score[p][0] < val_percent]
-    train = [p for p in paths if score[p][0] >= val_percent]
-    if not val:
-      val.append(train.pop(train.index(min(train, key=score.get))))
-    elif not train:
-      train.append(val.pop(val.index(max(val, key=score.get))))
-    splits["train"] += [(p, label) for p in train]
-    splits["validation"] += [(p, label) for p in val]
+    val = files.held_out([os.path.relpath(p, root) for p in paths], val_percent)
+    splits["train"] += [(p, label) for p, v in zip(paths, val) if not v]
+    splits["validation"] += [(p, label) for p, v in zip(paths, val) if v]
   return {k: sorted(v) for k, v in splits.items()}

@@ -24,12 +24,11 @@ from collections.abc import Sequence
 import dataclasses
 import os
 from typing import NamedTuple
-import zlib
 
 from absl import logging
 import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import local_tfds, records
+from bigmodel_jax.data import files, local_tfds, records
 from bigmodel_jax.errors import UsageError
 
 SPLITS = ("train", "validation")
@@ -198,13 +197,8 @@ def split_rows(rows: Sequence, spec: Spec) -> dict[str, list]:
           f"(data.val_percent={spec.val_percent}) needs at least 2: add rows, drop it, or give "
           "the validation rows as data.validation_source"
       )
-    hashes = {i: zlib.crc32(rows[i][0][by].encode("utf-8")) for i in members}
-    val = [i for i in members if hashes[i] % 100 < spec.val_percent]
-    if not val:
-      val = [min(members, key=lambda i: (hashes[i], i))]
-    elif len(val) == len(members):
-      val.remove(max(members, key=lambda i: (hashes[i], i)))
-    held_out.update(val)
+    val = files.held_out([rows[i][0][by] for i in members], spec.val_percent)
+    held_out.update(i for i, v in zip(members, val) if v)
   return {
       "train": [r for i, r in enumerate(rows) if i not in held_out],
       "validation": [r for i, r in enumerate(rows) if i in held_out],
