@@ -150,22 +150,14 @@ def run(
 ) -> dict:
   """Classifies every row of `paths` into `output` (see module doc); `classify(texts)` gives
   (probabilities (N, classes), lengths in tokens (N,)). Returns {"rows", "seconds", "output"}."""
-  counts, long = np.zeros(len(class_names), np.int64), [0]
+  counts = np.zeros(len(class_names), np.int64)
+  long = too_long.RowCounter(
+      max_len, f"model.max_len={max_len}", "predict.on_long_input", on_long_input
+  )
 
   def predict(batch):
     probs, lengths = classify([row.values[0] for _, row in batch])
-    for (path, row), n in zip(batch, lengths):
-      if n > max_len:
-        long[0] += 1
-        if on_long_input == "error":
-          too_long.check_input(
-              f"{path} line {row.line}",
-              int(n),
-              max_len,
-              f"model.max_len={max_len}",
-              "predict.on_long_input",
-              on_long_input,
-          )
+    long.check(batch, lengths)
     counts[:] += np.bincount(probs.argmax(-1), minlength=len(class_names))
     return [[class_names[int(p.argmax())], *(round(float(q), 6) for q in p)] for p in probs]
 
@@ -181,15 +173,7 @@ def run(
       batch_size=batch_size,
   )
   rows, seconds = result["rows"], result["seconds"]
-  if long[0]:
-    logging.warning(
-        "%s: %d of %d texts are longer than model.max_len=%d tokens and were cut to their first %d",
-        KEY,
-        long[0],
-        rows,
-        max_len,
-        max_len,
-    )
+  long.warn(KEY, rows, "texts")
   print(
       f"wrote {rows:,} predictions to {output} in {seconds:.1f} s "
       f"({rows / max(seconds, 1e-9):,.0f} rows/s); predicted: "

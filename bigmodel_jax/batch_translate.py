@@ -12,7 +12,6 @@ is cut (counted in one warning) or, with decode.on_long_input=error, refused nam
 
 from collections.abc import Callable, Sequence
 
-from absl import logging
 import numpy as np
 
 from bigmodel_jax import batch_predict
@@ -43,22 +42,16 @@ def run(
   """Translates every row of `paths` into `output` (see module doc); `translate(texts)` gives
   (translations, each source's length in tokens, EOS not counted). Returns {"rows", "seconds",
   "output"}."""
-  used, long = max_source_len - 1, [0]  # EOS takes one of the max_source_len positions
+  long = too_long.RowCounter(  # EOS takes one of the max_source_len positions
+      max_source_len - 1,
+      f"data.max_source_len={max_source_len}, EOS included",
+      "decode.on_long_input",
+      on_long_input,
+  )
 
   def predict(batch):
     hyps, lengths = translate([row.values[0] for _, row in batch])
-    for (path, row), n in zip(batch, lengths):
-      if n > used:
-        long[0] += 1
-        if on_long_input == "error":
-          too_long.check_input(
-              f"{path} line {row.line}",
-              int(n),
-              used,
-              f"data.max_source_len={max_source_len}, EOS included",
-              "decode.on_long_input",
-              on_long_input,
-          )
+    long.check(batch, lengths)
     return [[h] for h in hyps]
 
   result = batch_predict.stream(
@@ -74,16 +67,7 @@ def run(
       output_key=OUTPUT_KEY,
   )
   rows, seconds = result["rows"], result["seconds"]
-  if long[0]:
-    logging.warning(
-        "%s: %d of %d sources are longer than data.max_source_len=%d tokens (EOS included) and "
-        "were cut to their first %d",
-        KEY,
-        long[0],
-        rows,
-        max_source_len,
-        used,
-    )
+  long.warn(KEY, rows, "sources")
   print(
       f"wrote {rows:,} translations to {output} in {seconds:.1f} s "
       f"({rows / max(seconds, 1e-9):,.1f} rows/s)",

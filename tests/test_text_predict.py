@@ -141,7 +141,7 @@ def test_rows_stream_in_fixed_size_batches_across_files(tmp_path):
   assert {(r["predicted"], r["p_pos"]) for r in out} == {("pos", "0.750000")}
 
 
-def test_bad_outputs_and_inputs_are_refused_before_writing(trained, tmp_path):
+def test_bad_outputs_and_inputs_are_refused_before_writing(trained, tmp_path, caplog):
   tmp, _, workdir, _ = trained
   path = write_csv(tmp_path / "in.csv", topics(5))
   for output, match in (
@@ -165,3 +165,10 @@ def test_bad_outputs_and_inputs_are_refused_before_writing(trained, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["in.csv", "long.csv"]  # no output, no temporary file
   result, _ = _predict(tmp, workdir, long_path, predict__output=out)
   assert result["rows"] == 4
+  warned = [
+      r.getMessage() for r in caplog.records if "longer than the model reads" in r.getMessage()
+  ]
+  assert warned == [
+      "predict.input: 1 of 4 texts are longer than the model reads (model.max_len=48): cut to "
+      "their first 48 tokens"
+  ]

@@ -54,3 +54,34 @@ def log_split(split: str, count: int, total: int, what: str, limit: str, action:
         limit,
         action,
     )
+
+
+class RowCounter:
+  """Over-long rows of a batch-prediction file: counted, and with policy "error" the first one
+  refused naming its file and line; `warn` logs the count once at the end."""
+
+  def __init__(self, used: int, limit: str, policy_key: str, policy: str):
+    self.used, self.limit, self.policy_key, self.policy = used, limit, policy_key, policy
+    self.count = 0
+
+  def check(self, batch, lengths) -> None:
+    """`batch`: (path, records.Row) pairs; `lengths`: each row's length in tokens."""
+    for (path, row), n in zip(batch, lengths):
+      if n > self.used:
+        self.count += 1
+        if self.policy == "error":
+          check_input(
+              f"{path} line {row.line}", int(n), self.used, self.limit, self.policy_key, "error"
+          )
+
+  def warn(self, key: str, rows: int, what: str) -> None:
+    if self.count:
+      logging.warning(
+          "%s: %d of %d %s are longer than the model reads (%s): cut to their first %d tokens",
+          key,
+          self.count,
+          rows,
+          what,
+          self.limit,
+          self.used,
+      )
