@@ -52,12 +52,12 @@ def fit_als(task, seed: int, **params):
       (np.ones(len(s.train_users), np.float32), (s.train_users, s.train_items)),
       shape=(task.data.num_users, task.num_items),
   )
-  model = AlternatingLeastSquares(
-      iterations=ALS_ITERATIONS, random_state=seed, num_threads=0, **params
-  )
-  start = time.perf_counter()
   # implicit asks for single-threaded BLAS (its own threads do the work) and warns otherwise.
   with threadpoolctl.threadpool_limits(1, "blas"):
+    model = AlternatingLeastSquares(
+        iterations=ALS_ITERATIONS, random_state=seed, num_threads=0, **params
+    )
+    start = time.perf_counter()
     model.fit(user_items, show_progress=False)
   return model, user_items, time.perf_counter() - start
 

@@ -72,7 +72,9 @@ class TwoTower(nn.Module):
 def default_config() -> ml_collections.ConfigDict:
   c = mf.default_config()
   # Width of each tower's hidden layers, input side first: positive integers; () = one Dense.
-  c.hidden_sizes = (64,)
+  # () by default: on recsys' default data it reaches NDCG@10 0.188, (64,) only 0.125 (same
+  # optimizer settings, 3,000 steps; a ReLU layer between ids and the dot product slows it).
+  c.hidden_sizes = ()
   # Feed the data's user and item side features (when the source has them) into the towers.
   c.use_features = True
   return c
