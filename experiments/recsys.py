@@ -25,9 +25,9 @@ and ranked among ALL items except the user's training items. Measured (seed 0, 3
   most popular                               0.1515   0.0823  0.1515
 
 Presets and options on the same data (NDCG@10 at step 3000, `python run.py ...`): bpr 0.1769;
-two_tower 0.1882 (one Dense per tower; 0.1250 with --config.model.hidden_sizes=64): at ~30
-interactions per user the ids already say what the noisy topic features do; sampled softmax against 100 shared
-negatives (--config.loss.num_negatives=100) 0.1941.
+two_tower 0.1882 (one Dense per tower; 0.1250 with --config.model.hidden_sizes=64; at ~30
+interactions per user the ids already say what the noisy topic features do); sampled softmax
+against 100 shared negatives (--config.loss.num_negatives=100) 0.1941.
 
 Your own data (bigmodel_jax/data/interactions.py): one interaction per row of a CSV (csv:<path>)
 or TSV (tsv:<path>) file; data.user_column, data.item_column, data.rating_column ("" = none) and
