@@ -96,6 +96,8 @@ def test_ratings_csv_and_u_data_layouts_read_alike_and_hold_out_the_latest(tmp_p
   assert [a.user_ids[u] for u in split.eval_users] == ["7", "10"]
   assert [a.item_ids[i] for i in split.targets[:, 0]] == ["10", "30"]
   assert sorted(a.item_ids[i] for i in split.seen(1)) == ["20", "30"]
+  two = interactions.leave_last_out(a, 2)  # the last two, in time order
+  assert [[a.item_ids[i] for i in row] for row in two.targets] == [["30", "10"], ["10", "30"]]
   liked = interactions.load(_data_config(source=f"csv:{csv}", min_rating=4.0))
   assert len(liked.users) == 5  # ratings >= 4, user 7's item 30 kept at its 4.0 (time 200)
 
@@ -201,6 +203,19 @@ def test_recommend_lists_unseen_items_by_score_and_unknown_users_get_popular(tra
     r.user, r.unknown_user = "", "popular"
   with pytest.raises(UsageError, match="needs --config.recommend.user"):
     task.recommend(variables)
+
+
+def test_unknown_user_with_unknown_user_error_exits_2_with_one_line(trained):
+  _, workdir, _, _ = trained
+  result = subprocess.run(
+      [sys.executable, "run.py", "--experiment=recsys:tiny", f"--workdir={workdir}",
+       "--mode=recommend", "--config.recommend.user=nobody",
+       "--config.recommend.unknown_user=error"],
+      cwd=REPO, capture_output=True, text=True, check=False,
+  )  # fmt: skip
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: recommend.user='nobody' is not a user of data.source=synthetic")
 
 
 def test_data_with_other_ids_than_the_run_is_refused(trained):
