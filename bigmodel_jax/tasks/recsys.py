@@ -35,6 +35,7 @@ from bigmodel_jax.tasks import base
 IDS_FILE = "interactions.json"
 LOSSES = ("softmax", "bpr")
 UNKNOWN_USER = ("popular", "error")
+_TOP_K = jax.jit(ranking.top_k_metrics)  # compiled once per batch shape, not per call
 
 
 class Task(base.Task):
@@ -210,11 +211,10 @@ class Task(base.Task):
   def evaluate(self, score_fn, batch_size: int = 512) -> dict[str, float]:
     """Ranking metrics of `score_fn(users int (B,)) -> (B, I) scores` over the evaluated users,
     computed as the eval step does (used for the popular baseline and by the benchmark)."""
-    metrics = jax.jit(ranking.top_k_metrics)
     totals, count = {}, 0.0
     for batch in self.eval_batches(batch_size):
       w = batch["weight"]
-      values = metrics(score_fn(batch["user"]), batch["seen"], batch["targets"])
+      values = _TOP_K(score_fn(batch["user"]), batch["seen"], batch["targets"])
       for k, v in values.items():
         totals[k] = totals.get(k, 0.0) + float(np.sum(np.asarray(v) * w))
       count += float(w.sum())
