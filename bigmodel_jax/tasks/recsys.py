@@ -189,9 +189,10 @@ class Task(base.Task):
     loss = jnp.mean(nll)
     return loss, ({"loss": (jnp.sum(nll), jnp.float32(nll.size))}, model_state)
 
-  def _eval_nll(self, params, batch):
+  @staticmethod
+  def _eval_nll(scores, batch):
     """(B,) mean NLL of each user's held-out items under the softmax over their candidates."""
-    logits = jnp.where(batch["seen"], -1e9, self.scores(params, batch["user"]))
+    logits = jnp.where(batch["seen"], -1e9, scores)
     logp = jax.nn.log_softmax(logits, -1)
     valid = batch["targets"] >= 0
     nll = -jnp.take_along_axis(logp, jnp.maximum(batch["targets"], 0), -1)  # (B, H)
@@ -199,20 +200,20 @@ class Task(base.Task):
 
   def _eval(self, params, batch):
     w = batch["weight"]
-    values = ranking.top_k_metrics(
-        self.scores(params, batch["user"]), batch["seen"], batch["targets"]
-    )
-    values["loss"] = self._eval_nll(params, batch)
+    scores = self.scores(params, batch["user"])  # (B, I)
+    values = ranking.top_k_metrics(scores, batch["seen"], batch["targets"])
+    values["loss"] = self._eval_nll(scores, batch)
     metrics = {k: (jnp.sum(v * w), jnp.sum(w)) for k, v in values.items()}
     return metrics["loss"][0] / jnp.maximum(metrics["loss"][1], 1), metrics
 
   # --- host-side evaluation -----------------------------------------------------------------
 
-  def evaluate(self, score_fn, batch_size: int = 512) -> dict[str, float]:
+  def evaluate(self, score_fn) -> dict[str, float]:
     """Ranking metrics of `score_fn(users int (B,)) -> (B, I) scores` over the evaluated users,
-    computed as the eval step does (used for the popular baseline and by the benchmark)."""
+    computed as the eval step does, over the same batches (train.eval_batches counts them), so
+    the popular baseline and the benchmark's ALS see exactly the users the model is scored on."""
     totals, count = {}, 0.0
-    for batch in self.eval_batches(batch_size):
+    for batch in self.eval_batches(self.config.train.batch_size):
       w = batch["weight"]
       values = _TOP_K(score_fn(batch["user"]), batch["seen"], batch["targets"])
       for k, v in values.items():
