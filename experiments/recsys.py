@@ -1,6 +1,6 @@
 """recsys: recommendation from implicit feedback, matrix factorisation or a two-tower model.
 
-  python run.py --experiment=recsys                    # CPU, ~2 min on 2 shared cores
+  python run.py --experiment=recsys                    # CPU, ~2 min (see below)
   python run.py --experiment=recsys --mode=eval        # recall/NDCG/hit rate @10 + popular baseline
   python run.py --experiment=recsys --mode=recommend --config.recommend.user=u17
   python run.py --experiment=recsys:two_tower          # user/item towers over ids and features
@@ -14,9 +14,9 @@
 Offline default: generated interactions with planted structure (20 topics, within-topic taste)
 and a Zipf popularity skew (bigmodel_jax/data/synthetic_interactions.py): 6,000 users, 1,000
 items, 181,019 interactions. Each user's last interaction is held out (leave-last-out by time)
-and ranked among ALL items except the user's training items. Measured (seed 0, 3,000 steps,
-`python -m bigmodel_jax.bench_recsys`, 110 s for ours on 2 CPU cores shared with other jobs;
-45 s of CPU time for `python run.py --experiment=recsys`):
+and ranked among ALL items except the user's training items. `python run.py --experiment=recsys`
+took 109-146 s wall, 40-45 s CPU on 2 cores shared with other jobs (load average ~30); the table
+is from `python -m bigmodel_jax.bench_recsys` (seed 0, 3,000 steps; same metrics in two runs):
 
   model                                   recall@10  NDCG@10  hit@10
   mf, full softmax (default)                 0.3267   0.2014  0.3267
