@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 
-from bigmodel_jax import checkpoint, optim, parallel, plan, profiling, safety, steps, tasks
+from bigmodel_jax import checkpoint, optim, parallel, plan, profiling, safety, serve, steps, tasks
 from bigmodel_jax import metrics as metrics_lib
 from bigmodel_jax.errors import RunError, UsageError
 
@@ -31,7 +31,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
   task = tasks.get(config.task)(config)
-  valid = ["train", "eval", "plan", *task.modes]
+  valid = ["train", "eval", "plan", *task.modes, *serve.MODES]
   if mode not in valid:
     raise UsageError(
         f"--mode={mode!r} is not valid for {config.experiment}; valid: {', '.join(valid)}"
@@ -86,7 +86,10 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     metrics_lib.log_eval(step, "validation", values)
     print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
     return values
-  return task.modes[mode](_variables(strategy.to_host_layout(state)))
+  variables = _variables(strategy.to_host_layout(state))
+  if mode in serve.MODES:
+    return serve.run(mode, task, config, variables, workdir)
+  return task.modes[mode](variables)
 
 
 class Evaluator:

@@ -1,0 +1,47 @@
+"""Deployment: `--mode=serve` (an HTTP server) and `--mode=export` (a portable bundle).
+
+  app.py        the server every service runs in: auth, limits, logging, /health, /metrics, SIGTERM
+  engine.py     continuous batching over KV-cache slots for a GPT
+  textgen.py    OpenAI-compatible completions / chat completions on the engine (task lm)
+
+Which service a task gets is a registry here (task name -> module with `make_service`), so the
+per-task glue stays in one small module per task and the trainer knows only `run`.
+"""
+
+import importlib
+
+from bigmodel_jax.errors import UsageError
+
+MODES = ("serve",)
+SERVICES = {"lm": "textgen"}  # config.task -> bigmodel_jax/serve/<module>.py
+
+
+def run(mode: str, task, config, variables, workdir: str):
+  """Runs `mode` (one of MODES) on a restored task; the trainer calls it after restoring."""
+  del workdir
+  if config.task not in SERVICES:
+    raise UsageError(
+        f"--mode={mode} is not available for task {config.task!r}; "
+        f"tasks with a server: {', '.join(sorted(SERVICES))}"
+    )
+  check(config.serve)
+  from bigmodel_jax.serve import app  # pylint: disable=g-import-not-at-top (fastapi: serve only)
+
+  module = importlib.import_module(f"{__name__}.{SERVICES[config.task]}")
+  service = module.make_service(task, variables, config)
+  app.serve(service, config.serve)
+
+
+def check(s) -> None:
+  """serve.* values in range, or a one-line UsageError."""
+  problems = [
+      (not 0 <= s.port < 65536, f"serve.port={s.port} must be in [0, 65535] (0: any free port)"),
+      (s.max_batch < 1, f"serve.max_batch={s.max_batch} must be >= 1"),
+      (s.max_queue < 1, f"serve.max_queue={s.max_queue} must be >= 1"),
+      (s.max_wait_ms < 0, f"serve.max_wait_ms={s.max_wait_ms} must be >= 0"),
+      (s.max_body_mb <= 0, f"serve.max_body_mb={s.max_body_mb} must be > 0"),
+      (s.drain_s < 0, f"serve.drain_s={s.drain_s} must be >= 0"),
+  ]
+  for bad, message in problems:
+    if bad:
+      raise UsageError(message)

@@ -1,0 +1,244 @@
+"""Continuous batching for a GPT: a fixed number of KV-cache slots decoded together.
+
+The model's own decode interface does the work (`model.clone(decode=True)` and its "cache"
+collection, see models/gpt.py); the engine never edits the model. Each slot holds a batch-1
+cache, stacked on a leading slot axis, and one decode step `jax.vmap`s the model over the slots,
+so every slot's `cache_index` is its own position: requests of any lengths share a step.
+
+  prefill: a waiting request takes a free slot; its prompt, right-padded to a bucket (powers of
+           two up to the context), fills a fresh cache in one call; the slot's cache_index is then
+           set to the real prompt length, so the padding's keys are overwritten before any query
+           can see them (a query at position p only sees keys <= p). The first token is sampled.
+  decode:  one token for every slot at once; free slots compute too (the program has one shape)
+           and have their cache_index reset to 0 so they never run off the end.
+
+So the programs are: one prefill per bucket and one decode, all compiled at warm-up; `compiles`
+counts traces and stays fixed after it (tests/test_serve_textgen.py). A request joins at the
+next step and leaves as soon as it is done or cancelled; its slot is free for the next one.
+"""
+
+import collections
+from collections.abc import Callable
+import dataclasses
+import threading
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigmodel_jax.serve import sampling
+
+MIN_BUCKET = 16
+
+
+def buckets(context: int) -> list[int]:
+  """Prompt lengths prefill is compiled for: powers of two from MIN_BUCKET, and the context."""
+  out, size = [], MIN_BUCKET
+  while size < context:
+    out.append(size)
+    size *= 2
+  return [*out, context]
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+  """One sequence to generate. The callbacks run on the engine's thread; keep them short."""
+
+  prompt: np.ndarray  # (P,) int32, 0 < P < context
+  max_tokens: int  # >= 1, P + max_tokens <= context
+  temperature: float  # 0 = greedy
+  top_p: float
+  seed: int  # [0, 2**32)
+  sample_index: int  # which of a request's n choices this is
+  on_token: Callable[[int], None]
+  on_done: Callable[[str], None]  # "length" | "cancelled" | "error"
+  cancelled: bool = False
+  generated: int = 0
+
+  def cancel(self) -> None:
+    """Frees the slot at the next step (a stop string was found, or the client left)."""
+    self.cancelled = True
+
+
+class QueueFull(Exception):
+  pass
+
+
+class Engine:
+  """Owns the slots, the compiled programs and the scheduling thread."""
+
+  def __init__(self, model, params, vocab_size: int, max_batch: int, max_queue: int):
+    self.decoder = model.clone(decode=True, dropout=0.0, remat="none")
+    self.context, self.vocab_size = model.block_size, vocab_size
+    self.max_batch, self.max_queue = max_batch, max_queue
+    self.buckets = buckets(self.context)
+    self.compiles = 0  # traces of prefill/decode: fixed after warm_up
+    self.ready = False
+    self.params = jax.device_put(params)
+    one = jax.eval_shape(
+        self.decoder.init, jax.random.key(0), jnp.zeros((1, self.context), jnp.int32)
+    )["cache"]
+    self._one = flax.core.unfreeze(one)
+    # Every cache leaf gets a leading slot axis: cached_key (S, 1, context, H, D), cache_index (S,).
+    self.cache = jax.tree.map(lambda s: jnp.zeros((max_batch, *s.shape), s.dtype), self._one)
+    self._prefill = jax.jit(self._prefill_fn, donate_argnums=1)
+    self._decode = jax.jit(self._decode_fn, donate_argnums=1)
+    S = max_batch
+    self.slots: list[Request | None] = [None] * S
+    self._tokens = np.zeros(S, np.int32)  # each slot's last token, the next decode's input
+    self._settings = {
+        "seed": np.zeros(S, np.uint32),
+        "sample_index": np.zeros(S, np.int32),
+        "temperature": np.zeros(S, np.float32),
+        "top_p": np.ones(S, np.float32),
+    }
+    self.waiting: collections.deque[Request] = collections.deque()
+    self._cv = threading.Condition()
+    self._stopping = False
+    self._thread = None
+    self.on_step: Callable[[int], None] = lambda active: None  # metrics hook: slots in a step
+
+  # --- the compiled programs ------------------------------------------------------------------
+
+  def _prefill_fn(self, params, cache, slot, tokens, length, seed, sample_index, temp, top_p):
+    self.compiles += 1  # runs once per trace
+    fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._one)
+    logits, upd = self.decoder.apply(
+        {"params": params, "cache": fresh}, tokens, mutable=["cache"]
+    )  # logits (1, bucket, V)
+    one = flax.core.unfreeze(upd["cache"])
+    one["cache_index"] = length.astype(jnp.int32)
+    cache = jax.tree.map(lambda all_, x: all_.at[slot].set(x), cache, one)
+    last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=False)  # (V,)
+    token = sampling.sample_row(last, seed, sample_index, 0, temp, top_p, self.vocab_size)
+    return cache, token
+
+  def _decode_fn(self, params, cache, tokens, active, steps, seed, sample_index, temp, top_p):
+    self.compiles += 1
+
+    def one_slot(c, token):  # c: one slot's cache; token () int32
+      logits, upd = self.decoder.apply(
+          {"params": params, "cache": c}, token[None, None], mutable=["cache"]
+      )
+      return logits[0, 0], flax.core.unfreeze(upd["cache"])  # (V,)
+
+    logits, cache = jax.vmap(one_slot)(cache, tokens)  # (S, V)
+    cache["cache_index"] = jnp.where(active, cache["cache_index"], 0)
+    new = sampling.sample_rows(
+        logits, seed, sample_index, steps, temp, top_p, self.vocab_size
+    )  # (S,)
+    return cache, new
+
+  def warm_up(self) -> None:
+    """Compiles every program the engine will ever run (each prefill bucket, the decode)."""
+    zeros = {k: v[0] for k, v in self._settings.items()}
+    for size in self.buckets:
+      self.cache, _ = self._prefill(
+          self.params, self.cache, 0, np.zeros((1, size), np.int32), np.int32(1), *zeros.values()
+      )
+    self.cache, new = self._decode(
+        self.params, self.cache, self._tokens, np.zeros(self.max_batch, bool),
+        np.zeros(self.max_batch, np.int32), *self._settings.values(),
+    )  # fmt: skip
+    jax.block_until_ready(new)
+    self.ready = True
+
+  # --- scheduling ----------------------------------------------------------------------------
+
+  def start(self) -> None:
+    self._thread = threading.Thread(target=self._loop, name="serve-engine", daemon=True)
+    self._thread.start()
+
+  def stop(self) -> None:
+    with self._cv:
+      self._stopping = True
+      self._cv.notify()
+    if self._thread:
+      self._thread.join()
+
+  def submit(self, request: Request) -> None:
+    """Queues a request (it joins the batch at the next step); QueueFull when too many wait."""
+    with self._cv:
+      if self._stopping or len(self.waiting) >= self.max_queue:
+        raise QueueFull
+      self.waiting.append(request)
+      self._cv.notify()
+
+  @property
+  def free_slots(self) -> int:
+    return sum(r is None for r in self.slots)
+
+  def _loop(self) -> None:
+    while True:
+      with self._cv:
+        while not self._stopping and not self.waiting and self.free_slots == self.max_batch:
+          self._cv.wait()
+        if self._stopping:
+          break
+        admitted = []
+        for slot in range(self.max_batch):
+          if self.slots[slot] is None and self.waiting:
+            admitted.append((slot, self.waiting.popleft()))
+      try:
+        for slot, request in admitted:
+          self._admit(slot, request)
+        self._release_cancelled()
+        if self.free_slots < self.max_batch:
+          self._step()
+      except Exception:  # a bug must not leave clients waiting forever
+        logging.exception("the serving engine failed; failing its requests")
+        for slot in range(self.max_batch):
+          self._finish(slot, "error")
+    with self._cv:
+      for request in [*self.waiting, *[r for r in self.slots if r is not None]]:
+        request.on_done("cancelled")
+      self.waiting.clear()
+
+  def _admit(self, slot: int, r: Request) -> None:
+    if r.cancelled:
+      r.on_done("cancelled")
+      return
+    P = len(r.prompt)
+    size = next(b for b in self.buckets if b >= P)
+    tokens = np.zeros((1, size), np.int32)
+    tokens[0, :P] = r.prompt
+    self.slots[slot] = r
+    for key, value in (("seed", r.seed), ("sample_index", r.sample_index)):
+      self._settings[key][slot] = value
+    self._settings["temperature"][slot], self._settings["top_p"][slot] = r.temperature, r.top_p
+    self.cache, token = self._prefill(
+        self.params, self.cache, slot, tokens, np.int32(P),
+        *(v[slot] for v in self._settings.values()),
+    )  # fmt: skip
+    self._emit(slot, int(token))
+
+  def _step(self) -> None:
+    active = np.array([r is not None for r in self.slots])
+    steps = np.array([r.generated if r else 0 for r in self.slots], np.int32)
+    self.on_step(int(active.sum()))
+    self.cache, new = self._decode(
+        self.params, self.cache, self._tokens, active, steps, *self._settings.values()
+    )
+    new = np.asarray(new)
+    for slot in np.flatnonzero(active):
+      self._emit(slot, int(new[slot]))
+
+  def _emit(self, slot: int, token: int) -> None:
+    r = self.slots[slot]
+    self._tokens[slot] = token
+    r.generated += 1
+    r.on_token(token)
+    if r.generated >= r.max_tokens:
+      self._finish(slot, "length")
+
+  def _release_cancelled(self) -> None:
+    for slot, r in enumerate(self.slots):
+      if r is not None and r.cancelled:
+        self._finish(slot, "cancelled")
+
+  def _finish(self, slot: int, reason: str) -> None:
+    r, self.slots[slot] = self.slots[slot], None
+    if r is not None:
+      r.on_done(reason)
