@@ -19,6 +19,7 @@ import time
 from absl import logging
 import fastapi
 from fastapi import exceptions, responses
+import starlette.exceptions
 import uvicorn
 
 from bigmodel_jax.serve import metrics as metrics_lib
@@ -75,6 +76,11 @@ def make_app(service: Service, serve_config) -> fastapi.FastAPI:
   async def api_error(request, e: ApiError):
     del request
     return responses.JSONResponse(error_body(e.status, e.message, e.code, e.param), e.status)
+
+  @app.exception_handler(starlette.exceptions.HTTPException)
+  async def http_error(request, e):  # unknown paths, wrong methods: JSON like every other error
+    del request
+    return responses.JSONResponse(error_body(e.status_code, str(e.detail), "http_error"), e.status_code)
 
   @app.exception_handler(exceptions.RequestValidationError)
   async def invalid(request, e):
