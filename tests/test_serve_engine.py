@@ -61,7 +61,8 @@ def test_greedy_output_is_the_same_alone_and_in_a_mixed_batch_of_eight(served):
   assert together == alone
   # And both are what generate.generate (one sequence, its own cache) writes.
   for p, out in zip(prompts[:3], together):
-    ref = generate.generate(model, params, p, max_new_tokens=6, rng=jax.random.key(0), temperature=0)
+    key = jax.random.key(0)
+    ref = generate.generate(model, params, p, max_new_tokens=6, rng=key, temperature=0)
     assert out == list(ref[0, len(p) :])
   # Mixed prompt lengths and batch sizes compiled nothing after warm-up: prefill buckets and
   # the one decode program were all compiled there.

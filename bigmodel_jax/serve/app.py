@@ -80,7 +80,8 @@ def make_app(service: Service, serve_config) -> fastapi.FastAPI:
   @app.exception_handler(starlette.exceptions.HTTPException)
   async def http_error(request, e):  # unknown paths, wrong methods: JSON like every other error
     del request
-    return responses.JSONResponse(error_body(e.status_code, str(e.detail), "http_error"), e.status_code)
+    body = error_body(e.status_code, str(e.detail), "http_error")
+    return responses.JSONResponse(body, e.status_code)
 
   @app.exception_handler(exceptions.RequestValidationError)
   async def invalid(request, e):
