@@ -21,7 +21,8 @@ LENGTHS = (1, 3, 5, 9, 17, 20, 2, 33)
 def served():
   model = GPT(**{**TINY_GPT, "block_size": CONTEXT, "positions": "rotary", "vocab_size": 64})
   params = model.init(jax.random.key(0), jnp.zeros((1, CONTEXT), jnp.int32))["params"]
-  engine = engine_lib.Engine(model, params, vocab_size=60, max_batch=8, max_queue=64)
+  programs = engine_lib.gpt_programs(model)
+  engine = engine_lib.Engine(programs, params, vocab_size=60, max_batch=8, max_queue=64)
   engine.warm_up()
   engine.start()
   try:

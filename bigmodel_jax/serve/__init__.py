@@ -2,29 +2,43 @@
 
   app.py        the server every service runs in: auth, limits, logging, /health, /metrics, SIGTERM
   engine.py     continuous batching over KV-cache slots for a GPT
+  bundle.py     --mode=export's bundle (jax.export StableHLO) and loading it (serve_bundle.py)
   textgen.py    OpenAI-compatible completions / chat completions on the engine (task lm)
+  predict.py    POST /v1/predict with requests batched within serve.max_wait_ms
+  predictors.py its per-task glue: sentiment, tabular, imagecls, translate
 
 Which service a task gets is a registry here (task name -> module with `make_service`), so the
 per-task glue stays in one small module per task and the trainer knows only `run`.
 """
 
 import importlib
+import os
 
 from bigmodel_jax.errors import UsageError
 
-MODES = ("serve",)
-SERVICES = {"lm": "textgen"}  # config.task -> bigmodel_jax/serve/<module>.py
+MODES = ("serve", "export")
+EXPORTABLE = ("lm",)  # tasks --mode=export can bundle (serve/bundle.py)
+# config.task -> bigmodel_jax/serve/<module>.py, whose make_service(task, variables, config)
+# builds the service; predictors.py holds the /v1/predict glue of every classifier.
+SERVICES = {
+    "lm": "textgen",
+    "classify_text": "predictors",
+    "tabular": "predictors",
+    "classify_image": "predictors",
+    "translate": "predictors",
+}
 
 
 def run(mode: str, task, config, variables, workdir: str):
   """Runs `mode` (one of MODES) on a restored task; the trainer calls it after restoring."""
-  del workdir
+  check(config.serve)
+  if mode == "export":
+    return _export(task, variables, config, workdir)
   if config.task not in SERVICES:
     raise UsageError(
         f"--mode={mode} is not available for task {config.task!r}; "
         f"tasks with a server: {', '.join(sorted(SERVICES))}"
     )
-  check(config.serve)
   from bigmodel_jax.serve import app  # pylint: disable=g-import-not-at-top (fastapi: serve only)
 
   module = importlib.import_module(f"{__name__}.{SERVICES[config.task]}")
@@ -45,3 +59,20 @@ def check(s) -> None:
   for bad, message in problems:
     if bad:
       raise UsageError(message)
+
+
+def _export(task, variables, config, workdir: str) -> str:
+  if config.task not in EXPORTABLE:
+    raise UsageError(
+        f"--mode=export is not available for task {config.task!r} yet; valid: "
+        f"{', '.join(EXPORTABLE)}"
+    )
+  from bigmodel_jax.serve import bundle  # pylint: disable=g-import-not-at-top
+
+  out = bundle.export_textgen(
+      task, variables, config, workdir, config.serve.export_dir or f"{workdir}/export"
+  )
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+  print(f"wrote {out} ({size / 2**20:.1f} MB); check it with python -m "
+        f"bigmodel_jax.serve_bundle {out} --check", flush=True)  # fmt: skip
+  return out

@@ -21,6 +21,7 @@ import collections
 from collections.abc import Callable
 import dataclasses
 import threading
+from typing import Any
 
 from absl import logging
 import flax
@@ -66,23 +67,53 @@ class QueueFull(Exception):
   pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """What the engine needs from a model, as pure functions: a live GPT's (`gpt_programs`) or a
+  bundle's exported StableHLO (serve_bundle.py), so the engine itself holds no model code."""
+
+  prefill: Callable  # (params, tokens int32 (1, L)) -> (logits (1, L, V), one slot's cache)
+  decode: Callable  # (params, caches (S, ...), tokens int32 (S,)) -> (logits (S, V), caches)
+  cache: Any  # one slot's cache as ShapeDtypeStructs; "cache_index" is its position
+  context: int
+
+
+def gpt_programs(model) -> Programs:
+  """A GPT's decode interface (gpt.py's module docstring) as Programs."""
+  decoder = model.clone(decode=True, dropout=0.0, remat="none")
+  one = jax.eval_shape(decoder.init, jax.random.key(0), jnp.zeros((1, model.block_size), jnp.int32))
+  one = flax.core.unfreeze(one["cache"])
+
+  def prefill(params, tokens):
+    fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), one)
+    logits, upd = decoder.apply({"params": params, "cache": fresh}, tokens, mutable=["cache"])
+    return logits, flax.core.unfreeze(upd["cache"])
+
+  def decode(params, caches, tokens):
+    def one_slot(c, token):  # c: one slot's cache; token () int32
+      logits, upd = decoder.apply(
+          {"params": params, "cache": c}, token[None, None], mutable=["cache"]
+      )
+      return logits[0, 0], flax.core.unfreeze(upd["cache"])  # (V,)
+
+    return jax.vmap(one_slot)(caches, tokens)
+
+  return Programs(prefill, decode, one, model.block_size)
+
+
 class Engine:
   """Owns the slots, the compiled programs and the scheduling thread."""
 
-  def __init__(self, model, params, vocab_size: int, max_batch: int, max_queue: int):
-    self.decoder = model.clone(decode=True, dropout=0.0, remat="none")
-    self.context, self.vocab_size = model.block_size, vocab_size
+  def __init__(self, programs: Programs, params, vocab_size: int, max_batch: int, max_queue: int):
+    self.programs = programs
+    self.context, self.vocab_size = programs.context, vocab_size
     self.max_batch, self.max_queue = max_batch, max_queue
     self.buckets = buckets(self.context)
     self.compiles = 0  # traces of prefill/decode: fixed after warm_up
     self.ready = False
     self.params = jax.device_put(params)
-    one = jax.eval_shape(
-        self.decoder.init, jax.random.key(0), jnp.zeros((1, self.context), jnp.int32)
-    )["cache"]
-    self._one = flax.core.unfreeze(one)
     # Every cache leaf gets a leading slot axis: cached_key (S, 1, context, H, D), cache_index (S,).
-    self.cache = jax.tree.map(lambda s: jnp.zeros((max_batch, *s.shape), s.dtype), self._one)
+    self.cache = jax.tree.map(lambda s: jnp.zeros((max_batch, *s.shape), s.dtype), programs.cache)
     self._prefill = jax.jit(self._prefill_fn, donate_argnums=1)
     self._decode = jax.jit(self._decode_fn, donate_argnums=1)
     S = max_batch
@@ -104,12 +135,8 @@ class Engine:
 
   def _prefill_fn(self, params, cache, slot, tokens, length, seed, sample_index, temp, top_p):
     self.compiles += 1  # runs once per trace
-    fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._one)
-    logits, upd = self.decoder.apply(
-        {"params": params, "cache": fresh}, tokens, mutable=["cache"]
-    )  # logits (1, bucket, V)
-    one = flax.core.unfreeze(upd["cache"])
-    one["cache_index"] = length.astype(jnp.int32)
+    logits, one = self.programs.prefill(params, tokens)  # logits (1, bucket, V)
+    one = dict(one, cache_index=length.astype(jnp.int32))
     cache = jax.tree.map(lambda all_, x: all_.at[slot].set(x), cache, one)
     last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=False)  # (V,)
     token = sampling.sample_row(last, seed, sample_index, 0, temp, top_p, self.vocab_size)
@@ -117,15 +144,8 @@ class Engine:
 
   def _decode_fn(self, params, cache, tokens, active, steps, seed, sample_index, temp, top_p):
     self.compiles += 1
-
-    def one_slot(c, token):  # c: one slot's cache; token () int32
-      logits, upd = self.decoder.apply(
-          {"params": params, "cache": c}, token[None, None], mutable=["cache"]
-      )
-      return logits[0, 0], flax.core.unfreeze(upd["cache"])  # (V,)
-
-    logits, cache = jax.vmap(one_slot)(cache, tokens)  # (S, V)
-    cache["cache_index"] = jnp.where(active, cache["cache_index"], 0)
+    logits, cache = self.programs.decode(params, cache, tokens)  # (S, V)
+    cache = dict(cache, cache_index=jnp.where(active, cache["cache_index"], 0))
     new = sampling.sample_rows(
         logits, seed, sample_index, steps, temp, top_p, self.vocab_size
     )  # (S,)
@@ -165,6 +185,18 @@ class Engine:
         raise QueueFull
       self.waiting.append(request)
       self._cv.notify()
+
+  def run_all(self, settings: list[dict]) -> list[list[int]]:
+    """Blocking: submits Requests made of `settings` (prompt, max_tokens, temperature, top_p,
+    seed) at once and returns their tokens (for golden outputs and checks)."""
+    outs, done = [[] for _ in settings], threading.Semaphore(0)
+    for i, s in enumerate(settings):
+      self.submit(
+          Request(**s, sample_index=0, on_token=outs[i].append, on_done=lambda r: done.release())
+      )
+    for _ in settings:
+      done.acquire()
+    return outs
 
   @property
   def free_slots(self) -> int:

@@ -85,12 +85,12 @@ class _Choice:
 
 class TextgenService(app_lib.Service):
 
-  def __init__(self, model, params, tokenizer, serve_config, name: str):
+  def __init__(self, programs, params, tokenizer, serve_config, name: str):
     self.name, self.tokenizer = name, tokenizer
     self.engine = engine_lib.Engine(
-        model, params, tokenizer.vocab_size, serve_config.max_batch, serve_config.max_queue
+        programs, params, tokenizer.vocab_size, serve_config.max_batch, serve_config.max_queue
     )
-    self.context = model.block_size
+    self.context = programs.context
     self.template = getattr(tokenizer, "chat_template", None)
     self.metrics = None
 
@@ -284,4 +284,5 @@ async def _sse(stream, meta, kind, chat_mode, choices):
 def make_service(task, variables, config) -> TextgenService:
   """The registry's hook (serve/__init__.py): a restored lm task -> its service."""
   name = config.experiment.split(":")[0]
-  return TextgenService(task.model, variables["params"], task.tokenizer, config.serve, name)
+  programs = engine_lib.gpt_programs(task.model)
+  return TextgenService(programs, variables["params"], task.tokenizer, config.serve, name)
