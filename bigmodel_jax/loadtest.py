@@ -1,4 +1,4 @@
-"""Load test of a running textgen server: `python -m bigmodel_jax.loadtest --url=http://127.0.0.1:8000`.
+"""Load test of a textgen server: `python -m bigmodel_jax.loadtest --url=http://127.0.0.1:8000`.
 
 For each number of concurrent clients in --clients (1 is one-request-at-a-time serving), every
 client sends streamed completions back to back for --duration seconds (requests started before

@@ -79,11 +79,11 @@ def test_concurrent_requests_are_batched_and_each_gets_what_it_gets_alone(served
     assert isinstance(first["translation"], str)
     return
   # The task's own prediction code is the reference.
-  p, task = service.predictor, getattr(service.predictor, "task", None)
+  p, task = service.predictor, service.predictor.task
   if name == "sentiment":
     probs = task.probabilities(p.variables, task.encode(inputs[:1]))[0]
   elif name == "tabular":
-    probs = [None, p.fn(p.variables, np.stack([p.parse(inputs[0])] * p.size))[0, 1]]
+    probs = [None, task.probabilities(p.variables, np.stack([p.parse(inputs[0])]))[0]]
   else:
     probs = task.probabilities(p.variables, np.stack([p.parse(inputs[0])]))[0]
   got = list(first["probabilities"].values())

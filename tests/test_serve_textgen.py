@@ -5,6 +5,8 @@ simultaneous connections, and SIGTERM draining. One trained workdir and one serv
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -13,7 +15,7 @@ import pytest
 from bigmodel_jax import trainer
 from bigmodel_jax.data import chat
 from tests.helpers import tiny_config
-from tests.serve_helpers import Server
+from tests.serve_helpers import REPO, Server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -167,6 +169,26 @@ def test_200_simultaneous_connections_then_no_slot_leaks_and_no_new_compiles(ser
   r = httpx.post(f"{server.url}/v1/completions", json={"model": "textgen", "prompt": "x"},
                  headers=AUTH)  # fmt: skip
   assert r.status_code == 200
+
+
+def test_the_export_bundle_reproduces_the_live_server_without_model_code(trained, client):
+  data, workdir, root = trained
+  out = root / "bundle"
+  trainer.run(tiny_config(data, **SHAPE, serve__export_dir=str(out)), workdir, "export")
+  golden = json.loads((out / "golden.json").read_text())
+  # The golden outputs are the live model's: the server gives the same greedy text.
+  g = golden[0]
+  live = client.completions.create(
+      model="textgen", prompt=g["prompt"], max_tokens=g["max_tokens"], temperature=0
+  )
+  assert live.choices[0].text == bytes(g["tokens"]).decode("utf-8", errors="replace")
+  check = subprocess.run(
+      [sys.executable, "-m", "bigmodel_jax.serve_bundle", str(out), "--check"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert check.returncode == 0, check.stdout + check.stderr[-2000:]
+  assert "model/experiment modules imported: none" in check.stdout
+  assert check.stdout.count("ok  ") == len(golden)
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(server):  # last: stops the server

@@ -77,12 +77,12 @@ class PredictService(app_lib.Service):
       return {"model": self.name, "predictions": await self._submit(items)}
 
   async def _submit(self, items):
-    if self.queue is None:
+    loop = asyncio.get_running_loop()
+    if self.worker is None or self.worker.get_loop() is not loop:  # first use (or a new loop)
       self.queue = asyncio.Queue()
-      self.worker = asyncio.create_task(self._work())
+      self.worker = loop.create_task(self._work())
     if self.queue.qsize() + len(items) > self.max_queue:
       raise app_lib.ApiError(429, "too many inputs are waiting; retry later", "overloaded")
-    loop = asyncio.get_running_loop()
     futures = [loop.create_future() for _ in items]
     for item, future in zip(items, futures):
       self.queue.put_nowait((item, future))

@@ -69,7 +69,7 @@ class Tabular(_Classifier):
       return jax.numpy.stack([1 - p, p], axis=-1)
 
     super().__init__(fn, variables, size, task.pre.label_values)
-    self.pre = task.pre
+    self.task, self.pre = task, task.pre
 
   def parse(self, value):
     if not isinstance(value, dict):
@@ -106,7 +106,9 @@ class ImageClassifier(_Classifier):
   keys = ("image", "images")
 
   def __init__(self, task, variables, size):
-    fn = lambda v, x: jax.nn.softmax(task.model.apply(v, task._normalize(x), train=False))  # noqa: E731,SLF001
+    def fn(v, x):  # as the task's own --mode=predict (its normalisation statistics)
+      return jax.nn.softmax(task.model.apply(v, task._normalize(x), train=False))  # noqa: SLF001
+
     super().__init__(fn, variables, size, task.info.class_names)
     self.task = task
 
@@ -133,7 +135,8 @@ class Translator(predict.Predictor):
 
   def parse(self, value):
     t = self.task
-    return t._encode(t.src_tok, [_text(value, "text")], t.config.data.max_source_len)[0][0]  # noqa: SLF001
+    length = t.config.data.max_source_len  # cut to fit, as --mode=translate's files are
+    return t._encode(t.src_tok, [_text(value, "text")], length)[0][0]  # noqa: SLF001
 
   def predict(self, items):
     texts = self.task._translate(self.params, np.stack(items), self.size)  # noqa: SLF001

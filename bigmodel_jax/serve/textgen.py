@@ -181,7 +181,7 @@ class TextgenService(app_lib.Service):
       if bad:
         code = "context_length_exceeded" if param == "max_tokens" else "invalid_value"
         raise app_lib.ApiError(400, message, code, param)
-    if self.ready is False or not self.engine.ready:
+    if not self.ready:
       raise app_lib.ApiError(503, "the model is still warming up; see /health", "not_ready")
     seed = secrets.randbelow(SEED_RANGE) if body.seed is None else body.seed
     return n, temperature, top_p, stop + stops, seed
@@ -199,7 +199,10 @@ class TextgenService(app_lib.Service):
       for p, prompt in enumerate(ids):
         for j in range(n):
           c = _Choice(len(choices), self.tokenizer, stops)
-          put = lambda *e, i=c.index: loop.call_soon_threadsafe(events.put_nowait, (i, *e))  # noqa: E731
+
+          def put(*event, i=c.index):  # from the engine's thread to this request's loop
+            loop.call_soon_threadsafe(events.put_nowait, (i, *event))
+
           c.request = engine_lib.Request(
               prompt=np.asarray(prompt, np.int32), max_tokens=max_tokens,
               temperature=temperature, top_p=top_p, seed=seed, sample_index=p * n + j,
