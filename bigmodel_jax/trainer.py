@@ -36,6 +36,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     raise UsageError(
         f"--mode={mode!r} is not valid for {config.experiment}; valid: {', '.join(valid)}"
     )
+  if mode in serve.MODES:
+    serve.check_mode(mode, config)
   best_metric = config.checkpoint.best_metric
   if best_metric and best_metric not in task.eval_metrics:
     raise UsageError(

@@ -1,6 +1,7 @@
 """serve/engine.py: continuous batching gives each request what it would get alone, and the
 programs compiled at warm-up are the only ones ever compiled."""
 
+import re
 import threading
 
 import jax
@@ -8,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigmodel_jax import generate
+from bigmodel_jax import generate, trainer
+from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models.gpt import GPT
 from bigmodel_jax.serve import engine as engine_lib
-from tests.helpers import TINY_GPT
+from tests.helpers import TINY_GPT, tiny_config
 
 CONTEXT = 40  # buckets 16, 32, 40: a prompt of 20 pads to 32, one of 33 to the context
 LENGTHS = (1, 3, 5, 9, 17, 20, 2, 33)
@@ -94,3 +96,19 @@ def test_cancelled_and_finished_requests_free_their_slots(served):
   assert done.wait(30) and got == ["cancelled"]
   _run(engine, [np.arange(3, dtype=np.int32)] * 12, max_tokens=3)  # more requests than slots
   assert engine.free_slots == engine.max_batch and not engine.waiting
+
+
+@pytest.mark.parametrize(
+    "experiment, mode, overrides, message",
+    [
+        ("textgen:tiny", "serve", {"serve__max_batch": 0}, "serve.max_batch=0"),
+        ("textgen:tiny", "serve", {"serve__port": 70000}, "serve.port=70000"),
+        ("tabular:tiny", "export", {}, "--mode=export is not available for task 'tabular'"),
+    ],
+)
+def test_bad_serve_settings_are_one_line_errors_before_any_restore(
+    tmp_path, experiment, mode, overrides, message
+):
+  config = tiny_config(str(tmp_path), experiment, **overrides)
+  with pytest.raises(UsageError, match=re.escape(message)):
+    trainer.run(config, str(tmp_path / "never_trained"), mode)

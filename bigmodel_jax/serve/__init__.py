@@ -29,16 +29,22 @@ SERVICES = {
 }
 
 
+def check_mode(mode: str, config) -> None:
+  """Before any restore: the task can do `mode` and serve.* is in range (one-line UsageError)."""
+  check(config.serve)
+  tasks = EXPORTABLE if mode == "export" else SERVICES
+  if config.task not in tasks:
+    raise UsageError(
+        f"--mode={mode} is not available for task {config.task!r}; valid for: "
+        f"{', '.join(sorted(tasks))}"
+    )
+
+
 def run(mode: str, task, config, variables, workdir: str):
   """Runs `mode` (one of MODES) on a restored task; the trainer calls it after restoring."""
-  check(config.serve)
+  check_mode(mode, config)
   if mode == "export":
     return _export(task, variables, config, workdir)
-  if config.task not in SERVICES:
-    raise UsageError(
-        f"--mode={mode} is not available for task {config.task!r}; "
-        f"tasks with a server: {', '.join(sorted(SERVICES))}"
-    )
   from bigmodel_jax.serve import app  # pylint: disable=g-import-not-at-top (fastapi: serve only)
 
   module = importlib.import_module(f"{__name__}.{SERVICES[config.task]}")
@@ -62,11 +68,6 @@ def check(s) -> None:
 
 
 def _export(task, variables, config, workdir: str) -> str:
-  if config.task not in EXPORTABLE:
-    raise UsageError(
-        f"--mode=export is not available for task {config.task!r} yet; valid: "
-        f"{', '.join(EXPORTABLE)}"
-    )
   from bigmodel_jax.serve import bundle  # pylint: disable=g-import-not-at-top
 
   out = bundle.export_textgen(
