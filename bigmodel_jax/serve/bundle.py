@@ -12,8 +12,9 @@ A bundle is a folder that needs none of our model or experiment code (textgen fo
   golden.json            prompts and the tokens the live model generated for them (greedy, and
                          one seeded sample), which `serve_bundle BUNDLE --check` must reproduce
 
-Every program is lowered for cpu and cuda (jax.export's multi-platform lowering), so a bundle
-written on a CPU machine serves on a GPU and the other way round.
+Every program is lowered for cpu and cuda (jax.export's multi-platform lowering), so one bundle
+is meant for either; only cpu has been run so far (a CPU-only machine lowers for cuda, it cannot
+run it).
 """
 
 import json

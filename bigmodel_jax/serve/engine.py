@@ -13,7 +13,7 @@ so every slot's `cache_index` is its own position: requests of any lengths share
            and have their cache_index reset to 0 so they never run off the end.
 
 So the programs are: one prefill per bucket and one decode, all compiled at warm-up; `compiles`
-counts traces and stays fixed after it (tests/test_serve_textgen.py). A request joins at the
+counts them and stays fixed after it (tests/test_serve_engine.py). A request joins at the
 next step and leaves as soon as it is done or cancelled; its slot is free for the next one.
 """
 
@@ -109,11 +109,16 @@ class Engine:
     self.context, self.vocab_size = programs.context, vocab_size
     self.max_batch, self.max_queue = max_batch, max_queue
     self.buckets = buckets(self.context)
-    self.compiles = 0  # traces of prefill/decode: fixed after warm_up
     self.ready = False
-    self.params = jax.device_put(params)
+    # Committed to one device from the start: jit keys its compiled programs on where the inputs
+    # live too, and the cache comes back from every call committed; an uncommitted first cache
+    # made the first real request compile its bucket again (seen: 5 s on a bundle).
+    device = jax.devices()[0]
+    self.params = jax.device_put(params, device)
     # Every cache leaf gets a leading slot axis: cached_key (S, 1, context, H, D), cache_index (S,).
-    self.cache = jax.tree.map(lambda s: jnp.zeros((max_batch, *s.shape), s.dtype), programs.cache)
+    self.cache = jax.device_put(
+        jax.tree.map(lambda s: jnp.zeros((max_batch, *s.shape), s.dtype), programs.cache), device
+    )
     self._prefill = jax.jit(self._prefill_fn, donate_argnums=1)
     self._decode = jax.jit(self._decode_fn, donate_argnums=1)
     S = max_batch
@@ -133,8 +138,13 @@ class Engine:
 
   # --- the compiled programs ------------------------------------------------------------------
 
+  @property
+  def compiles(self) -> int:
+    """Programs compiled so far: executables in the two jit caches, so a new shape, a retrace
+    or a new input placement all count. warm_up compiles them all; it stays fixed after."""
+    return self._prefill._cache_size() + self._decode._cache_size()  # noqa: SLF001
+
   def _prefill_fn(self, params, cache, slot, tokens, length, seed, sample_index, temp, top_p):
-    self.compiles += 1  # runs once per trace
     logits, one = self.programs.prefill(params, tokens)  # logits (1, bucket, V)
     one = dict(one, cache_index=length.astype(jnp.int32))
     cache = jax.tree.map(lambda all_, x: all_.at[slot].set(x), cache, one)
@@ -143,7 +153,6 @@ class Engine:
     return cache, token
 
   def _decode_fn(self, params, cache, tokens, active, steps, seed, sample_index, temp, top_p):
-    self.compiles += 1
     logits, cache = self.programs.decode(params, cache, tokens)  # (S, V)
     cache = dict(cache, cache_index=jnp.where(active, cache["cache_index"], 0))
     new = sampling.sample_rows(
