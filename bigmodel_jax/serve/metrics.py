@@ -41,11 +41,15 @@ class Metrics:
         "bigmodel_compilations", "Programs traced by the engine (fixed after warm-up)", registry=r
     )
 
-  def watch(self, queue: Callable[[], int], free: Callable[[], int], compiles: Callable[[], int]):
-    """Reads the gauges from the engine at scrape time."""
+  def watch(self, queue: Callable[[], int], free=None, compiles=None):
+    """Reads the gauges from the service at scrape time; a service without KV slots (or
+    without a compile count) leaves those gauges out."""
     self.queue.set_function(queue)
-    self.free_slots.set_function(free)
-    self.compiles.set_function(compiles)
+    for gauge, read in ((self.free_slots, free), (self.compiles, compiles)):
+      if read is None:
+        self.registry.unregister(gauge)
+      else:
+        gauge.set_function(read)
 
   def text(self) -> bytes:
     return prom.generate_latest(self.registry)

@@ -49,7 +49,7 @@ class PredictService(app_lib.Service):
 
   def routes(self, app, metrics):
     self.metrics = metrics
-    metrics.watch(lambda: self.queue.qsize() if self.queue else 0, lambda: 0, lambda: 0)
+    metrics.watch(lambda: self.queue.qsize() if self.queue else 0)
     one, many = self.predictor.keys
 
     @app.post("/v1/predict")
