@@ -176,6 +176,27 @@ def base_config(task: str) -> ml_collections.ConfigDict:
 
   # Persistent XLA compilation cache: a restarted run skips compiling ("" -> off).
   c.compile_cache_dir = "~/.cache/bigmodel_jax/xla"
+
+  # --mode=serve and --mode=export (bigmodel_jax/serve/).
+  c.serve = ml_collections.ConfigDict()
+  c.serve.host = "127.0.0.1"  # 0.0.0.0 to accept other machines (then set an api_key)
+  c.serve.port = 8000  # 0 -> any free port (the URL printed on start says which)
+  # Bearer token every endpoint but /health requires ("" -> the BIGMODEL_API_KEY environment
+  # variable; both empty -> no key).
+  c.serve.api_key = ""
+  # Generation: KV-cache slots decoded together (continuous batching); prediction: the most
+  # requests run as one batch.
+  c.serve.max_batch = 16
+  # Prediction: how long the first request of a batch waits for others to join.
+  c.serve.max_wait_ms = 5.0
+  # Requests waiting for a slot beyond which new ones are refused (429), so memory stays bounded.
+  c.serve.max_queue = 1024
+  # Request bodies larger than this are refused (413) before they are read in full.
+  c.serve.max_body_mb = 8.0
+  # On SIGTERM: stop accepting, then give in-flight requests this many seconds to finish.
+  c.serve.drain_s = 30.0
+  # --mode=export: where the bundle goes ("" -> <workdir>/export).
+  c.serve.export_dir = ""
   return c
 
 

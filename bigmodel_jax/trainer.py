@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 
-from bigmodel_jax import checkpoint, optim, parallel, plan, profiling, safety, steps, tasks
+from bigmodel_jax import checkpoint, optim, parallel, plan, profiling, safety, serve, steps, tasks
 from bigmodel_jax import metrics as metrics_lib
 from bigmodel_jax.errors import RunError, UsageError
 
@@ -31,11 +31,13 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
   task = tasks.get(config.task)(config)
-  valid = ["train", "eval", "plan", *task.modes]
+  valid = ["train", "eval", "plan", *task.modes, *serve.MODES]
   if mode not in valid:
     raise UsageError(
         f"--mode={mode!r} is not valid for {config.experiment}; valid: {', '.join(valid)}"
     )
+  if mode in serve.MODES:
+    serve.check_mode(mode, config)
   best_metric = config.checkpoint.best_metric
   if best_metric and best_metric not in task.eval_metrics:
     raise UsageError(
@@ -86,7 +88,10 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     metrics_lib.log_eval(step, "validation", values)
     print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
     return values
-  return task.modes[mode](_variables(strategy.to_host_layout(state)))
+  variables = _variables(strategy.to_host_layout(state))
+  if mode in serve.MODES:
+    return serve.run(mode, task, config, variables, workdir)
+  return task.modes[mode](variables)
 
 
 class Evaluator:
