@@ -4,6 +4,7 @@ and bad input (one-line errors)."""
 import contextlib
 import io
 import json
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -152,21 +153,72 @@ def _digits_train():
   return images.load_digits()["train"]
 
 
-def test_voc_loads_by_name_with_boxes_in_pixels(tmp_path):
+class _CocoMetadata(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Writes the dataset_info.json of a prepared coco/2017 (TFDS's own coco builder needs
+  TensorFlow even to describe itself): the same features, with numpy dtypes."""
+
+  name = "coco"
+  VERSION = tfds.core.Version("1.1.0")
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2017")]
+
+  def _info(self):
+    objects = {
+        "area": np.int64,
+        "bbox": tfds.features.BBoxFeature(),
+        "id": np.int64,
+        "is_crowd": np.bool_,
+        "label": tfds.features.ClassLabel(names=[f"class{i}" for i in range(80)]),
+    }
+    features = {
+        "image": tfds.features.Image(encoding_format="jpeg"),
+        "image/filename": tfds.features.Text(),
+        "image/id": np.int64,
+        "objects": tfds.features.Sequence(objects),
+    }
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+  def _split_generators(self, dl_manager):
+    return {}
+
+  def _generate_examples(self):
+    yield from ()
+
+
+def _coco_metadata(data_dir, n):
+  builder = _CocoMetadata(data_dir=data_dir, config="2017", file_format="array_record")
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=builder.data_path, dataset_name="coco", filetype_suffix="array_record"
+  )
+  splits = [
+      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0, filename_template=template)
+      for s in ("train", "validation")
+  ]
+  builder.info.set_splits(tfds.core.SplitDict(splits))
+  builder.data_path.mkdir(parents=True)
+  builder.info.write_to_directory(builder.data_path)
+
+
+@pytest.mark.parametrize(
+    "source, classes", [("tfds:voc/2007", 20), ("tfds:coco/2017:1.1.0", 80)], ids=["voc", "coco"]
+)
+def test_tfds_detection_datasets_load_by_name_with_boxes_in_pixels(tmp_path, source, classes):
   data_dir = str(tmp_path / "tfds")
-  prepared_tfds_metadata(data_dir, "voc/2007", {"train": 6, "validation": 4})
+  if "voc" in source:
+    prepared_tfds_metadata(data_dir, "voc/2007", {"train": 6, "validation": 6})
+  else:
+    _coco_metadata(data_dir, 6)
   with tfds.testing.mock_data(
       num_examples=6, data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES
   ):
     settings = boxed_images.Settings(image_size=64, max_objects=8, tfds_data_dir=data_dir)
-    source = boxed_images.Source("tfds:voc/2007", settings)
-    assert len(source.class_names) == 20 and source.class_names[0] == "aeroplane"
+    source = boxed_images.Source(source, settings)
+    assert len(source.class_names) == classes
     val = source.load("validation")
-  assert val["image"].shape == (4, 64, 64, 3) and val["boxes"].shape == (4, 8, 4)
+  assert val["image"].shape == (6, 64, 64, 3) and val["boxes"].shape == (6, 8, 4)
   valid = val["labels"] >= 0
   box = val["boxes"][valid]
   assert valid.any() and (box >= 0).all() and (box <= 64).all()
-  assert (val["labels"][valid] < 20).all()
+  assert (val["labels"][valid] < classes).all()  # (mock boxes are random corners, unordered)
 
 
 # --- your own data (COCO JSON) and bad input -----------------------------------------------------
@@ -215,7 +267,7 @@ def test_coco_json_loads_with_boxes_scaled_to_the_resized_image(tmp_path):
 def test_bad_user_annotations_are_one_line_errors_before_the_workdir(tmp_path, changes, message):
   path = _coco_folder(tmp_path / "mine", **changes)
   config = _config(tmp_path, data__source=f"coco_json:{path}")
-  with pytest.raises(UsageError, match=message) as e:
+  with pytest.raises(UsageError, match=re.escape(message)) as e:
     trainer.run(config, str(tmp_path / "run"))
   assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 

@@ -126,7 +126,7 @@ def _tfds_builder(name: str, data_dir: str):
   features = builder.info.features
   objects = features["objects"] if "objects" in features else None
   if (
-      type(features.get("image") if "image" in features else None) is not tfds.features.Image
+      type(features["image"] if "image" in features else None) is not tfds.features.Image
       or not isinstance(objects, tfds.features.Sequence)
       or "bbox" not in objects.feature
       or "label" not in objects.feature
@@ -154,11 +154,14 @@ def _tfds_examples(builder, split: str, max_examples: int):
     if image.shape[-1] == 1:
       image = np.repeat(image, 3, -1)
     h, w = image.shape[:2]
-    objects = r["objects"]
-    keep = ~np.asarray(objects.get("is_crowd", np.zeros(len(objects["label"]), bool)), bool)
-    ymin, xmin, ymax, xmax = np.asarray(objects["bbox"], np.float32).reshape(-1, 4)[keep].T
+    objects = {k: np.asarray(v) for k, v in r["objects"].items()}
+    # Real records give every field of an object; tfds.testing.mock_data draws each field's
+    # length on its own, so the shortest decides.
+    n = min(len(v) for v in objects.values())
+    keep = ~objects["is_crowd"][:n].astype(bool) if "is_crowd" in objects else np.ones(n, bool)
+    ymin, xmin, ymax, xmax = objects["bbox"].astype(np.float32).reshape(-1, 4)[:n][keep].T
     boxes = np.stack([xmin * w, ymin * h, xmax * w, ymax * h], -1)
-    yield image, boxes, np.asarray(objects["label"], np.int32)[keep]
+    yield image, boxes, objects["label"].astype(np.int32)[:n][keep]
 
 
 def make_flip():

@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
   # output is stage 1's resolution, stride 4).
   c.widths = (16, 32, 64)
   # Basic blocks per stage: positive integers, as many as widths.
-  c.stage_sizes = (1, 1, 1)
+  c.stage_sizes = (1, 2, 2)
   # Channels of the 3x3 conv in each head: >= 1.
   c.head_width = 64
   return c
