@@ -1,6 +1,6 @@
 """detect: object detection with CenterNet (anchor-free) on a small ResNet; COCO mAP.
 
-  python run.py --experiment=detect                     # CPU, ~5 min on 2 cores (see below)
+  python run.py --experiment=detect                     # CPU, ~3-6 min on 2 cores (see below)
   python run.py --experiment=detect --mode=eval         # loss, and pycocotools mAP / mAP50
   python run.py --experiment=detect --mode=predict --config.predict.input=photo.png
   python run.py --experiment=detect:voc --config.data.tfds_data_dir=DIR
@@ -12,7 +12,11 @@ the digits' held-out scans) and circles, squares and triangles, scaled, stretche
 colours, possibly overlapping, on textured backgrounds (bigmodel_jax/data/canvases.py).
 Model: CenterNet (models/centernet.py) with focal loss on class heatmaps, L1 on log box size and
 centre offset (detection.py); decoding keeps 3x3 peaks, then per-class NMS (boxes.py). The final
-evaluation is pycocotools' COCOeval on the validation canvases: RESULT_PLACEHOLDER
+evaluation is pycocotools' COCOeval on the validation canvases. Last run (seed 0, 1,500 steps):
+mAP@[.5:.95] 0.682, mAP@.5 0.931 (target >= 0.9); AP@.5 per class 79.0 (the digit 8) to 99.4
+(circles). It used 330 s of CPU time (269 user + 61 system) and took 27.7 min of wall time on 2
+CPU cores shared with ~8 other jobs (load average ~20); alone on 2 cores it would take at least
+CPU/2 = 2.8 min, about 3-6 min (not measured alone: the machine was never idle).
 At the end of training the per-class AP@.5 is printed and 8 validation canvases with their
 detections are drawn to <workdir>/detections.png; predict draws the boxes on any image.
 
@@ -22,8 +26,9 @@ annotation file; boxes and class ids are checked, bad ones are one-line errors).
 
 Presets (`--experiment=detect:<preset>`):
   tiny  a few seconds; used by tests
-  voc   tfds:voc/2007 at 256x256, wider model, flips (for a GPU; needs the prepared dataset)
-  coco  tfds:coco/2017:1.1.0 at 320x320, the first 30,000 train images (for a GPU; prepared)
+  voc   tfds:voc/2007 at 256x256, wider model, flips (for a GPU; needs the prepared dataset,
+        which needs TensorFlow to prepare; untested at full size)
+  coco  tfds:coco/2017:1.1.0 at 320x320, the first 30,000 train images (for a GPU; the same)
 """
 
 import ml_collections

@@ -284,3 +284,9 @@ def test_predict_on_a_file_that_is_not_an_image_is_a_one_line_error(trained, tmp
       _run(config, workdir, "predict")
     assert "\n" not in str(e.value)
   assert not list(workdir.glob("notes*.png")) and not list(workdir.glob("gone*"))
+
+
+def test_an_unprepared_coco_is_a_one_line_error_not_a_tensorflow_import_error(tmp_path):
+  settings = boxed_images.Settings(tfds_data_dir=str(tmp_path))
+  with pytest.raises(UsageError, match="is not prepared in .* its builder code needs TensorFlow"):
+    boxed_images.Source("tfds:coco/2017:1.1.0", settings)

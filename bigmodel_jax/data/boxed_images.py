@@ -122,7 +122,15 @@ def pack(examples, size: int, max_objects: int) -> dict[str, np.ndarray]:
 
 
 def _tfds_builder(name: str, data_dir: str):
-  builder = tfds_source.open_prepared(name, data_dir)
+  try:
+    builder = tfds_source.open_prepared(name, data_dir)
+  except ImportError:  # TFDS fell back to the builder's code, which imports TensorFlow
+    raise UsageError(
+        f"tfds:{name} is not prepared in {data_dir or 'the default TFDS data_dir'} and its builder "
+        "code needs TensorFlow; prepare it on a machine with TensorFlow and internet (`tfds build "
+        f"{name.split(':')[0]} --file_format=array_record`), copy the data_dir here and pass "
+        "--config.data.tfds_data_dir=<that data_dir>"
+    ) from None
   features = builder.info.features
   objects = features["objects"] if "objects" in features else None
   if (
