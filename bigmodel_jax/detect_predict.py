@@ -55,8 +55,8 @@ class Predictor:
   # --- end of training ------------------------------------------------------------------------
 
   def showcase(self, variables, val: dict, result: dict) -> dict:
-    """Prints mAP, mAP50 and AP50 per class, and writes the first 8 validation images with their
-    detections (score >= detect.min_score) to <workdir>/detections.png."""
+    """Prints mAP, mAP50 and AP50 per class, and writes the first (up to) 8 validation images with
+    their detections (score >= detect.min_score) to <workdir>/detections.png."""
     names = self.task.facts["class_names"]
     rows = [
         [name, int((val["labels"] == i).sum()), f"{100 * ap:.1f}" if ap == ap else "-"]
@@ -78,7 +78,10 @@ class Predictor:
     grid = np.concatenate([np.concatenate(tiles[i : i + 4], 1) for i in range(0, len(tiles), 4)], 0)
     path = os.path.join(self.task.workdir, SHOWCASE_FILE)
     Image.fromarray(grid).save(path)
-    print(f"  detections on 8 validation images (score >= {self.config.detect.min_score}): {path}")
+    print(
+        f"  detections on {len(found)} validation images (score >= "
+        f"{self.config.detect.min_score}): {path}"
+    )
     return result
 
   # --- --mode=predict ------------------------------------------------------------------------
