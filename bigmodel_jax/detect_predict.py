@@ -11,10 +11,10 @@ import os
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from bigmodel_jax import boxes, classification, detection
-from bigmodel_jax.data import image_files
+from bigmodel_jax.data import coco_files, image_files, images
 from bigmodel_jax.errors import UsageError
 
 SHOWCASE_FILE = "detections.png"
@@ -139,23 +139,10 @@ class Predictor:
 
 
 def read(path: str) -> np.ndarray:
-  """An image file at its own size -> uint8 (H, W, 3); one-line UsageError if it is missing or
-  not an image."""
+  """An image file at its own size -> uint8 (H, W, 3); the one-line UsageErrors of
+  images.read_image (as imagecls's predict) if it is missing or not an image."""
   try:
-    with Image.open(path) as img:
-      upright = ImageOps.exif_transpose(img)  # as decode reads it: a portrait photo stands up
-      size = (upright.height, upright.width)
-  except FileNotFoundError:
-    raise UsageError(
-        f"predict.input={path} does not exist; give an image file ({image_files.KINDS})"
-    ) from None
-  except (OSError, ValueError, SyntaxError) as e:
-    reason = " ".join(str(e).replace(f" '{path}'", "").split())[:200]
-    raise UsageError(
-        f"predict.input={path} is not an image that pillow can read ({reason}); give a "
-        f"{image_files.KINDS} file"
-    ) from None
-  try:
-    return image_files.decode(path, size, 3)
-  except image_files.BadImage as e:
-    raise UsageError(f"predict.input={path} is not an image that pillow can read ({e})") from None
+    size = coco_files.upright_size(path)
+  except (OSError, ValueError, SyntaxError):
+    size = (1, 1)  # unreadable: read_image fails on it too, and says why in one line
+  return images.read_image(path, (*size, 3))

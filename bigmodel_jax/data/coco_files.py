@@ -106,7 +106,7 @@ class Annotations:
       size = (image["height"], image["width"])
       try:
         pixels = image_files.decode(path, size, 3)  # resizes only a file of the wrong size
-        actual = _file_size(path)
+        actual = upright_size(path)
       except FileNotFoundError:
         raise UsageError(f"image {path} (in the COCO JSON) does not exist") from None
       except image_files.BadImage as e:
@@ -120,7 +120,9 @@ class Annotations:
       yield pixels, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int32)
 
 
-def _file_size(path: str) -> tuple[int, int]:
+def upright_size(path: str) -> tuple[int, int]:
+  """(height, width) of an image file as image_files.decode reads it (EXIF orientation applied);
+  raises what pillow raises for a file it cannot open."""
   from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
 
   with Image.open(path) as img:
