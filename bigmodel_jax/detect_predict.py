@@ -141,6 +141,10 @@ class Predictor:
 def read(path: str) -> np.ndarray:
   """An image file at its own size -> uint8 (H, W, 3); the one-line UsageErrors of
   images.read_image (as imagecls's predict) if it is missing or not an image."""
+  if not os.path.isfile(path):  # (read_image would also offer folders and globs: not here)
+    raise UsageError(
+        f"predict.input={path} is not a file; give an image file ({image_files.KINDS})"
+    )
   try:
     size = coco_files.upright_size(path)
   except (OSError, ValueError, SyntaxError):

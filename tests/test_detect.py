@@ -277,7 +277,7 @@ def test_predict_on_a_file_that_is_not_an_image_is_a_one_line_error(trained, tmp
   (tmp_path / "notes.png").write_text("not a picture")
   for name, message in (
       ("notes.png", "is not an image that pillow can read"),
-      ("gone.png", "does not exist"),
+      ("gone.png", "is not a file; give an image file"),
   ):
     config.predict.input = str(tmp_path / name)
     with pytest.raises(UsageError, match=message) as e:
