@@ -139,8 +139,8 @@ class Predictor:
 
 
 def read(path: str) -> np.ndarray:
-  """An image file at its own size -> uint8 (H, W, 3); the one-line UsageErrors of
-  images.read_image (as imagecls's predict) if it is missing or not an image."""
+  """An image file at its own size -> uint8 (H, W, 3); a one-line UsageError if it is missing,
+  and images.read_image's (as imagecls's predict) if it is not an image."""
   if not os.path.isfile(path):  # (read_image would also offer folders and globs: not here)
     raise UsageError(
         f"predict.input={path} is not a file; give an image file ({image_files.KINDS})"
