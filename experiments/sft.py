@@ -39,14 +39,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.pack = True  # several examples per row with segment ids; False: one per row, padded
   c.data.eval_examples = 200  # validation examples scored by exact match (0: all)
 
-  c.train.steps = 300
+  c.train.steps = 150
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 20
   c.train.weight_decay = 0.0
   c.train.log_every = 25
-  c.train.eval_every = 100
+  c.train.eval_every = 50
   c.train.eval_batches = 0  # all validation rows
-  c.checkpoint.every_steps = 100
+  c.checkpoint.every_steps = 50
 
   c.sample.prompt = ">>> 'hello'[::-1]\n"
   c.sample.max_new_tokens = 16
