@@ -7,8 +7,10 @@ attention stays within a segment and positions restart at each segment's start (
 models/gpt.py `packed_positions_and_mask`). Without packing, each example is a row of its own,
 padded to T, which is what padding costs today.
 
-Waste is the fraction of row positions that are padding: on sft's generated exchanges (~24 bytes
-each, rows of 256) it falls from 90.7% unpacked to 4.0% packed (see experiments/sft.py).
+Waste is the fraction of row positions that are padding. Measured on the default data: sft's
+20,000 generated exchanges (26.7 bytes each on average, rows of 256) 89.6% unpacked, 5.4% packed
+(2,204 rows instead of 20,000); sentiment's 20,000 reviews (14.5 tokens, rows of max_len 40)
+63.8% unpacked, 22.0% packed (9,286 rows).
 """
 
 from collections.abc import Sequence
