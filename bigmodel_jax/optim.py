@@ -139,6 +139,14 @@ def trainable_labels(params, trainable: str, adapters: bool):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def trainable_count(params, t, adapters: bool) -> int:
+  """How many scalars of `params` the optimizer of make_optimizer(t, adapters) moves."""
+  if not (t.trainable or adapters):
+    return sum(x.size for x in jax.tree.leaves(params))
+  labels = jax.tree.leaves(trainable_labels(params, t.trainable, adapters))
+  return sum(x.size for x, label in zip(jax.tree.leaves(params), labels) if label == "train")
+
+
 def make_optimizer(
     t, adapters: bool = False
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:

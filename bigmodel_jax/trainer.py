@@ -167,11 +167,15 @@ def _train_and_evaluate(
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  n_params = sum(x.size for x in jax.tree.leaves(strategy.to_host_layout(state).params))
+  host_params = strategy.to_host_layout(state).params
+  n_params = sum(x.size for x in jax.tree.leaves(host_params))
+  n_train = optim.trainable_count(host_params, config.train, lora.enabled(config))
   peak, peak_source = metrics_lib.peak_flops_per_device()
   logging.info(
-      "Model: %s parameters; %s strategy on %d device(s); MFU peak %.3g FLOP/s per device (%s)",
+      "Model: %s parameters (%s trainable); %s strategy on %d device(s); MFU peak %.3g FLOP/s "
+      "per device (%s)",
       f"{n_params:,}",
+      f"{n_train:,}",
       strategy.name,
       strategy.num_devices,
       peak,

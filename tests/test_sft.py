@@ -137,6 +137,7 @@ def test_train_trainable_moves_only_what_it_names():
     params = jax.tree.map(jnp.add, params, updates)
   assert (np.asarray(params["h_0"]["kernel"]) == 1.0).all()
   assert (np.asarray(params["h_1"]["kernel"]) != 1.0).all()
+  assert optim.trainable_count(params, config.train, adapters=False) == 9
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +166,9 @@ def test_lora_trains_only_the_adapters_and_checkpoints_them(pretrained, tmp_path
   b = {k: v for k, v in params.items() if k.startswith("lora/") and k.endswith("/b")}
   assert b and all(np.abs(v).max() > 0 for v in b.values())  # zeros at init, trained since
   assert "lora/h_0/attn/query/kernel/a" in params and "lora/h_1/mlp/proj/kernel/b" in params
+  adapters = sum(v.size for k, v in params.items() if k.startswith("lora/"))
+  # 2 layers x (4 attention kernels 32|32 + fc 32|128 + proj 128|32) at rank 4
+  assert adapters == 2 * (4 * (32 + 32) * 4 + 2 * (32 + 128) * 4)
   assert "exact_match" in read_metrics(workdir, "validation")[4]
   values = _run(config, workdir, "eval")  # restores the adapters from the checkpoint
   assert values["loss"] == pytest.approx(read_metrics(workdir, "validation")[4]["loss"], 1e-5)
