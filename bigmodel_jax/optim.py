@@ -164,7 +164,12 @@ def make_optimizer(
   # Frozen parameters get a zero update (so they stay bit-identical: no decay, no clipping share,
   # no optimizer statistics kept for them); clipping sees only the trainable gradients.
   labels = functools.partial(trainable_labels, trainable=t.trainable, adapters=adapters)
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels), schedule
+  split = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  # Built from boxed parameters, multi_transform's masks leave MaskedNodes inside nn.Partitioned
+  # boxes, which the mesh strategy's sharding tree cannot mirror; built unboxed, the statistics
+  # of the trainable parameters are replicated under the mesh strategy (as adafactor's are).
+  unboxed = lambda p: split.init(nn.meta.unbox(p))  # noqa: E731
+  return optax.GradientTransformationExtraArgs(unboxed, split.update), schedule
 
 
 def validate(t) -> None:
