@@ -320,7 +320,9 @@ def _shapes(tree) -> dict[str, tuple]:
   return out
 
 
-def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...], task: str):
+def params_from(
+    path: str, abstract_params, fresh_params, reinit: tuple[str, ...], task: str | tuple[str, ...]
+):
   """Parameters for fine-tuning from another run (`config.init_from`) of the same `task`.
 
   `path` is that run's workdir or its checkpoints/ folder; its latest step is used. Parameters whose
@@ -347,10 +349,12 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
   saved = json_files.read_json(
       os.path.join(os.path.abspath(directory), str(step), "config", "metadata"), "checkpoint config"
   )
-  if saved.get("task") != task:
+  ok = (task,) if isinstance(task, str) else tuple(task)  # this run's task, then compatible ones
+  if saved.get("task") not in ok:
     raise RunError(
         f"config.init_from={path!r} is a run of another task ({saved.get('experiment')!r}, task "
-        f"{saved.get('task')!r}); this run's task is {task!r}: start from a run of the same task"
+        f"{saved.get('task')!r}); this run's task is {ok[0]!r}: start from a run of "
+        f"{' or '.join(repr(t) for t in ok)}"
     )
   logging.info("Initialising parameters from %s step %d", directory, step)
   target = {"params": abstract_params}

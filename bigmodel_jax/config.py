@@ -124,6 +124,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   # no weight decay: by default biases, norm scales and embeddings (GPT's wte/wpe among them).
   # "(^|/)(bias|scale)$" decays embeddings too; "" decays everything.
   c.train.no_decay = r"(^|/)(bias|scale|embedding)$|wte|wpe"
+  # Only parameters whose '/'-joined path this regex finds (re.search) train; the rest stay
+  # exactly as they were (fine-tuning part of a model). "" -> all of them, or, with LoRA
+  # (model.lora.rank > 0), only the adapters; with LoRA, what it finds trains beside them.
+  c.train.trainable = ""
   c.train.b1 = 0.9
   c.train.b2 = 0.99
   c.train.grad_clip = 1.0

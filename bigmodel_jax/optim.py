@@ -125,15 +125,51 @@ def decay_mask(params, no_decay: str):
   )
 
 
-def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`t` is config.train. Returns the transformation and its learning-rate schedule."""
+def trainable_labels(params, trainable: str, adapters: bool):
+  """ "train" or "frozen" for each parameter: with `adapters` (LoRA), those under lora/ and the
+  base parameters `trainable` finds (none when it is ""); without, those `trainable` finds."""
+  pattern = re.compile(trainable) if trainable else None
+
+  def label(path, _):
+    name = param_path(path)
+    if adapters and name.startswith("lora/"):
+      return "train"
+    return "train" if pattern is not None and pattern.search(name) else "frozen"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def trainable_count(params, t, adapters: bool) -> int:
+  """How many scalars of `params` the optimizer of make_optimizer(t, adapters) moves."""
+  if not (t.trainable or adapters):
+    return sum(x.size for x in jax.tree.leaves(params))
+  labels = jax.tree.leaves(trainable_labels(params, t.trainable, adapters))
+  return sum(x.size for x, label in zip(jax.tree.leaves(params), labels) if label == "train")
+
+
+def make_optimizer(
+    t, adapters: bool = False
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`t` is config.train; `adapters`: the params hold LoRA adapters (lora.enabled(config)).
+  Returns the transformation and its learning-rate schedule."""
   validate(t)  # (also for configs built in code without config.validate)
   schedule = SCHEDULES[t.schedule](t)
   parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
   parts.append(
       OPTIMIZERS[t.optimizer](t, schedule, functools.partial(decay_mask, no_decay=t.no_decay))
   )
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if not (t.trainable or adapters):  # everything trains: the state of every run before LoRA
+    return tx, schedule
+  # Frozen parameters get a zero update (so they stay bit-identical: no decay, no clipping share,
+  # no optimizer statistics kept for them); clipping sees only the trainable gradients.
+  labels = functools.partial(trainable_labels, trainable=t.trainable, adapters=adapters)
+  split = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  # Built from boxed parameters, multi_transform's masks leave MaskedNodes inside nn.Partitioned
+  # boxes, which the mesh strategy's sharding tree cannot mirror; built unboxed, the statistics
+  # of the trainable parameters are replicated under the mesh strategy (as adafactor's are).
+  unboxed = lambda p: split.init(nn.meta.unbox(p))  # noqa: E731
+  return optax.GradientTransformationExtraArgs(unboxed, split.update), schedule
 
 
 def validate(t) -> None:
@@ -148,7 +184,8 @@ def validate(t) -> None:
     raise UsageError(f"train.momentum={t.momentum} must be in [0, 1)")
   if not 0 <= t.decay_fraction <= 1:
     raise UsageError(f"train.decay_fraction={t.decay_fraction} must be in [0, 1]")
-  try:
-    re.compile(t.no_decay)
-  except re.error as e:
-    raise UsageError(f"train.no_decay={t.no_decay!r} is not a valid regex: {e}") from None
+  for key in ("no_decay", "trainable"):
+    try:
+      re.compile(t[key])
+    except re.error as e:
+      raise UsageError(f"train.{key}={t[key]!r} is not a valid regex: {e}") from None

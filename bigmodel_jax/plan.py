@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from bigmodel_jax import optim, parallel, steps
+from bigmodel_jax import lora, optim, parallel, steps
 from bigmodel_jax.errors import UsageError
 
 
@@ -61,7 +61,7 @@ def plan(config, task) -> dict[str, float]:
   strategy = parallel.MeshStrategy(
       shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n], p.logical_rules
   )
-  tx, schedule = optim.make_optimizer(t)
+  tx, schedule = optim.make_optimizer(t, lora.enabled(config))
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   rng = jax.random.key(config.seed)
   state = strategy.abstract(init_fn, rng)

@@ -18,7 +18,18 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 
-from bigmodel_jax import checkpoint, optim, parallel, plan, profiling, safety, serve, steps, tasks
+from bigmodel_jax import (
+    checkpoint,
+    lora,
+    optim,
+    parallel,
+    plan,
+    profiling,
+    safety,
+    serve,
+    steps,
+    tasks,
+)
 from bigmodel_jax import metrics as metrics_lib
 from bigmodel_jax.errors import RunError, UsageError
 
@@ -30,7 +41,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   test_hooks (tests only): stop_after=N stops training at step N as if interrupted;
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
-  task = tasks.get(config.task)(config)
+  task = lora.wrap(tasks.get(config.task)(config), config)  # adapters when model.lora asks
   valid = ["train", "eval", "plan", *task.modes, *serve.MODES]
   if mode not in valid:
     raise UsageError(
@@ -49,7 +60,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     return plan.plan(config, task)
   safety.check_workdir(workdir, writing=mode == "train")
   if mode == "train":
-    tx, _ = optim.make_optimizer(config.train)
+    tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
     plan.check_fits(
         strategy.abstract(
             functools.partial(steps.init_state, task=task, tx=tx), jax.random.key(config.seed)
@@ -70,7 +81,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
         return train_and_evaluate(config, workdir, task, strategy, **test_hooks)
 
   task.setup(workdir, create=False)
-  tx, _ = optim.make_optimizer(config.train)
+  tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   restored = ckpt.restore_latest(
@@ -90,7 +101,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     return values
   variables = _variables(strategy.to_host_layout(state))
   if mode in serve.MODES:
-    return serve.run(mode, task, config, variables, workdir)
+    return serve.run(mode, task, config, lora.merged_variables(task, variables), workdir)
   return task.modes[mode](variables)
 
 
@@ -158,7 +169,7 @@ def _train_and_evaluate(
     multihost_utils.sync_global_devices("task setup")
     if not primary:
       task.setup(workdir, create=False)
-  tx, schedule = optim.make_optimizer(config.train)
+  tx, schedule = optim.make_optimizer(config.train, lora.enabled(config))
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   per_process = config.train.batch_size // jax.process_count()
@@ -166,15 +177,21 @@ def _train_and_evaluate(
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
   best_metric = config.checkpoint.best_metric
   best = checkpoint.Checkpointer(workdir, config.checkpoint, best=True) if best_metric else None
-  state, start = _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx)
+  state, start = _restore_or_init(
+      config, strategy, ckpt, init_fn, init_rng, data, tx, (config.task, *task.init_from_tasks)
+  )
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  n_params = sum(x.size for x in jax.tree.leaves(strategy.to_host_layout(state).params))
+  host_params = strategy.to_host_layout(state).params
+  n_params = sum(x.size for x in jax.tree.leaves(host_params))
+  n_train = optim.trainable_count(host_params, config.train, lora.enabled(config))
   peak, peak_source = metrics_lib.peak_flops_per_device()
   logging.info(
-      "Model: %s parameters; %s strategy on %d device(s); MFU peak %.3g FLOP/s per device (%s)",
+      "Model: %s parameters (%s trainable); %s strategy on %d device(s); MFU peak %.3g FLOP/s "
+      "per device (%s)",
       f"{n_params:,}",
+      f"{n_train:,}",
       strategy.name,
       strategy.num_devices,
       peak,
@@ -273,8 +290,9 @@ def _train_and_evaluate(
   return state
 
 
-def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx):
-  """-> (state in the strategy's layout, its step)."""
+def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, tasks_ok):
+  """-> (state in the strategy's layout, its step). `tasks_ok`: tasks whose runs init_from may
+  name (this one's and those it declares in Task.init_from_tasks)."""
   # Restore order: (1) the latest valid checkpoint in this workdir (resume: state, data position
   # and all); (2) config.init_from, another run's parameters (fine-tuning; fresh optimizer, step
   # 0); (3) a fresh init.
@@ -284,10 +302,17 @@ def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx):
     return strategy.place(restored[0]), restored[1]
   if config.init_from:
     fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
-    abstract = jax.eval_shape(lambda: fresh.params)
+    # LoRA adapters are this run's own: the base parameters come from init_from, they stay fresh.
+    base = {k: v for k, v in fresh.params.items() if k != lora.KEY}
     params = checkpoint.params_from(
-        config.init_from, abstract, fresh.params, config.init_reinit, config.task
+        config.init_from,
+        jax.eval_shape(lambda: base),
+        base,
+        config.init_reinit,
+        tasks_ok,
     )
+    if lora.KEY in fresh.params:
+      params = {**params, lora.KEY: fresh.params[lora.KEY]}
     return strategy.place(fresh.replace(params=params, opt_state=tx.init(params))), 0
   return strategy.init_state(init_fn, init_rng), 0
 

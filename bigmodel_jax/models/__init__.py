@@ -37,6 +37,13 @@ def default_config(*model_names: str) -> ml_collections.ConfigDict:
     for key, value in _module(name, names()).default_config().items():
       if key not in c:
         c[key] = value
+  # LoRA adapters for any model (bigmodel_jax/lora.py): rank 0 -> none.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # rank of each adapter pair; > 0 turns LoRA on (only the adapters train)
+  c.lora.alpha = 16.0  # the merged update is a @ b * alpha / rank
+  # Kernels to adapt: a regex over '/'-joined parameter paths (re.search); the default takes
+  # every kernel of attention (GPT's query/key/value/out) and MLP (fc/proj) layers.
+  c.lora.targets = r"(attn|mlp)/\w+/kernel$"
   return c
 
 

@@ -81,18 +81,20 @@ def _layer_norm(cfg, name):
 
 
 def apply_rotary(x, positions, base=10000.0):
-  """RoPE (half-split form) on x (B, T, H, D) at integer positions (T,)."""
+  """RoPE (half-split form) on x (B, T, H, D) at integer positions (T,) or, packed, (B, T)."""
   half = x.shape[-1] // 2
   freq = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)  # (D/2,)
-  angles = positions.astype(jnp.float32)[:, None] * freq[None, :]  # (T, D/2)
-  sin, cos = jnp.sin(angles)[None, :, None, :], jnp.cos(angles)[None, :, None, :]
+  angles = positions.astype(jnp.float32)[..., None] * freq  # (T, D/2) or (B, T, D/2)
+  angles = angles if angles.ndim == 3 else angles[None]  # (1 or B, T, D/2)
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, T, H, D/2) each
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
 
 
 def attention(q, k, v, mask):
-  """softmax(q k^T / sqrt(D), where mask) v; q (B, T, H, D), k and v (B, S, H, D), mask (T, S).
+  """softmax(q k^T / sqrt(D), where mask) v; q (B, T, H, D), k and v (B, S, H, D), mask (T, S)
+  or (B, 1, T, S).
 
   jax.nn.dot_product_attention's XLA computation written out, with float32 scores: XLA:CPU runs
   this form's forward + backward ~5x faster (0.6 vs 2.9 ms per baby-GPT layer).
@@ -123,14 +125,14 @@ def causal_attention(q, k, v, max_blocks: int = 8, min_block: int = 64):
 
 def attend(q, k, v, mask=None, implementation=None):
   """The model's attention: causal over q, k, v (B, T, H, D) when mask is None, else with a
-  (T, S) mask. With `implementation` None: on CPU the written-out forms above, elsewhere
-  jax.nn.dot_product_attention's XLA path (with its bf16 matmul precisions); "cudnn" goes to
-  cuDNN's fused kernel."""
+  (T, S) or (B, 1, T, S) mask. With `implementation` None: on CPU the written-out forms above,
+  elsewhere jax.nn.dot_product_attention's XLA path (with its bf16 matmul precisions); "cudnn"
+  goes to cuDNN's fused kernel."""
   library = functools.partial(
       jax.nn.dot_product_attention,
       is_causal=mask is None,
       implementation=implementation,
-      mask=None if mask is None else mask[None, None],
+      mask=None if mask is None else jnp.broadcast_to(mask, (q.shape[0], 1) + mask.shape[-2:]),
   )
   if implementation is not None:
     return library(q, k, v)
@@ -142,7 +144,8 @@ class CausalSelfAttention(nn.Module):
   cfg: Settings
 
   @nn.compact
-  def __call__(self, x, positions, *, train):  # x (B, T, C), positions (T,)
+  def __call__(self, x, positions, *, train, mask=None):
+    # x (B, T, C), positions (T,) or (B, T); mask (B, 1, T, T) for packed rows, else causal
     cfg = self.cfg
     head_dim = cfg.embed_dim // cfg.num_heads
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
@@ -163,7 +166,7 @@ class CausalSelfAttention(nn.Module):
       if cfg.decode:  # model.init(..., decode=True): the cache takes the init input's shapes
         self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-      y = attend(q, k, v, implementation=cfg.attention_impl)  # (B, T, H, D)
+      y = attend(q, k, v, mask, implementation=cfg.attention_impl)  # (B, T, H, D)
     else:
       # Write this call's keys/values at [i, i+T); query j (at position i+j) sees keys <= i+j.
       # cuDNN kernels target training shapes, so decoding steps (T = 1 against the cache) use XLA.
@@ -194,9 +197,9 @@ class Block(nn.Module):
   cfg: Settings
 
   @nn.compact
-  def __call__(self, x, positions, train):  # x (B, T, C); `train` is positional for nn.remat
+  def __call__(self, x, positions, train, mask=None):  # x (B, T, C); positional for nn.remat
     x = x + CausalSelfAttention(self.cfg, name="attn")(
-        _layer_norm(self.cfg, "ln_1")(x), positions, train=train
+        _layer_norm(self.cfg, "ln_1")(x), positions, train=train, mask=mask
     )
     cfg = self.cfg
     mlp = layers.MLP(
@@ -233,7 +236,9 @@ class GPT(nn.Module):
   decode: bool = False  # set by model.clone(decode=True) for cached decoding, never by config
 
   @nn.compact
-  def __call__(self, tokens, *, train: bool = False):
+  def __call__(self, tokens, *, train: bool = False, segment_ids=None):
+    """segment_ids int32 (B, T) (packed rows, not when decoding): tokens attend only within their
+    own segment and count positions from its start, so each example sees what it would alone."""
     T = tokens.shape[1]  # tokens (B, T)
     cfg = Settings(
         embed_dim=self.embed_dim,
@@ -265,6 +270,9 @@ class GPT(nn.Module):
       if initialized:
         positions = positions + index.value
         index.value = index.value + T
+    mask = None  # causal
+    if segment_ids is not None:
+      positions, mask = packed_positions_and_mask(segment_ids)  # (B, T), (B, 1, T, T)
 
     x = wte(tokens)  # (B, T, C)
     if self.positions == "learned":
@@ -276,14 +284,15 @@ class GPT(nn.Module):
           embedding_init=_init(0.02, ("length", "embed")),
           name="wpe",
       )
-      x = x + wpe(positions)[None]  # (B, T, C)
+      pe = wpe(positions)  # (T, C) or (B, T, C)
+      x = x + (pe if pe.ndim == 3 else pe[None])  # (B, T, C)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
     block = Block
     if REMAT_POLICIES.get(self.remat) is not None:
       block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], static_argnums=(3,))
     for i in range(self.num_layers):
-      x = block(cfg, name=f"h_{i}")(x, positions, train)  # (B, T, C)
+      x = block(cfg, name=f"h_{i}")(x, positions, train, mask)  # (B, T, C)
     x = _layer_norm(cfg, "ln_f")(x)
 
     # Tied output head, in float32 whatever the compute dtype.
@@ -291,6 +300,21 @@ class GPT(nn.Module):
         x.astype(jnp.float32), wte.embedding.astype(jnp.float32).T, (((2,), (0,)), ((), ()))
     )
     return logits
+
+
+def packed_positions_and_mask(segment_ids):
+  """segment_ids (B, T), equal within an example and different between neighbours ->
+  (positions (B, T) counted from each example's first token, causal same-segment mask
+  (B, 1, T, T))."""
+  T = segment_ids.shape[1]
+  index = jnp.arange(T, dtype=jnp.int32)
+  starts = jnp.concatenate(
+      [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+  )
+  first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)  # (B, T) start of each segment
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+  mask = same & (index[None, :] <= index[:, None])
+  return index - first, mask[:, None]
 
 
 def default_config() -> ml_collections.ConfigDict:

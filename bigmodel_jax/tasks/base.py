@@ -36,6 +36,8 @@ class Task(abc.ABC):
   # Modes beyond train / eval / plan: {name: fn(variables)}, variables = {"params": ..., **state}
   # on the host. A task fills it in __init__ (e.g. {"sample": self.sample}).
   modes: Mapping[str, Callable[[dict], Any]] = MappingProxyType({})
+  # Other tasks whose runs `config.init_from` may name (e.g. sft starts from an lm run).
+  init_from_tasks: tuple[str, ...] = ()
 
   def __init__(self, config):
     self.config = config
