@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Where synthesized and decoded audio is cached ("" -> ~/.cache/bigmodel_jax).
   c.data.tfds_data_dir = ""
   c.data.sample_rate = 8000  # Hz the model hears; your recordings are resampled to it
-  c.data.max_seconds = 2.5  # longest utterance (longer recordings are skipped with a warning)
+  c.data.max_seconds = 2.0  # longest utterance (longer recordings are skipped with a warning)
   c.data.num_train = 3000  # espeak_digits: training utterances
   c.data.test_per_speaker = 50  # espeak_digits: test utterances per held-out voice
   c.data.split_seed = 0  # espeak_digits: what is synthesized

@@ -110,9 +110,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Attention heads per block: > 0, dividing embed_dim.
   c.num_heads = 4
   # Width of every block: > 0.
-  c.embed_dim = 144
+  c.embed_dim = 96
   # Channels of the two subsampling convolutions: > 0.
-  c.conv_channels = 32
+  c.conv_channels = 16
   # Input frames per output frame: 2 | 4 (see the module docstring).
   c.time_stride = 2
   # Frames of the depthwise convolution of a Conformer module after every block; 0: none.
