@@ -176,7 +176,7 @@ def test_audio_folder_resamples_splits_and_caches(tmp_path, monkeypatch):
   splits = audio_files.load_folder(str(tmp_path / "clips"), cache_dir=str(tmp_path / "c"), **kw)
   both = {**{t: n for t, n in zip(splits["train"]["text"], splits["train"]["audio_length"])}}
   both.update(zip(splits["validation"]["text"], splits["validation"]["audio_length"]))
-  assert len(both) == 12 and both["clip 3"] == (8000 + 200 * 3) // 2  # 16 kHz -> 8 kHz
+  assert len(both) == 12 and both["clip 3"] == (8000 + 100 * 3) // 2  # 16 kHz -> 8 kHz
   assert len(splits["validation"]["text"]) not in (0, 12)
   monkeypatch.setattr(audio_files, "read_audio", lambda *a: 1 / 0)  # the cache is read instead
   again = audio_files.load_folder(str(tmp_path / "clips"), cache_dir=str(tmp_path / "c"), **kw)
