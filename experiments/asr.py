@@ -1,6 +1,6 @@
 """asr: speech recognition, a convolution + Transformer/Conformer encoder trained with CTC.
 
-  python run.py --experiment=asr                  # CPU, see the measured time below
+  python run.py --experiment=asr                  # CPU, ~7 min alone on 2 cores (see below)
   python run.py --experiment=asr --mode=eval      # CER / WER of the held-out voices
   python run.py --experiment=asr --mode=transcribe --config.transcribe.input=digits.wav
   python run.py --experiment=asr --config.data.source=audio_folder:calls --workdir=runs/calls
@@ -10,7 +10,12 @@ by eSpeak NG (the espeakng-loader wheel ships the engine and its voices) with ~9
 in 7 English accents at random rates and pitches, with reverberation and noise, at 8 kHz; the
 test split is 300 utterances by 6 voices that never speak in training (m3, f2, klatt3, Annie,
 edward, steph). Synthesis takes ~20 s once; the arrays are cached under data.tfds_data_dir.
-RESULTS_PLACEHOLDER
+Measured (`python run.py --experiment=asr`, seed 0, 1,200 steps of 32): CER 2.26%, WER 4.89% on
+the held-out voices with beam 8 (greedy: CER 2.46%, WER 5.36%); per voice CER/WER: Annie
+2.6/7.0%, edward 1.7/4.0%, f2 2.1/3.9%, klatt3 0.8/1.8%, m3 0.8/2.8%, steph 5.5/9.8%. That run
+took 870 s of CPU (698 user + 172 system, synthesis and compilation included), so about 7.3 min
+alone on 2 cores; its wall time, 56 min, was on 2 cores shared with ~8 other jobs (load 17-36).
+Eval loss (CTC nats per character) 0.167 at step 400, 0.110 at 800, 0.103 at 1200.
 
 Features: log-mel (features.n_mels bins of features.window_ms windows every features.hop_ms) in
 JAX on the device, normalised per utterance, with SpecAugment (augment.*) on training batches.
