@@ -43,7 +43,7 @@ from bigmodel_jax import config as config_lib
 from bigmodel_jax import models
 
 # model.name can be any of these; config.model starts from their defaults (models/<name>.py).
-MODELS = ("cnn", "resnet")
+MODELS = ("cnn", "resnet", "vit")  # as tasks/classify_image.py MODELS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -63,11 +63,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.on_bad_image = "stop"  # stop | skip: a file pillow cannot read stops the run | is skipped
   c.data.image_column = "image"  # csv: the column of image paths (relative to the CSV's folder)
   c.data.label_column = "label"  # csv: the column of class names
+  # Train on this share of the training images, drawn per class by label_seed: (0, 1].
+  c.data.label_fraction = 1.0
+  c.data.label_seed = 0
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 1  # pixels of zero padding to crop back from; 0 = off
   c.augment.flip = False  # random horizontal flips (not for digits)
   c.augment.cutout = 0  # side of a square set to the mean pixel; 0 = off
+
+  # vit only: train the head alone on a frozen encoder (with init_from an ssl run, a linear probe);
+  # needs train.weight_decay=0.
+  c.linear_probe = False
 
   # Where cnn and resnet share a field (widths, stage_sizes) this holds cnn's default, so the
   # resnet presets set their own.
