@@ -54,8 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.study.learning_rate = 1e-3  # scratch and ssl (fine-tuning every weight)
   c.study.probe_learning_rate = 1e-2  # probe (the head alone)
 
-  c.train.steps = 1500
-  c.train.batch_size = 256  # 512 views: 510 negatives for each
+  c.train.steps = 1000
+  c.train.batch_size = 128  # 256 views: 254 negatives for each
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 100
   c.train.weight_decay = 0.1

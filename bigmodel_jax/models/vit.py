@@ -118,7 +118,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Side of the square patches: > 0, dividing the image's height and width.
   c.patch_size = 2
   # Transformer blocks: > 0.
-  c.num_layers = 4
+  c.num_layers = 2
   # Attention heads per block: > 0, dividing embed_dim.
   c.num_heads = 4
   # Width of the patch embedding and of every block: > 0.

@@ -121,7 +121,8 @@ class Task(base.Task):
       self.info = images.Info(tuple(saved["shape"]), saved["class_names"])
       self.stats = saved
     elif create:
-      train = self._split("train")["image"]
+      # Every training image, labelled or not (data.label_fraction drops labels, not images).
+      train = self._split("train", labelled=False)["image"]
       mean, std = images.channel_stats(train)
       self.stats = {
           "source": self.config.data.source,
@@ -142,8 +143,8 @@ class Task(base.Task):
       )
     self.model = self.make_model()
 
-  @functools.lru_cache(maxsize=2)
-  def _split(self, split: str) -> dict[str, np.ndarray]:
+  @functools.lru_cache(maxsize=3)
+  def _split(self, split: str, labelled: bool = True) -> dict[str, np.ndarray]:
     d = self.config.data
     if self.stats.get("source", d.source) != d.source:
       raise RunError(
@@ -158,18 +159,18 @@ class Task(base.Task):
           f"this run was trained on {self.info.shape} images of {', '.join(self.info.class_names)}"
           f" (its {DATASET_FILE}); use the run's data and settings, or a new --workdir"
       )
-    arrays = self.dataset.load(split)
-    if split == "train" and d.label_fraction < 1:
-      keep = images.label_subset(arrays["label"], d.label_fraction, d.label_seed)
+    rows = self.dataset.load(split)
+    if split == "train" and labelled and d.label_fraction < 1:
+      keep = images.label_subset(rows["label"], d.label_fraction, d.label_seed)
       logging.info(
           "data.label_fraction=%g: training on %d of %d labelled images (label_seed %d)",
           d.label_fraction,
           len(keep),
-          len(arrays["label"]),
+          len(rows["label"]),
           d.label_seed,
       )
-      arrays = {k: v[keep] for k, v in arrays.items()}
-    return arrays
+      rows = {k: v[keep] for k, v in rows.items()}
+    return rows
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     a = self.config.augment

@@ -122,7 +122,7 @@ class Task(classify_image.Task):
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     return iter(
         arrays.train_dataset(
-            self._split("train"),
+            self._split("train", labelled=False),  # every image; labels are not used
             batch_size=batch_size,
             seed=seed,
             process_index=process_index,
