@@ -2,6 +2,7 @@
 linear probe), the transfer study, the shared augmentations and the bad-input one-liners."""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -63,6 +64,7 @@ def test_vit_matches_hugging_face_vit_with_the_same_weights():
   hf = transformers.ViTModel(hf_config, add_pooling_layer=False).eval()
   w = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
   d, h = 16, 2
+  conv = w["embeddings.patch_embeddings.projection.weight"]
   params = {
       "patch_embed": {  # conv (out, C, p, p) -> dense over (py, px, C)-ordered patch pixels
           "kernel": w["embeddings.patch_embeddings.projection.weight"]
@@ -76,11 +78,8 @@ def test_vit_matches_hugging_face_vit_with_the_same_weights():
   }
   for i in range(2):
     p = f"layers.{i}."  # transformers 5 names
-    dense = lambda name, shape: {  # noqa: E731  torch Linear (out, in) -> kernel (in, ...)
-        "kernel": w[f"{p}{name}.weight"].T.reshape(shape),
-        "bias": w[f"{p}{name}.bias"].reshape(shape[1:]),
-    }
-    norm = lambda name: {"scale": w[f"{p}{name}.weight"], "bias": w[f"{p}{name}.bias"]}  # noqa
+    dense = functools.partial(_dense, w, p)
+    norm = lambda name, p=p: {"scale": w[f"{p}{name}.weight"], "bias": w[f"{p}{name}.bias"]}  # noqa
     params[f"block_{i}"] = {
         "ln_1": norm("layernorm_before"),
         "ln_2": norm("layernorm_after"),
@@ -102,6 +101,14 @@ def test_vit_matches_hugging_face_vit_with_the_same_weights():
   with torch.no_grad():
     theirs = hf(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2))).last_hidden_state[:, 0]
   np.testing.assert_allclose(ours, theirs.numpy(), atol=2e-5, rtol=1e-4)
+
+
+def _dense(w, prefix, name, shape):
+  """A torch Linear (out, in) as a flax kernel (in, *out) and bias (*out)."""
+  return {
+      "kernel": w[f"{prefix}{name}.weight"].T.reshape(shape),
+      "bias": w[f"{prefix}{name}.bias"].reshape(shape[1:]),
+  }
 
 
 def test_nt_xent_matches_cross_entropy_over_the_other_views_in_torch():
