@@ -64,7 +64,6 @@ def test_vit_matches_hugging_face_vit_with_the_same_weights():
   hf = transformers.ViTModel(hf_config, add_pooling_layer=False).eval()
   w = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
   d, h = 16, 2
-  conv = w["embeddings.patch_embeddings.projection.weight"]
   params = {
       "patch_embed": {  # conv (out, C, p, p) -> dense over (py, px, C)-ordered patch pixels
           "kernel": w["embeddings.patch_embeddings.projection.weight"]
