@@ -67,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 PRESETS = {
     "tiny": {
+        "parallel.num_devices": 1,  # the whole batch in one NT-Xent (tests fake 8 devices)
         "model.num_layers": 1,
         "model.embed_dim": 16,
         "model.num_heads": 2,
