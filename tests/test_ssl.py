@@ -12,12 +12,13 @@ import jax
 import numpy as np
 import optax
 import pytest
+import tensorflow_datasets as tfds
 
 from bigmodel_jax import checkpoint, models, trainer
 from bigmodel_jax.data import augment
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import contrastive
-from tests.helpers import read_metrics, tiny_config
+from tests.helpers import prepared_tfds_metadata, read_metrics, tiny_config
 
 # The ssl:tiny encoder, as imagecls overrides (so imagecls:tiny builds the same ViT).
 VIT = dict(model__name="vit", model__num_layers=1, model__embed_dim=16, model__num_heads=2)
@@ -270,3 +271,32 @@ def test_bad_input_is_one_line_and_writes_nothing(ssl_run, probe_run, tmp_path):
     config = tiny_config("", experiment, **overrides)
     _one_line(error, match, trainer.run, config, never)
     assert not os.path.exists(never), match
+
+
+# --- the tfds presets, on mock data ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_presets_pretrain_on_mock_data(preset, shape, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  prepared_tfds_metadata(data_dir, preset, {"train": 20, "test": 10})
+  with tfds.testing.mock_data(
+      num_examples=16, data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES
+  ):
+    config = tiny_config(
+        data_dir,
+        f"ssl:{preset}",
+        model__num_layers=1,
+        model__embed_dim=16,
+        ssl__proj_hidden=16,
+        ssl__proj_dim=8,
+        train__steps=1,
+        train__batch_size=8,
+        train__eval_every=1,
+        checkpoint__every_steps=1,
+    )
+    task = contrastive.Task(config)
+    assert task.info.shape == shape and task.batch_spec(8)["view2"].shape == (8, *shape)
+    _quietly(trainer.run, config, str(tmp_path / "run"))
+  val = read_metrics(str(tmp_path / "run"), "validation")[1]
+  assert 0 <= val["knn_accuracy"] <= 1 and val["loss"] > 0
