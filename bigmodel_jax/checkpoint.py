@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigmodel_jax import json_files
+from bigmodel_jax import encoder_transfer, json_files
 from bigmodel_jax.errors import RunError
 
 DIRECTORY = "checkpoints"
@@ -353,14 +353,15 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
   )
   state_dir = os.path.join(os.path.abspath(directory), str(step), "state")
   if saved.get("task") != task:
-    if (saved.get("task"), task) not in ENCODER_TRANSFERS:
-      valid = [f"a {a} run" for a, b in sorted(ENCODER_TRANSFERS) if b == task]
+    if (saved.get("task"), task) not in encoder_transfer.ENCODER_TRANSFERS:
+      valid = [f"a {a} run" for a, b in sorted(encoder_transfer.ENCODER_TRANSFERS) if b == task]
       raise RunError(
           f"config.init_from={path!r} is a run of another task ({saved.get('experiment')!r}, "
           f"task {saved.get('task')!r}); this run's task is {task!r}: start from a run of the "
           f"same task{''.join(f' or {v}' for v in valid)}"
       )
-    abstract_params = _encoder_part(path, saved, state_dir, abstract_params)
+    have = _shapes(ocp.StandardCheckpointer().metadata(state_dir))
+    abstract_params = encoder_transfer.encoder_part(path, saved, have, abstract_params)
   logging.info("Initialising parameters from %s step %d", directory, step)
   target = {"params": abstract_params}
   try:
@@ -381,7 +382,7 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
         f"config.init_from={path!r}: its parameters do not fit this model "
         f"({str(e).splitlines()[0][:300]})"
     ) from None
-  params = _flat(restored.state["params"])
+  params = encoder_transfer.flat(restored.state["params"])
   patterns = [re.compile(p) for p in reinit]
 
   def pick(path_, new):
@@ -390,51 +391,3 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
     return new if keep_fresh else params[name]
 
   return jax.tree_util.tree_map_with_path(pick, fresh_params)
-
-
-# (task of the init_from run, task of this run): this run may start from the other's encoder,
-# i.e. every parameter both models have (same path, same shape); the rest of this model (its
-# head) starts fresh and the rest of the checkpoint (e.g. the ssl projector) is left unread.
-ENCODER_TRANSFERS = {("contrastive", "classify_image")}
-
-
-def _flat(tree) -> dict:
-  return {
-      "/".join(str(getattr(k, "key", k)) for k in p): leaf
-      for p, leaf in jax.tree_util.tree_leaves_with_path(tree)
-  }
-
-
-def _encoder_part(path: str, saved: dict, state_dir: str, abstract_params):
-  """The parameters of `abstract_params` that the checkpoint holds, checked for shape."""
-  have = {
-      k.removeprefix("params/"): v
-      for k, v in _shapes(ocp.StandardCheckpointer().metadata(state_dir)).items()
-      if k.startswith("params/")
-  }
-  want = {k: tuple(v.shape) for k, v in _flat(abstract_params).items()}
-  shared = sorted(set(have) & set(want))
-  model = (saved.get("model") or {}).get("name")
-  diffs = [f"{k}: checkpoint {have[k]}, now {want[k]}" for k in shared if have[k] != want[k]]
-  if not shared or diffs:
-    raise RunError(
-        f"config.init_from={path!r} holds a {model!r} encoder of another shape than this model "
-        f"({'; '.join(diffs[:4]) or 'no parameter in common'}); use the same model settings "
-        "as that run (model.*)"
-    )
-  fresh = sorted(set(want) - set(have))
-  logging.info("init_from: encoder from %s; starting fresh: %s", path, ", ".join(fresh) or "none")
-
-  def keep(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-      name = f"{prefix}{k}"
-      if isinstance(v, dict):
-        sub = keep(v, name + "/")
-        if sub:
-          out[k] = sub
-      elif name in have:
-        out[k] = v
-    return out
-
-  return keep(abstract_params)

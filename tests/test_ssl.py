@@ -14,7 +14,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from bigmodel_jax import checkpoint, models, trainer
+from bigmodel_jax import checkpoint, encoder_transfer, models, trainer
 from bigmodel_jax.data import augment
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import contrastive
@@ -43,7 +43,7 @@ def ssl_run(tmp_path_factory):
 def _params(workdir):
   config = json.load(open(os.path.join(workdir, "config.json")))
   path = os.path.join(workdir, "checkpoints", str(config["train"]["steps"]), "state")
-  return checkpoint._flat(checkpoint.ocp.StandardCheckpointer().restore(path)["params"])
+  return encoder_transfer.flat(checkpoint.ocp.StandardCheckpointer().restore(path)["params"])
 
 
 # --- the model and the loss against references -------------------------------------------------
