@@ -193,13 +193,11 @@ def test_imagecls_starts_from_the_ssl_encoder_with_a_fresh_head_and_the_probe_fr
       assert np.abs(value).sum() > 0
     else:  # frozen: exactly the pretrained encoder after training
       np.testing.assert_array_equal(value, pretrained[name], err_msg=name)
-  assert read_metrics(probe_run, "validation")[30]["accuracy"] > 0.15
 
 
 def test_transfer_study_prints_the_table_and_writes_the_plot(ssl_run, tmp_path):
   config, workdir, _ = ssl_run
-  with config.unlocked():
-    config.study.starts = ("scratch", "ssl")
+  assert tuple(config.study.starts) == ("scratch", "ssl")
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     results = trainer.run(config, workdir, "transfer_study")
@@ -260,7 +258,8 @@ def test_bad_input_is_one_line_and_writes_nothing(ssl_run, probe_run, tmp_path):
        {"augment__ops": ("crop", "blurr")}),
       (UsageError, "linear_probe=true .* needs model.name=vit", "imagecls:tiny",
        {"linear_probe": True}),
-      (RunError, "holds a 'vit' encoder of another shape .*embed", "imagecls:tiny",
+      (RunError, r"another shape .*block_0/attn/key/bias: checkpoint \(2, 8\), now \(2, 16\)",
+       "imagecls:tiny",
        {**VIT, "model__embed_dim": 32, "init_from": ssl_dir}),
       (RunError, "holds a 'vit' encoder of another shape .*no parameter in common",
        "imagecls:tiny", {"init_from": ssl_dir}),
@@ -292,6 +291,7 @@ def test_tfds_presets_pretrain_on_mock_data(preset, shape, tmp_path):
         ssl__proj_dim=8,
         train__steps=1,
         train__batch_size=8,
+        parallel__num_devices=1,  # 16 views in one NT-Xent (8 devices would see 2 each)
         train__eval_every=1,
         checkpoint__every_steps=1,
     )
