@@ -15,8 +15,9 @@ so imagecls:vit takes the encoder with init_from; its head starts fresh.
 Measured (seed 0, 2 CPU cores shared with ~8 other jobs, load average 20-35): the default took
 736 s wall and 128 s CPU (89 user + 39 system), so about 1-2 minutes alone on 2 cores; at step
 1000 the encoder's 10-nearest-neighbour test accuracy is 95.56% with no label used in training
-(validation NT-Xent 3.44, chance ln(255) = 5.54). The transfer study: README, "Self-supervised
-pretraining and transfer (ssl)".
+(validation NT-Xent 3.44, chance ln(255) = 5.54). The transfer study on it (seeds 0-2, mean
+test accuracy): one label per class, scratch 17.4% vs ssl start 62.5%; 10%, 63.6% vs 90.4%;
+100%, 54.4% vs 92.5% (table, spreads and plot: README, "Self-supervised pretraining and transfer").
 
 Presets (`--experiment=ssl:<preset>`):
   tiny           a few seconds; used by tests (the study: 2 fractions x 1 seed, a few steps)
