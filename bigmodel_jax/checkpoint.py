@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigmodel_jax import json_files
+from bigmodel_jax import encoder_transfer, json_files
 from bigmodel_jax.errors import RunError
 
 DIRECTORY = "checkpoints"
@@ -276,8 +276,12 @@ def check_compatible(path: str, abstract_state, config) -> None:
   """Raises RunError naming what differs between the checkpoint at `path` and this run."""
   saved = json_files.read_json(os.path.join(path, "config", "metadata"), "checkpoint config")
   current = config.to_dict()
+  # A model field added since the checkpoint was written (e.g. imagecls's vit fields) is not
+  # compared: the checkpoint's model did without it, and the shapes below still are.
   keys = ["task", "data.tokenizer", "data.vocab_size"] + [
-      f"model.{k}" for k in current.get("model", {}) if k not in RUNTIME_MODEL_KEYS
+      f"model.{k}"
+      for k in current.get("model", {})
+      if k not in RUNTIME_MODEL_KEYS and k in saved.get("model", {})
   ]
   diffs = [
       f"{k}: checkpoint {_get(saved, k)!r}, now {_get(current, k)!r}"
@@ -356,6 +360,17 @@ def params_from(
         f"{saved.get('task')!r}); this run's task is {ok[0]!r}: start from a run of "
         f"{' or '.join(repr(t) for t in ok)}"
     )
+  state_dir = os.path.join(os.path.abspath(directory), str(step), "state")
+  if saved.get("task") != task:
+    if (saved.get("task"), task) not in encoder_transfer.ENCODER_TRANSFERS:
+      valid = [f"a {a} run" for a, b in sorted(encoder_transfer.ENCODER_TRANSFERS) if b == task]
+      raise RunError(
+          f"config.init_from={path!r} is a run of another task ({saved.get('experiment')!r}, "
+          f"task {saved.get('task')!r}); this run's task is {task!r}: start from a run of the "
+          f"same task{''.join(f' or {v}' for v in valid)}"
+      )
+    have = _shapes(ocp.StandardCheckpointer().metadata(state_dir))
+    abstract_params = encoder_transfer.encoder_part(path, saved, have, abstract_params)
   logging.info("Initialising parameters from %s step %d", directory, step)
   target = {"params": abstract_params}
   try:
@@ -376,11 +391,12 @@ def params_from(
         f"config.init_from={path!r}: its parameters do not fit this model "
         f"({str(e).splitlines()[0][:300]})"
     ) from None
-  params = restored.state["params"]
+  params = encoder_transfer.flat(restored.state["params"])
   patterns = [re.compile(p) for p in reinit]
 
-  def pick(path_, old, new):
+  def pick(path_, new):
     name = "/".join(str(getattr(k, "key", k)) for k in path_)
-    return new if any(p.search(name) for p in patterns) else old
+    keep_fresh = name not in params or any(p.search(name) for p in patterns)
+    return new if keep_fresh else params[name]
 
-  return jax.tree_util.tree_map_with_path(pick, params, fresh_params)
+  return jax.tree_util.tree_map_with_path(pick, fresh_params)

@@ -1,9 +1,10 @@
-"""imagecls: image classification with a small CNN or a ResNet, and data augmentation.
+"""imagecls: image classification with a small CNN, a ResNet or a ViT, and data augmentation.
 
   python run.py --experiment=imagecls                  # CPU, ~15 s on 2 cores (12 s last run)
   python run.py --experiment=imagecls --mode=eval
   python run.py --experiment=imagecls --mode=predict --config.predict.input=digit.png
   python run.py --experiment=imagecls:resnet           # ResNet with BatchNorm, same data
+  python run.py --experiment=imagecls:vit --config.init_from=workdir/ssl   # from an ssl encoder
   python run.py --experiment=imagecls:cifar10 --config.data.tfds_data_dir=DIR
   python run.py --experiment=imagecls --config.data.source=image_folder:pets --workdir=runs/pets
   python run.py --experiment=imagecls --config.data.source=image_folder:pets --workdir=runs/pets \
@@ -27,11 +28,17 @@ resized to data.image_size (channels: data.channels, 0 = from the data), decoded
 TFDS dataset (data.tfds_data_dir or ~/.cache/bigmodel_jax), and an unreadable file stops the run
 or is skipped (data.on_bad_image=stop|skip). Augmentation on training batches only: random crop
 from an image padded by augment.crop_padding pixels, horizontal flip (augment.flip; off for
-digits), cutout of an augment.cutout-pixel square.
+digits), cutout of an augment.cutout-pixel square (data/augment.py, shared with ssl).
+
+Transfer (README, "Self-supervised pretraining and transfer"): init_from an ssl run takes its
+encoder (the head starts fresh); linear_probe=true trains the head alone; data.label_fraction
+trains on a share of the labels (per class, by data.label_seed). The ViT from scratch on all the
+labels: see the 100% row of the transfer study there (300 steps).
 
 Presets (`--experiment=imagecls:<preset>`):
   tiny           a few seconds; used by tests
   resnet         a ResNet (3 stages of 2 basic blocks, BatchNorm) on the digits
+  vit            a Vision Transformer on the digits (start it from ssl with init_from)
   mnist          tfds:mnist, CNN, crop padding 2 (needs the prepared dataset)
   fashion_mnist  tfds:fashion_mnist, ResNet, crop padding 2, flip
   cifar10        tfds:cifar10, ResNet-20 widths, crop padding 4, flip, cutout 8 (for a GPU)
@@ -43,7 +50,7 @@ from bigmodel_jax import config as config_lib
 from bigmodel_jax import models
 
 # model.name can be any of these; config.model starts from their defaults (models/<name>.py).
-MODELS = ("cnn", "resnet")
+MODELS = ("cnn", "resnet", "vit")  # as tasks/classify_image.py MODELS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -63,11 +70,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.on_bad_image = "stop"  # stop | skip: a file pillow cannot read stops the run | is skipped
   c.data.image_column = "image"  # csv: the column of image paths (relative to the CSV's folder)
   c.data.label_column = "label"  # csv: the column of class names
+  # Train on this share of the training images, drawn per class by label_seed: (0, 1].
+  c.data.label_fraction = 1.0
+  c.data.label_seed = 0
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 1  # pixels of zero padding to crop back from; 0 = off
   c.augment.flip = False  # random horizontal flips (not for digits)
   c.augment.cutout = 0  # side of a square set to the mean pixel; 0 = off
+
+  # vit only: train the head alone on a frozen encoder (with init_from an ssl run, a linear probe);
+  # needs train.weight_decay=0.
+  c.linear_probe = False
 
   # Where cnn and resnet share a field (widths, stage_sizes) this holds cnn's default, so the
   # resnet presets set their own.
@@ -106,6 +120,9 @@ PRESETS = {
         "checkpoint.every_steps": 15,
     },
     "resnet": {**_RESNET, "train.steps": 1500},
+    # A ViT (models/vit.py): 2x2-pixel patches of the 8x8 digits, 2 blocks of width 64; the
+    # encoder `ssl` pretrains, so init_from=<an ssl run> starts this from it.
+    "vit": {"model.name": "vit", "train.learning_rate": 1e-3},
     "mnist": {
         "data.source": "tfds:mnist",
         "augment.crop_padding": 2,

@@ -1,4 +1,4 @@
-"""Labelled images in memory: loading by name, per-channel statistics, augmentation, user images.
+"""Labelled images in memory: loading by name, per-channel statistics, a user's image.
 
 `load(source)` returns {"train": arrays, "test": arrays}, arrays = {"image": uint8 (N, H, W, C),
 "label": int32 (N,)}. Sources:
@@ -18,13 +18,10 @@ bitmaps from 43 writers, ink counted over 4x4 blocks, values 0..16), white ink o
 MNIST. We scale them to 0..255 and split them once, stratified by class (sklearn's
 train_test_split with a fixed seed), so every run and machine sees the same test set.
 
-Augmentation (`make_augment`) runs in the grain pipeline on uint8 training batches only, with the
-pipeline's per-batch rng (deterministic for a seed): random crop from a zero-padded image,
-horizontal flip (off for digits: a flipped 2 is no digit), and cutout (a square set to the mean
-pixel, after DeVries & Taylor 2017).
+Augmentation lives in data/augment.py (shared by every image experiment); `make_augment` is
+re-exported here for older callers.
 """
 
-from collections.abc import Callable
 import dataclasses
 import os
 
@@ -33,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bigmodel_jax.data import image_cache, image_files, tfds_source
+from bigmodel_jax.data.augment import make_augment  # noqa: F401  (re-exported)
 from bigmodel_jax.errors import UsageError
 
 SOURCES_HELP = (
@@ -165,7 +163,7 @@ def _tfds_builder(source: str, data_dir: str):
   return builder
 
 
-# --- statistics and augmentation -----------------------------------------------------------------
+# --- statistics ----------------------------------------------------------------------------------
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -174,39 +172,15 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
   return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()
 
 
-def make_augment(
-    *, crop_padding: int = 0, flip: bool = False, cutout: int = 0, fill: tuple[int, ...] = (0,)
-) -> Callable | None:
-  """A grain batch transform fn(batch, rng) -> batch over uint8 (B, H, W, C) images, or None."""
-  if not (crop_padding or flip or cutout):
-    return None
-  fill = np.asarray(fill, np.uint8)
-
-  def augment(batch, rng: np.random.Generator):
-    x = batch["image"]
-    b, h, w, _ = x.shape
-    if crop_padding:
-      p = crop_padding
-      padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-      dy, dx = rng.integers(0, 2 * p + 1, size=(2, b))
-      rows = (dy[:, None] + np.arange(h))[:, :, None]  # (B, H, 1)
-      cols = (dx[:, None] + np.arange(w))[:, None, :]  # (B, 1, W)
-      x = padded[np.arange(b)[:, None, None], rows, cols]
-    if flip:
-      flipped = rng.random(b) < 0.5
-      x = np.where(flipped[:, None, None, None], x[:, :, ::-1], x)
-    if cutout:
-      # A square centred anywhere on the image (so it may hang over an edge), as in the paper.
-      y0 = rng.integers(0, h, size=b) - cutout // 2
-      x0 = rng.integers(0, w, size=b) - cutout // 2
-      ys, xs = np.arange(h)[None], np.arange(w)[None]
-      inside_y = (ys >= y0[:, None]) & (ys < y0[:, None] + cutout)  # (B, H)
-      inside_x = (xs >= x0[:, None]) & (xs < x0[:, None] + cutout)  # (B, W)
-      hole = inside_y[:, :, None] & inside_x[:, None, :]  # (B, H, W): a cutout x cutout square
-      x = np.where(hole[..., None], fill, x)
-    return {**batch, "image": np.ascontiguousarray(x)}
-
-  return augment
+def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of `fraction` of the rows, drawn per class (at least one of each class), so
+  that a small fraction still shows every class; the same rows for the same seed."""
+  rng = np.random.default_rng(seed)
+  keep = []
+  for c in np.unique(labels):
+    rows = np.flatnonzero(labels == c)
+    keep.append(rng.permutation(rows)[: max(1, round(fraction * len(rows)))])
+  return np.sort(np.concatenate(keep))
 
 
 # --- a user's image ------------------------------------------------------------------------------

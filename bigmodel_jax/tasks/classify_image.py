@@ -22,11 +22,13 @@ import numpy as np
 
 from bigmodel_jax import classification, image_predict, json_files, models
 from bigmodel_jax.data import arrays, image_cache, image_files, images
+from bigmodel_jax.data import augment as augment_lib
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
 DATASET_FILE = "dataset.json"
 INVERT = ("auto", "yes", "no")
+MODELS = ("cnn", "resnet", "vit")  # model.name can be any of these
 
 
 class Task(base.Task):
@@ -57,8 +59,19 @@ class Task(base.Task):
           f"predict.top_k={p.top_k} and predict.batch_size={p.batch_size} must be >= 1 and "
           f"predict.invert={p.invert!r} one of {', '.join(INVERT)}"
       )
+    if not 0 < d.label_fraction <= 1:
+      raise UsageError(
+          f"data.label_fraction={d.label_fraction} must be in (0, 1]: the share of the "
+          "training images whose labels are used (1 = all)"
+      )
+    if config.linear_probe and (config.model.name != "vit" or config.train.weight_decay):
+      raise UsageError(
+          f"linear_probe=true trains only the head of a frozen encoder: it needs model.name=vit "
+          f"(not {config.model.name!r}) and train.weight_decay=0 (not "
+          f"{config.train.weight_decay}; decoupled decay would shrink the frozen weights)"
+      )
     images.check(d.source, d.tfds_data_dir)  # cheap; the dataset itself is opened on first use
-    models.make(config.model, ("cnn", "resnet"), num_classes=2)  # checks the model's settings
+    models.make(config.model, MODELS, num_classes=2)  # checks the model's settings
     self.local = image_cache.Settings.from_config(d) if image_cache.is_local(d.source) else None
     self.workdir = ""
     self.modes = {"predict": self.predict}
@@ -80,7 +93,11 @@ class Task(base.Task):
 
   @functools.cached_property
   def model(self):
-    return models.make(self.config.model, num_classes=self.info.num_classes)
+    return self.make_model()
+
+  def make_model(self):
+    """The model for this dataset's classes (a subclass may build another, e.g. an encoder)."""
+    return models.make(self.config.model, MODELS, num_classes=self.info.num_classes)
 
   @functools.cached_property
   def stats(self) -> dict:
@@ -104,7 +121,8 @@ class Task(base.Task):
       self.info = images.Info(tuple(saved["shape"]), saved["class_names"])
       self.stats = saved
     elif create:
-      train = self._split("train")["image"]
+      # Every training image, labelled or not (data.label_fraction drops labels, not images).
+      train = self._split("train", labelled=False)["image"]
       mean, std = images.channel_stats(train)
       self.stats = {
           "source": self.config.data.source,
@@ -123,10 +141,10 @@ class Task(base.Task):
           f"no {DATASET_FILE} in {workdir}; train first with python run.py "
           f"--experiment={self.config.experiment} --workdir={workdir}"
       )
-    self.model = models.make(self.config.model, num_classes=self.info.num_classes)
+    self.model = self.make_model()
 
-  @functools.lru_cache(maxsize=2)
-  def _split(self, split: str) -> dict[str, np.ndarray]:
+  @functools.lru_cache(maxsize=3)
+  def _split(self, split: str, labelled: bool = True) -> dict[str, np.ndarray]:
     d = self.config.data
     if self.stats.get("source", d.source) != d.source:
       raise RunError(
@@ -141,12 +159,23 @@ class Task(base.Task):
           f"this run was trained on {self.info.shape} images of {', '.join(self.info.class_names)}"
           f" (its {DATASET_FILE}); use the run's data and settings, or a new --workdir"
       )
-    return self.dataset.load(split)
+    rows = self.dataset.load(split)
+    if split == "train" and labelled and d.label_fraction < 1:
+      keep = images.label_subset(rows["label"], d.label_fraction, d.label_seed)
+      logging.info(
+          "data.label_fraction=%g: training on %d of %d labelled images (label_seed %d)",
+          d.label_fraction,
+          len(keep),
+          len(rows["label"]),
+          d.label_seed,
+      )
+      rows = {k: v[keep] for k, v in rows.items()}
+    return rows
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     a = self.config.augment
     fill = tuple(round(m * 255) for m in self.stats["mean"])
-    augment = images.make_augment(
+    augment = augment_lib.make_augment(
         crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout, fill=fill
     )
     return iter(
@@ -190,7 +219,8 @@ class Task(base.Task):
       )
       model_state = {**model_state, **updates}
     else:
-      logits = self.model.apply(variables, x, train=train, rngs={"dropout": rng})
+      frozen = {"frozen": True} if self.config.linear_probe else {}
+      logits = self.model.apply(variables, x, train=train, rngs={"dropout": rng}, **frozen)
     loss, metrics = classification.softmax_loss(logits, batch)
     return loss, (metrics, model_state)
 
