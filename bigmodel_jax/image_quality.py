@@ -57,6 +57,21 @@ def classifier_config(spec: str, data) -> object:
   return config
 
 
+def restore(config, workdir: str):
+  """-> (task set up from the workdir, the latest TrainState on one device, its step) of a run."""
+  task = tasks.get(config.task)(config)
+  task.setup(workdir, create=False)
+  tx, _ = optim.make_optimizer(config.train)
+  init_fn = functools.partial(steps.init_state, task=task, tx=tx)
+  one_device = parallel.PmapStrategy(jax.local_devices()[:1])
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  restored = ckpt.restore_latest(one_device.abstract(init_fn, jax.random.key(0)), None, config)
+  ckpt.close()
+  if restored is None:
+    raise RunError(f"no checkpoint in {ckpt.directory}")
+  return task, *restored
+
+
 class Classifier:
   """A trained imagecls model: class probabilities and penultimate features of uint8 images."""
 
@@ -71,17 +86,7 @@ class Classifier:
       from bigmodel_jax import trainer  # pylint: disable=g-import-not-at-top
 
       trainer.run(config, workdir)
-    task = tasks.get(config.task)(config)
-    task.setup(workdir, create=False)
-    tx, _ = optim.make_optimizer(config.train)
-    init_fn = functools.partial(steps.init_state, task=task, tx=tx)
-    one_device = parallel.PmapStrategy(jax.local_devices()[:1])
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-    restored = ckpt.restore_latest(one_device.abstract(init_fn, jax.random.key(0)), None, config)
-    ckpt.close()
-    if restored is None:
-      raise RunError(f"no classifier checkpoint in {workdir}")
-    state = restored[0]
+    task, state, _ = restore(config, workdir)
     return cls(task, {"params": state.params, **state.model_state})
 
   @functools.cached_property
@@ -119,9 +124,9 @@ class Classifier:
 
 def save_grid(image: np.ndarray, path: str, scale: int) -> str:
   """uint8 (rows, cols, H, W, C) -> a PNG of rows x cols cells, each pixel `scale` x `scale`,
-  with a 1-pixel gap; returns the path."""
+  on a mid-grey canvas with a gap of max(1, scale // 4) pixels between cells; returns the path."""
   rows, cols, h, w, c = image.shape
-  gap, cell_h, cell_w = 1, h * scale, w * scale
+  gap, cell_h, cell_w = max(1, scale // 4), h * scale, w * scale
   canvas = np.full((rows * (cell_h + gap) + gap, cols * (cell_w + gap) + gap, c), 128, np.uint8)
   big = image.repeat(scale, axis=2).repeat(scale, axis=3)  # (rows, cols, H*scale, W*scale, C)
   for r in range(rows):

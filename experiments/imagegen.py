@@ -41,6 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.split_seed = 0  # digits only
 
   c.model = models.default_config("unet")
+  # One block per level (8 residual blocks; 2 per level would be 12) keeps the CPU default short.
+  c.model.blocks = 1
 
   c.flow = ml_collections.ConfigDict()
   # Share of training labels replaced by "no class" so the one model also learns the
@@ -49,7 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.flow.ema_decay = 0.999  # EMA of the weights that sampling uses (ramped up over early steps)
 
   c.sample = ml_collections.ConfigDict()
-  c.sample.guidance_scale = 2.0  # >= 0; 0 unconditional, 1 conditional, > 1 stronger guidance
+  # >= 0; 0 unconditional, 1 conditional, > 1 stronger guidance (more class fidelity, less variety).
+  # Digits, 800 steps (real vs real 17.5): 1.0 -> 93.9% classified as their class, Frechet
+  # distance 22.2; 1.5 -> 100%, 28.1; 2.0 -> 100%, 40.0.
+  c.sample.guidance_scale = 1.5
   c.sample.steps = 32  # Euler steps from noise to image (model calls, x2 with guidance)
   c.sample.classes = ()  # class ids, one grid row each; () = every class
   c.sample.per_class = 10  # images per row
@@ -62,13 +67,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.quality.classifier_workdir = ""  # its workdir ("" -> <workdir>/classifier; trained if empty)
   c.quality.seed = 1  # noise for the generated images the quality figures judge
 
-  c.train.steps = 3000
-  c.train.batch_size = 128
+  c.train.steps = 2000
+  c.train.batch_size = 64
   c.train.learning_rate = 2e-3
-  c.train.warmup_steps = 200
+  c.train.warmup_steps = 100
   c.train.min_lr_ratio = 0.05
   c.train.weight_decay = 0.0
-  c.train.log_every = 250
+  c.train.log_every = 200
   c.train.eval_every = 1000
   c.checkpoint.every_steps = 1000
   return config_lib.apply_preset(c, arg, PRESETS)
