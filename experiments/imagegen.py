@@ -1,6 +1,6 @@
 """imagegen: class-conditional image generation, flow matching with a small U-Net.
 
-  python run.py --experiment=imagegen                  # CPU, about 5 min on 2 cores
+  python run.py --experiment=imagegen                  # CPU, ~3 min alone on 2 cores (see below)
   python run.py --experiment=imagegen --mode=sample    # -> workdir/imagegen/samples.png
   python run.py --experiment=imagegen --mode=sample --config.sample.classes=3,8 \
     --config.sample.guidance_scale=3 --config.sample.output=/tmp/threes_and_eights.png
@@ -17,6 +17,16 @@ trained once through the same trainer on the real training images, cached in
 image of half B; class_accuracy is the share labelled as the conditioned class, fid the Frechet
 distance of the classifier's features between the generated images and held-out half A, fid_real
 the same between halves B and A (real images, same sample size).
+
+Measured (python run.py --experiment=imagegen --workdir=/tmp/ig_d --config.compile_cache_dir=,
+seed 0, 2000 steps, guidance 1.5): 100.0% of the generated digits classified as their class (the
+classifier gets 99.4% of the real half B), Frechet distance 28.5 against real vs real 17.5; eval
+loss 0.363. 325 s of CPU time (273 user + 52 system), 1,446 s wall on 2 cores shared with ~8 other
+jobs (load average ~30), so about 3 minutes alone (CPU time / 2 cores), compilation and the quality
+classifier included. The grid shows each row's digit in varied hands (1s with and without a
+foot, open and closed 4s), a few grey speckles in the background and some blurred 8s. An 800-step
+run scored the same (100%, 28.1), so the steps are a margin, not a need. Guidance trades variety
+for fidelity: after 800 steps guidance 1.0 gave 93.9% and 22.2, 2.0 gave 100% and 40.0.
 
 Presets (`--experiment=imagegen:<preset>`):
   tiny           seconds; used by tests
