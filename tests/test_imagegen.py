@@ -173,8 +173,8 @@ def test_unet_keeps_the_image_shape_and_starts_at_zero():
   model = unet.make(cfg, num_classes=10)
   x = jnp.ones((2, size, size, 3))
   t, label = jnp.array([0.1, 0.9]), jnp.array([3, 10])  # 10: "no class"
-  variables = model.init(jax.random.key(0), x, t, label)
-  out = model.apply(variables, x, t, label)
+  variables = jax.jit(model.init)(jax.random.key(0), x, t, label)  # one compilation, not per op
+  out = jax.jit(model.apply)(variables, x, t, label)
   assert out.shape == x.shape and float(jnp.abs(out).max()) == 0.0  # zero-initialised output
 
 
