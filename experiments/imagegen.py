@@ -40,6 +40,8 @@ import ml_collections
 from bigmodel_jax import config as config_lib
 from bigmodel_jax import models
 
+MODELS = ("unet",)  # model.name can be any of these (models/<name>.py)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="generate_image")
@@ -50,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.2  # digits only: the held-out share of the fixed stratified split
   c.data.split_seed = 0  # digits only
 
-  c.model = models.default_config("unet")
+  c.model = models.default_config(*MODELS)
   # One block per level (8 residual blocks; 2 per level would be 12) keeps the CPU default short.
   c.model.blocks = 1
 
