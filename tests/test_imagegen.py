@@ -2,6 +2,7 @@
 distance, the PNG grid, tfds presets on mock data, and bad input."""
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -16,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from bigmodel_jax import config as config_lib
 from bigmodel_jax import flow_matching, image_quality, trainer
+from bigmodel_jax.data import images
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import unet
 from bigmodel_jax.tasks import generate_image
@@ -41,21 +43,30 @@ def _quietly(fn, *args):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """One tiny run (30 steps, 8 devices) on the digits; its final eval trains the tiny classifier."""
+  """One tiny run (30 steps, 8 devices) on the digits, stopped at step 15 (as if interrupted) and
+  resumed; its final eval trains the tiny classifier. -> (config, workdir, printed, at_15), at_15 =
+  (the EMA in memory when it stopped, the EMA its checkpoint restores)."""
   workdir = str(tmp_path_factory.mktemp("imagegen"))
   config = _config()
-  _, printed = _quietly(trainer.run, config, workdir)
-  return config, workdir, printed
+  stopped, _ = _quietly(functools.partial(trainer.run, stop_after=15), config, workdir)
+  _, saved, step = image_quality.restore(config, workdir)
+  assert step == 15
+  in_memory = jax.tree.map(lambda x: np.asarray(x)[0], stopped.model_state["ema"])  # device 0
+  _, printed = _quietly(trainer.run, config, workdir)  # resumes from step 15
+  return config, workdir, printed, (in_memory, saved.model_state["ema"])
 
 
 # --- training, EMA, quality ---------------------------------------------------------------
 
 
 def test_loss_falls_and_quality_is_reported_next_to_real_vs_real(trained):
-  config, workdir, printed = trained
+  config, workdir, printed, _ = trained
   train, val = read_metrics(workdir), read_metrics(workdir, "validation")
   assert train[30]["loss"] < train[10]["loss"] - 0.1
-  assert val[30]["loss"] < val[15]["loss"]
+  # At initialisation the U-Net outputs 0 (zero-initialised last conv), whose expected loss is
+  # E[(x1 - noise)^2] = E[x1^2] + 1 over the held-out images; training must get well below it.
+  x1 = images.load_digits()["test"]["image"] / 127.5 - 1.0
+  assert val[30]["loss"] < (x1**2).mean() + 1.0 - 0.2
   final = val[30]
   assert 0 <= final["class_accuracy"] <= 1 and final["fid"] > 0 and final["fid_real"] > 0
   # 30 steps of a tiny model: far from real images, so the reference must be the smaller distance.
@@ -67,11 +78,14 @@ def test_loss_falls_and_quality_is_reported_next_to_real_vs_real(trained):
     assert values[name] == pytest.approx(final[name], rel=1e-4), name  # deterministic
 
 
-def test_ema_is_saved_with_the_state_and_counts_every_step(trained):
-  config, workdir, _ = trained
+def test_ema_is_saved_and_resumed_exactly_and_counts_every_step(trained):
+  config, workdir, _, (in_memory, saved) = trained
+  assert float(saved["count"]) == 15.0
+  for a, b in zip(jax.tree.leaves(in_memory), jax.tree.leaves(saved), strict=True):
+    np.testing.assert_array_equal(a, b)  # bit for bit
   _, state, step = image_quality.restore(config, workdir)
   ema = state.model_state["ema"]
-  assert step == 30 and float(ema["count"]) == 30.0
+  assert step == 30 and float(ema["count"]) == 30.0  # the resumed run carried it on
   p, e = state.params["stem"]["kernel"], ema["params"]["stem"]["kernel"]
   assert p.shape == e.shape and not np.allclose(p, e)  # a lagging average, not a copy
 
@@ -108,7 +122,7 @@ def test_euler_sampler_with_guidance_lands_on_the_mixed_target():
 
 
 def test_sample_mode_writes_one_row_per_class_and_is_deterministic(trained, tmp_path):
-  config, workdir, _ = trained
+  config, workdir, _, _ = trained
   paths = []
   for name in ("a.png", "b.png"):
     c = _config(sample__classes=(3, 8), sample__per_class=4, sample__output=str(tmp_path / name))
@@ -124,7 +138,7 @@ def test_sample_mode_writes_one_row_per_class_and_is_deterministic(trained, tmp_
 
 
 def test_bad_sampling_settings_are_one_line_errors(trained, tmp_path):
-  config, workdir, _ = trained
+  config, workdir, _, _ = trained
   for overrides, message in [
       ({"sample__guidance_scale": -1.0}, r"sample.guidance_scale=-1.0 must be >= 0"),
       ({"sample__steps": 0}, r"sample.steps=0 must be >= 1"),
