@@ -354,21 +354,17 @@ def params_from(
       os.path.join(os.path.abspath(directory), str(step), "config", "metadata"), "checkpoint config"
   )
   ok = (task,) if isinstance(task, str) else tuple(task)  # this run's task, then compatible ones
-  if saved.get("task") not in ok:
+  source = saved.get("task")
+  encoder_only = (source, ok[0]) in encoder_transfer.ENCODER_TRANSFERS  # e.g. ssl -> imagecls
+  if source not in ok and not encoder_only:
+    valid = [*ok, *(a for a, b in sorted(encoder_transfer.ENCODER_TRANSFERS) if b == ok[0])]
     raise RunError(
         f"config.init_from={path!r} is a run of another task ({saved.get('experiment')!r}, task "
-        f"{saved.get('task')!r}); this run's task is {ok[0]!r}: start from a run of "
-        f"{' or '.join(repr(t) for t in ok)}"
+        f"{source!r}); this run's task is {ok[0]!r}: start from a run of "
+        f"{' or '.join(repr(t) for t in valid)}"
     )
-  state_dir = os.path.join(os.path.abspath(directory), str(step), "state")
-  if saved.get("task") != task:
-    if (saved.get("task"), task) not in encoder_transfer.ENCODER_TRANSFERS:
-      valid = [f"a {a} run" for a, b in sorted(encoder_transfer.ENCODER_TRANSFERS) if b == task]
-      raise RunError(
-          f"config.init_from={path!r} is a run of another task ({saved.get('experiment')!r}, "
-          f"task {saved.get('task')!r}); this run's task is {task!r}: start from a run of the "
-          f"same task{''.join(f' or {v}' for v in valid)}"
-      )
+  if encoder_only:
+    state_dir = os.path.join(os.path.abspath(directory), str(step), "state")
     have = _shapes(ocp.StandardCheckpointer().metadata(state_dir))
     abstract_params = encoder_transfer.encoder_part(path, saved, have, abstract_params)
   logging.info("Initialising parameters from %s step %d", directory, step)

@@ -263,7 +263,7 @@ def test_bad_input_is_one_line_and_writes_nothing(ssl_run, probe_run, tmp_path):
        {**VIT, "model__embed_dim": 32, "init_from": ssl_dir}),
       (RunError, "holds a 'vit' encoder of another shape .*no parameter in common",
        "imagecls:tiny", {"init_from": ssl_dir}),
-      (RunError, "is a run of another task .*'classify_image'.* start from a run of the same",
+      (RunError, "is a run of another task .*'classify_image'.* start from a run of 'contrastive'",
        "ssl:tiny", {"init_from": probe_run}),
   ]  # fmt: skip
   for error, match, experiment, overrides in cases:
