@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 
-from bigmodel_jax import checkpoint, optim, parallel, plan, profiling, safety, steps, tasks
+from bigmodel_jax import checkpoint, interop, optim, parallel, plan, profiling, safety, steps, tasks
 from bigmodel_jax import metrics as metrics_lib
 from bigmodel_jax.errors import RunError, UsageError
 
@@ -75,6 +75,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
       strategy.abstract(init_fn, jax.random.key(config.seed)), None, config
   )
   ckpt.close()
+  if restored is None and config.init_from:  # score or sample a pretrained model before training
+    restored = _from_init_from(config, init_fn, jax.random.key(config.seed), tx, task), 0
   if restored is None:
     raise RunError(
         f"no checkpoint in {ckpt.directory}; train first with python run.py "
@@ -161,7 +163,7 @@ def _train_and_evaluate(
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
   best_metric = config.checkpoint.best_metric
   best = checkpoint.Checkpointer(workdir, config.checkpoint, best=True) if best_metric else None
-  state, start = _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx)
+  state, start = _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, task)
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -268,7 +270,7 @@ def _train_and_evaluate(
   return state
 
 
-def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx):
+def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, task):
   """-> (state in the strategy's layout, its step)."""
   # Restore order: (1) the latest valid checkpoint in this workdir (resume: state, data position
   # and all); (2) config.init_from, another run's parameters (fine-tuning; fresh optimizer, step
@@ -278,13 +280,22 @@ def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx):
     logging.info("Resumed from %s/%d", ckpt.directory, restored[1])
     return strategy.place(restored[0]), restored[1]
   if config.init_from:
-    fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
-    abstract = jax.eval_shape(lambda: fresh.params)
+    return strategy.place(_from_init_from(config, init_fn, init_rng, tx, task)), 0
+  return strategy.init_state(init_fn, init_rng), 0
+
+
+def _from_init_from(config, init_fn, init_rng, tx, task) -> steps.TrainState:
+  """A fresh state (host layout) with config.init_from's parameters: another run's, or those of a
+  Hugging Face folder (hf:<dir>, through the task's `pretrained_params`)."""
+  fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
+  abstract = jax.eval_shape(lambda: fresh.params)
+  if interop.is_hf(config.init_from):
+    params = task.pretrained_params(abstract)
+  else:
     params = checkpoint.params_from(
         config.init_from, abstract, fresh.params, config.init_reinit, config.task
     )
-    return strategy.place(fresh.replace(params=params, opt_state=tx.init(params))), 0
-  return strategy.init_state(init_fn, init_rng), 0
+  return fresh.replace(params=params, opt_state=tx.init(params))
 
 
 def _variables(state: steps.TrainState) -> dict:
