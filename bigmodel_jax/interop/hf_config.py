@@ -167,7 +167,8 @@ def arch_of(model) -> str:
 def to_hf(model, arch: str) -> dict:
   """config.json for a GPT module of architecture `arch` (see arch_of)."""
   common = {"vocab_size": model.vocab_size, "tie_word_embeddings": model.tie_embeddings}
-  common["dtype"] = "float32"
+  # No special-token ids: transformers would otherwise assume GPT-2's 50256 for any vocabulary.
+  common.update(dtype="float32", bos_token_id=None, eos_token_id=None)
   mlp = model.mlp_dim or 4 * model.embed_dim
   if arch == "gpt2":
     return {

@@ -2,6 +2,8 @@
 architecture (config.model's fields are set from it), its safetensors become the parameters.
 """
 
+import os
+
 from absl import logging
 import jax
 import numpy as np
@@ -21,8 +23,9 @@ class Pretrained:
 
   def configure(self, config) -> None:
     """Sets config.model to the checkpoint's architecture, exactly its vocabulary (no padding
-    rows: they would be sampled), and data.tokenizer to the folder's unless another hf: one
-    is named. Rotary models keep config.model.block_size, capped at the checkpoint's context."""
+    rows: they would be sampled), and data.tokenizer to the folder's unless another hf: one is
+    named (a folder without tokenizer.json keeps the configured one). Rotary models keep
+    config.model.block_size, capped at the checkpoint's context."""
     fields = dict(self.hf.fields, vocab_multiple=1)
     if self.hf.arch == "llama":
       fields["block_size"] = min(config.model.block_size, self.hf.max_positions)
@@ -30,7 +33,8 @@ class Pretrained:
     if changed:
       logging.info("config.model from %s/config.json: %s", self.folder, changed)
     config_lib.set_values(config, {f"model.{k}": v for k, v in fields.items()}, "config.json")
-    if not interop.is_hf(config.data.tokenizer):
+    has_tokenizer = os.path.exists(os.path.join(self.folder, "tokenizer.json"))
+    if has_tokenizer and not interop.is_hf(config.data.tokenizer):
       config.data.tokenizer = config.init_from
 
   def check_tokenizer(self, tokenizer) -> None:
