@@ -372,7 +372,11 @@ def params_from(path: str, abstract_params, fresh_params, reinit: tuple[str, ...
         f"config.init_from={path!r}: its parameters do not fit this model "
         f"({str(e).splitlines()[0][:300]})"
     ) from None
-  params = restored.state["params"]
+  return keep_fresh(restored.state["params"], fresh_params, reinit)
+
+
+def keep_fresh(params, fresh_params, reinit: tuple[str, ...]):
+  """`params`, except those whose '/'-joined path matches a regex in `reinit`: `fresh_params`'."""
   patterns = [re.compile(p) for p in reinit]
 
   def pick(path_, old, new):

@@ -273,8 +273,8 @@ def _train_and_evaluate(
 def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, task):
   """-> (state in the strategy's layout, its step)."""
   # Restore order: (1) the latest valid checkpoint in this workdir (resume: state, data position
-  # and all); (2) config.init_from, another run's parameters (fine-tuning; fresh optimizer, step
-  # 0); (3) a fresh init.
+  # and all); (2) config.init_from, another run's parameters or a Hugging Face folder's (hf:<dir>)
+  # (fine-tuning; fresh optimizer, step 0); (3) a fresh init.
   restored = ckpt.restore_latest(strategy.abstract(init_fn, init_rng), data, config)
   if restored is not None:
     logging.info("Resumed from %s/%d", ckpt.directory, restored[1])
@@ -290,7 +290,9 @@ def _from_init_from(config, init_fn, init_rng, tx, task) -> steps.TrainState:
   fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
   abstract = jax.eval_shape(lambda: fresh.params)
   if interop.is_hf(config.init_from):
-    params = task.pretrained_params(abstract)
+    params = checkpoint.keep_fresh(
+        task.pretrained_params(abstract), fresh.params, config.init_reinit
+    )
   else:
     params = checkpoint.params_from(
         config.init_from, abstract, fresh.params, config.init_reinit, config.task

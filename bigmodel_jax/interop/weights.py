@@ -76,7 +76,7 @@ class Reader:
           f"tensor {key} has shape {tuple(x.shape)} but config.json implies {tuple(shape)}"
       )
     self.used.add(key)
-    return np.asarray(x, np.float32).astype(self.dtype)
+    return x.astype(self.dtype, copy=False)  # one conversion (bf16 files: via ml_dtypes)
 
   def check_all_used(self) -> None:
     extra = sorted(k for k in self.files if k not in self.used and not k.endswith(_IGNORED))
