@@ -6,7 +6,6 @@ import os
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -67,6 +66,7 @@ def test_logits_and_greedy_tokens_match_transformers(folders, kind, tmp_path):
   ours = np.asarray(task.model.apply({"params": params}, TOKENS))
   ref = _reference_logits(reference, TOKENS)
   assert ours.shape == ref.shape
+  print(f"{kind}: max |logit diff| vs transformers {np.abs(ours - ref).max():.1e}")  # pytest -s
   assert np.abs(ours - ref).max() < 1e-4, np.abs(ours - ref).max()
   if kind == "llama3_rope_scaling":  # the scaling changes the model: the case tests something
     assert np.abs(ref - _reference_logits(folders["llama_gqa_untied"][1], TOKENS)).max() > 1e-3

@@ -6,6 +6,8 @@ transformers are test and benchmark references, never imported at run time.
   hf_config.py  config.json <-> config.model's fields (GPT-2 and Llama architectures)
   weights.py    safetensors (single file or sharded) <-> our parameter tree
   tokenizer.py  tokenizer.json through the `tokenizers` library, saved with the run
+  pretrained.py init_from=hf:<dir>: config.model from config.json, the weights as our tree
+  lm.py         what tasks/lm.py calls (the modules above imported only when a config asks)
   export.py     a trained run -> a folder transformers' from_pretrained loads
   bench.py      generation speed against transformers' generate (python -m ...interop.bench)
 """
