@@ -188,6 +188,10 @@ def to_hf(model, arch: str) -> dict:
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     rope.update(rope_type="llama3", **dict(zip(keys, model.rope_scaling)))
     rope["original_max_position_embeddings"] = int(rope["original_max_position_embeddings"])
+  # transformers checks that a scaled rope's original context fits max_position_embeddings.
+  context = (
+      max(model.block_size, int(model.rope_scaling[3])) if model.rope_scaling else model.block_size
+  )
   return {
       "architectures": ["LlamaForCausalLM"],
       "model_type": "llama",
@@ -197,7 +201,7 @@ def to_hf(model, arch: str) -> dict:
       "hidden_size": model.embed_dim,
       "head_dim": model.embed_dim // model.num_heads,
       "intermediate_size": mlp,
-      "max_position_embeddings": model.block_size,
+      "max_position_embeddings": context,
       "rms_norm_eps": model.norm_eps,
       "hidden_act": "silu",
       "attention_bias": model.use_bias,
