@@ -100,6 +100,20 @@ def test_export_round_trip_loads_in_transformers_with_the_same_logits(folders, k
   ]
 
 
+def test_sharded_checkpoint_imports_like_a_single_file(folders, tmp_path):
+  import shutil
+
+  folder, reference = folders["llama_gqa_untied"]
+  sharded = str(tmp_path / "sharded")
+  reference.save_pretrained(sharded, max_shard_size="20KB")
+  shutil.copy(os.path.join(folder, "tokenizer.json"), sharded)
+  assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
+  assert len([f for f in os.listdir(sharded) if f.endswith(".safetensors")]) > 2
+  task, params = _imported(sharded, str(tmp_path / "w"))
+  ours = np.asarray(task.model.apply({"params": params}, TOKENS))
+  assert np.abs(ours - _reference_logits(reference, TOKENS)).max() < 1e-4
+
+
 def test_tokenizer_matches_the_tokenizers_library_and_keeps_the_chat_template(folders, tmp_path):
   import tokenizers
 
