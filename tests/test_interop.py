@@ -27,12 +27,11 @@ LLAMA3_SCALING = {
 }
 # name -> how the folder is made: GPT-2 (tied, biases, learned positions); Llama with GQA
 # (4 query / 2 key-value heads), an untied head and rope_theta 50000; the same with Llama-3 rope
-# scaling; and a tied Llama.
+# scaling.
 KINDS = {
     "gpt2": hf_folders.gpt2,
     "llama_gqa_untied": hf_folders.llama,
     "llama3_rope_scaling": lambda d: hf_folders.llama(d, rope_scaling=LLAMA3_SCALING),
-    "llama_tied": lambda d: hf_folders.llama(d, tied=True),
 }
 TOKENS = np.random.RandomState(0).randint(0, hf_folders.VOCAB, (2, 48))
 
