@@ -387,7 +387,13 @@ def params_from(
         f"config.init_from={path!r}: its parameters do not fit this model "
         f"({str(e).splitlines()[0][:300]})"
     ) from None
-  params = encoder_transfer.flat(restored.state["params"])
+  return keep_fresh(restored.state["params"], fresh_params, reinit)
+
+
+def keep_fresh(params, fresh_params, reinit: tuple[str, ...]):
+  """`fresh_params`' tree with the values of `params` (which may hold only some of them, e.g. an
+  encoder), except where a '/'-joined path matches a regex in `reinit`: those stay fresh."""
+  params = encoder_transfer.flat(params)
   patterns = [re.compile(p) for p in reinit]
 
   def pick(path_, new):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from bigmodel_jax import (
     checkpoint,
+    interop,
     lora,
     optim,
     parallel,
@@ -88,6 +89,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
       strategy.abstract(init_fn, jax.random.key(config.seed)), None, config
   )
   ckpt.close()
+  if restored is None and config.init_from:  # score or sample a pretrained model before training
+    restored = _from_init_from(config, init_fn, jax.random.key(config.seed), tx, task), 0
   if restored is None:
     raise RunError(
         f"no checkpoint in {ckpt.directory}; train first with python run.py "
@@ -177,9 +180,7 @@ def _train_and_evaluate(
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
   best_metric = config.checkpoint.best_metric
   best = checkpoint.Checkpointer(workdir, config.checkpoint, best=True) if best_metric else None
-  state, start = _restore_or_init(
-      config, strategy, ckpt, init_fn, init_rng, data, tx, (config.task, *task.init_from_tasks)
-  )
+  state, start = _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, task)
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -290,31 +291,36 @@ def _train_and_evaluate(
   return state
 
 
-def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, tasks_ok):
-  """-> (state in the strategy's layout, its step). `tasks_ok`: tasks whose runs init_from may
-  name (this one's and those it declares in Task.init_from_tasks)."""
+def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, task):
+  """-> (state in the strategy's layout, its step)."""
   # Restore order: (1) the latest valid checkpoint in this workdir (resume: state, data position
-  # and all); (2) config.init_from, another run's parameters (fine-tuning; fresh optimizer, step
-  # 0); (3) a fresh init.
+  # and all); (2) config.init_from, another run's parameters or a Hugging Face folder's (hf:<dir>)
+  # (fine-tuning; fresh optimizer, step 0); (3) a fresh init.
   restored = ckpt.restore_latest(strategy.abstract(init_fn, init_rng), data, config)
   if restored is not None:
     logging.info("Resumed from %s/%d", ckpt.directory, restored[1])
     return strategy.place(restored[0]), restored[1]
   if config.init_from:
-    fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
-    # LoRA adapters are this run's own: the base parameters come from init_from, they stay fresh.
-    base = {k: v for k, v in fresh.params.items() if k != lora.KEY}
-    params = checkpoint.params_from(
-        config.init_from,
-        jax.eval_shape(lambda: base),
-        base,
-        config.init_reinit,
-        tasks_ok,
-    )
-    if lora.KEY in fresh.params:
-      params = {**params, lora.KEY: fresh.params[lora.KEY]}
-    return strategy.place(fresh.replace(params=params, opt_state=tx.init(params))), 0
+    return strategy.place(_from_init_from(config, init_fn, init_rng, tx, task)), 0
   return strategy.init_state(init_fn, init_rng), 0
+
+
+def _from_init_from(config, init_fn, init_rng, tx, task) -> steps.TrainState:
+  """A fresh state (host layout) with config.init_from's parameters: another run's (of this task
+  or one it declares in Task.init_from_tasks), or a Hugging Face folder's (hf:<dir>, through the
+  task's `pretrained_params`)."""
+  fresh = jax.jit(lambda r: flax.linen.meta.unbox(init_fn(r)))(init_rng)
+  # LoRA adapters are this run's own: the base parameters come from init_from, they stay fresh.
+  base = {k: v for k, v in fresh.params.items() if k != lora.KEY}
+  abstract = jax.eval_shape(lambda: base)
+  if interop.is_hf(config.init_from):
+    params = checkpoint.keep_fresh(task.pretrained_params(abstract), base, config.init_reinit)
+  else:
+    tasks_ok = (config.task, *task.init_from_tasks)
+    params = checkpoint.params_from(config.init_from, abstract, base, config.init_reinit, tasks_ok)
+  if lora.KEY in fresh.params:
+    params = {**params, lora.KEY: fresh.params[lora.KEY]}
+  return fresh.replace(params=params, opt_state=tx.init(params))
 
 
 def _variables(state: steps.TrainState) -> dict:

@@ -11,8 +11,10 @@ and identifiers.
 
 Presets (`--experiment=textgen:<preset>`):
   tiny       a few seconds; used by tests
-  gpt2_124m  GPT-2 small shapes (12 x 768, context 1024, 50257-piece BPE), bf16 compute with f32
-             weights, for one GPU/TPU VM
+  gpt2_124m  GPT-2 small (12 x 768, context 1024, 50257-piece vocabulary), weight-compatible with
+             Hugging Face's gpt2 (init_from=hf:<dir>); bf16 compute with f32 weights, one GPU/TPU VM
+  llama_1b   Llama-3.2-1B's shapes (16 x 2048, GQA 32/8 heads, SwiGLU 8192, RMSNorm, rope_theta
+             500000 with Llama-3 scaling, tied, 128256 vocabulary): init_from=hf:<Llama-3.2-1B>
   1b         ~1.0B parameters (18 x 2048, context 2048), meant for parallel.strategy=mesh with fsdp
   7b         6.6B parameters (32 x 4096, context 2048), mesh with fsdp over all devices
 """
@@ -84,7 +86,7 @@ PRESETS = {
         "model.embed_dim": 768,
         "model.block_size": 1024,
         "model.dtype": "bfloat16",
-        "model.vocab_multiple": 128,
+        "model.vocab_multiple": 1,  # 50257 rows, as GPT-2's checkpoint
         "train.steps": 20000,
         "train.batch_size": 64,
         "train.learning_rate": 6e-4,
@@ -119,6 +121,27 @@ PRESETS = {
         "parallel.strategy": "mesh",
         "parallel.fsdp": -1,
     },
+}
+# Llama-3.2-1B's architecture (its config.json); 1.24B parameters. Fine-tune from its weights with
+# --config.init_from=hf:<folder>, which also brings its tokenizer.
+PRESETS["llama_1b"] = {
+    **PRESETS["1b"],
+    "data.vocab_size": 128256,
+    "model.num_layers": 16,
+    "model.num_heads": 32,
+    "model.num_kv_heads": 8,
+    "model.embed_dim": 2048,
+    "model.mlp_dim": 8192,
+    "model.norm": "rmsnorm",
+    "model.norm_eps": 1e-5,
+    "model.mlp_type": "swiglu",
+    "model.rope_theta": 500000.0,
+    "model.rope_scaling": (32.0, 1.0, 4.0, 8192.0),
+    "model.vocab_multiple": 1,
+    "train.learning_rate": 2e-5,  # fine-tuning a pretrained model, not pretraining
+    "train.steps": 2000,
+    "train.batch_size": 64,
+    "train.warmup_steps": 100,
 }
 # Llama-7B-like depth and width, with a 4x GELU MLP: 6.6B parameters; otherwise as 1b.
 PRESETS["7b"] = {

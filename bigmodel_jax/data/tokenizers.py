@@ -210,6 +210,10 @@ def load_tokenizer(directory: str) -> Tokenizer:
     meta = json_files.read_json(path, "a saved tokenizer's metadata")
   except FileNotFoundError:
     raise UsageError(f"no tokenizer in {directory} ({_META_FILE} missing)") from None
+  if meta.get("kind") == "hf":  # a Hugging Face tokenizer.json saved with the run (interop/)
+    from bigmodel_jax.interop.tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+
+    return HFTokenizer.load(directory, meta)
   cls = _TOKENIZERS.get(meta.get("kind"))
   if cls is None:
     raise UsageError(f"{path} names tokenizer kind {meta.get('kind')!r}; valid: {', '.join(NAMES)}")

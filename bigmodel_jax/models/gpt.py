@@ -1,4 +1,6 @@
-"""GPT: a decoder-only Transformer in flax linen (pre-LayerNorm, tied embeddings).
+"""GPT: a decoder-only Transformer in flax linen (pre-norm; by default GPT-2's architecture, and
+with config.model's options Llama's: RMSNorm, SwiGLU, rotary with rope_theta and Llama-3 scaling,
+grouped-query attention, untied output head, no biases).
 
 Read top to bottom: rotary helper, attention (with an optional KV cache), MLP, block, model, then
 `default_config` (config.model's fields and defaults), `make` (config -> model), `param_count` and
@@ -9,12 +11,15 @@ Parameter tree (names are kept stable: checkpoints depend on them):
   wte/embedding                      (vocab, embed)   token embedding, also the output head
   wpe/embedding                      (length, embed)  learned positions only
   h_{i}/ln_1/{scale,bias}            (norm,)
-  h_{i}/attn/{query,key,value}/kernel (embed, heads, kv), bias (heads, kv)
+  h_{i}/attn/query/kernel            (embed, heads, kv), bias (heads, kv)
+  h_{i}/attn/{key,value}/kernel      (embed, kv_heads, kv), bias (kv_heads, kv)
   h_{i}/attn/out/kernel              (heads, kv, embed), bias (embed,)
   h_{i}/ln_2/{scale,bias}            (norm,)
   h_{i}/mlp/fc/kernel                (embed, mlp), bias (mlp,)
+  h_{i}/mlp/gate/kernel              (embed, mlp), bias (mlp,)   SwiGLU only
   h_{i}/mlp/proj/kernel              (mlp, embed), bias (embed,)
   ln_f/{scale,bias}                  (norm,)
+  lm_head                            (embed, vocab)   untied output head only
 
 Decoding with a KV cache: clone the model with `decode=True` and initialise the "cache" collection
 from a (B, block_size) input; zeros of the right shapes are all it needs, so do it shape-first:
@@ -69,21 +74,32 @@ class Settings:
   attention_impl: str | None
   decode: bool
   residual_std: float  # GPT-2: residual projections get 0.02 / sqrt(2 * num_layers)
+  num_kv_heads: int
+  norm: str
+  norm_eps: float
+  mlp_type: str
+  rope_theta: float
+  rope_scaling: tuple
 
 
 _init, _zeros = layers.normal, layers.zeros  # initialisers with logical axis names
 
 
 def _layer_norm(cfg, name):
-  return layers.layer_norm(
-      name, dtype=cfg.dtype, param_dtype=cfg.param_dtype, use_bias=cfg.use_bias
+  return layers.norm(
+      cfg.norm,
+      name,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      epsilon=cfg.norm_eps,
+      use_bias=cfg.use_bias,
   )
 
 
-def apply_rotary(x, positions, base=10000.0):
-  """RoPE (half-split form) on x (B, T, H, D) at integer positions (T,) or, packed, (B, T)."""
-  half = x.shape[-1] // 2
-  freq = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)  # (D/2,)
+def apply_rotary(x, positions, base=10000.0, scaling=()):
+  """RoPE (half-split form, as in HF Llama) on x (B, T, H, D) at integer positions (T,) or,
+  packed, (B, T)."""
+  freq = layers.rope_frequencies(x.shape[-1], base, scaling)  # (D/2,)
   angles = positions.astype(jnp.float32)[..., None] * freq  # (T, D/2) or (B, T, D/2)
   angles = angles if angles.ndim == 3 else angles[None]  # (1 or B, T, D/2)
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
@@ -148,8 +164,8 @@ class CausalSelfAttention(nn.Module):
     # x (B, T, C), positions (T,) or (B, T); mask (B, 1, T, T) for packed rows, else causal
     cfg = self.cfg
     head_dim = cfg.embed_dim // cfg.num_heads
-    dense = lambda name: nn.DenseGeneral(  # noqa: E731
-        (cfg.num_heads, head_dim),
+    dense = lambda name, heads: nn.DenseGeneral(  # noqa: E731
+        (heads, head_dim),
         use_bias=cfg.use_bias,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
@@ -158,14 +174,20 @@ class CausalSelfAttention(nn.Module):
         dot_general=layers.flat_dot_general,
         name=name,
     )
-    q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, D) each
+    q = dense("query", cfg.num_heads)(x)  # (B, T, H, D)
+    k, v = dense("key", cfg.num_kv_heads)(x), dense("value", cfg.num_kv_heads)(x)  # (B, T, K, D)
     if cfg.positions == "rotary":
-      q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+      rope = functools.partial(apply_rotary, base=cfg.rope_theta, scaling=cfg.rope_scaling)
+      q, k = rope(q, positions), rope(k, positions)
+    # Grouped-query attention: each of the K key/value heads serves H / K query heads. The cache
+    # keeps the K heads; they are repeated only for the attention product.
+    groups = functools.partial(jnp.repeat, repeats=cfg.num_heads // cfg.num_kv_heads, axis=2)
 
     if not cfg.decode or not self.has_variable("cache", "cached_key"):
       if cfg.decode:  # model.init(..., decode=True): the cache takes the init input's shapes
         self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      k, v = groups(k), groups(v)  # (B, T, H, D)
       y = attend(q, k, v, mask, implementation=cfg.attention_impl)  # (B, T, H, D)
     else:
       # Write this call's keys/values at [i, i+T); query j (at position i+j) sees keys <= i+j.
@@ -175,7 +197,7 @@ class CausalSelfAttention(nn.Module):
       start = positions[0]
       cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
       cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
-      k, v = cached_k.value, cached_v.value  # (B, S, H, D), S = block_size
+      k, v = groups(cached_k.value), groups(cached_v.value)  # (B, S, H, D), S = block_size
       mask = jnp.arange(k.shape[1])[None, :] <= positions[:, None]  # (T, S)
       y = attend(q, k, v, mask)  # (B, T, H, D)
 
@@ -210,6 +232,7 @@ class Block(nn.Module):
         use_bias=cfg.use_bias,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
+        kind=cfg.mlp_type,
         name="mlp",
     )
     x = x + mlp(_layer_norm(cfg, "ln_2")(x), train=train)
@@ -233,6 +256,13 @@ class GPT(nn.Module):
   param_dtype: Any  # weight dtype
   attention_impl: str | None  # jax.nn.dot_product_attention(implementation=...)
   remat: str  # "none" | "full" | "dots", see REMAT_POLICIES
+  num_kv_heads: int = 0  # 0 -> num_heads
+  norm: str = "layernorm"  # | "rmsnorm"
+  norm_eps: float = 1e-5
+  mlp_type: str = "gelu"  # | "swiglu"
+  rope_theta: float = 10000.0
+  rope_scaling: tuple = ()  # () | (factor, low_freq_factor, high_freq_factor, original_context)
+  tie_embeddings: bool = True
   decode: bool = False  # set by model.clone(decode=True) for cached decoding, never by config
 
   @nn.compact
@@ -252,6 +282,12 @@ class GPT(nn.Module):
         attention_impl=self.attention_impl,
         decode=self.decode,
         residual_std=0.02 / np.sqrt(2 * self.num_layers),
+        num_kv_heads=self.num_kv_heads or self.num_heads,
+        norm=self.norm,
+        norm_eps=self.norm_eps,
+        mlp_type=self.mlp_type,
+        rope_theta=self.rope_theta,
+        rope_scaling=tuple(self.rope_scaling),
     )
     wte = nn.Embed(
         self.vocab_size,
@@ -295,9 +331,17 @@ class GPT(nn.Module):
       x = block(cfg, name=f"h_{i}")(x, positions, train, mask)  # (B, T, C)
     x = _layer_norm(cfg, "ln_f")(x)
 
-    # Tied output head, in float32 whatever the compute dtype.
+    # Output head (the token embedding when tied), in float32 whatever the compute dtype.
+    head = wte.embedding.T
+    if not self.tie_embeddings:
+      head = self.param(
+          "lm_head",
+          _init(0.02, ("embed", "vocab")),
+          (self.embed_dim, self.vocab_size),
+          self.param_dtype,
+      )
     logits = layers.flat_dot_general(  # (B, T, V)
-        x.astype(jnp.float32), wte.embedding.astype(jnp.float32).T, (((2,), (0,)), ((), ()))
+        x.astype(jnp.float32), head.astype(jnp.float32), (((2,), (0,)), ((), ()))
     )
     return logits
 
@@ -336,6 +380,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.attention_impl = "xla"
   # Recompute in the backward pass to save memory: none | full | dots (REMAT_POLICIES).
   c.remat = "none"
+  c.update(layers.decoder_config())
   return c
 
 
@@ -372,6 +417,7 @@ def make(cfg, vocab_size: int) -> GPT:
   remat = cfg.remat
   if remat not in REMAT_POLICIES:
     raise UsageError(f"model.remat={remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
+  arch = layers.decoder_options(cfg, heads, positions)
   multiple = layers.vocab_multiple(cfg)
   if vocab_size <= 0:
     raise UsageError(f"vocab_size={vocab_size} must be positive")
@@ -383,6 +429,7 @@ def make(cfg, vocab_size: int) -> GPT:
       use_bias=bool(cfg.use_bias),
       attention_impl=ATTENTION_IMPLS[impl],
       remat=remat,
+      **arch,
       **ints,
       **dtypes,
   )
@@ -405,6 +452,6 @@ def flops_per_token(model: GPT) -> float:
   shapes = jax.eval_shape(
       model.clone(decode=False).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32)
   )["params"]
-  embedding = param_count({k: v for k, v in shapes.items() if k in ("wte", "wpe")})
+  embedding = param_count({k: v for k, v in shapes.items() if k in ("wte", "wpe", "lm_head")})
   n = param_count(shapes) - embedding + model.vocab_size * model.embed_dim
   return float(6 * n + 12 * model.num_layers * model.block_size * model.embed_dim)

@@ -1,6 +1,7 @@
-"""Pieces every model file shares: initialisers with logical axis names, LayerNorm, and the
-`config.model` fields that several models have, declared (`shared_config`) and checked (one-line
-UsageErrors naming the key) here once."""
+"""Pieces every model file shares: initialisers with logical axis names, LayerNorm / RMSNorm, the
+Transformer MLP (GELU or SwiGLU), rotary frequencies, and the `config.model` fields that several
+models have, declared (`shared_config`, `decoder_config`) and checked (one-line UsageErrors
+naming the key) here once."""
 
 import math
 from typing import Any
@@ -88,6 +89,10 @@ def _matmul_bwd(residuals, g):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+NORMS = ("layernorm", "rmsnorm")
+MLP_TYPES = ("gelu", "swiglu")
+
+
 def layer_norm(name: str, *, dtype, param_dtype, epsilon: float = 1e-5, use_bias: bool = True):
   return nn.LayerNorm(
       epsilon=epsilon,
@@ -98,6 +103,42 @@ def layer_norm(name: str, *, dtype, param_dtype, epsilon: float = 1e-5, use_bias
       bias_init=zeros(("norm",)),
       name=name,
   )
+
+
+def norm(kind: str, name: str, *, dtype, param_dtype, epsilon: float, use_bias: bool):
+  """LayerNorm (GPT-2) or RMSNorm (Llama: no mean, no bias), both with the parameter `scale`."""
+  if kind == "layernorm":
+    return layer_norm(
+        name, dtype=dtype, param_dtype=param_dtype, epsilon=epsilon, use_bias=use_bias
+    )
+  return nn.RMSNorm(
+      epsilon=epsilon,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      name=name,
+  )
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> jnp.ndarray:
+  """RoPE's inverse frequencies theta^(-2i/D), i < D/2, float32 (D/2,).
+
+  `scaling` = (factor, low_freq_factor, high_freq_factor, original_context) is Llama-3.1's
+  context extension (transformers' `_compute_llama3_parameters`): wavelengths longer than
+  original_context / low_freq_factor are stretched by `factor`, shorter than
+  original_context / high_freq_factor kept, and those between interpolated smoothly.
+  """
+  half = head_dim // 2
+  inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+  if not scaling:
+    return inv_freq
+  factor, low, high, original = (float(v) for v in scaling)
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+  smooth = (original / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= original / high) & (wavelen <= original / low)
+  return jnp.where(medium, smoothed, scaled)
 
 
 def shared_config(*keys: str) -> ml_collections.ConfigDict:
@@ -122,6 +163,59 @@ def shared_config(*keys: str) -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f"no shared model field {unknown}; shared: {', '.join(c)}")
   return ml_collections.ConfigDict({k: c[k] for k in keys})
+
+
+def decoder_config() -> ml_collections.ConfigDict:
+  """The options of a decoder-only Transformer (models/gpt.py) that turn GPT-2 into Llama."""
+  c = ml_collections.ConfigDict()
+  # Key/value heads (grouped-query attention): 0 -> num_heads; else dividing num_heads.
+  c.num_kv_heads = 0
+  # Normalisation before each sublayer and at the end: layernorm (GPT-2) | rmsnorm (Llama).
+  c.norm = "layernorm"
+  # The norms' epsilon: > 0 (GPT-2 1e-5; Llama-3 1e-5, Llama-2 1e-6).
+  c.norm_eps = 1e-5
+  # Feed-forward: gelu (GPT-2, tanh-approximated) | swiglu (Llama: gated SiLU, a third matrix).
+  c.mlp_type = "gelu"
+  # Rotary base wavelength (positions=rotary): > 0 (Llama-2 10000, Llama-3 500000).
+  c.rope_theta = 10000.0
+  # () or Llama-3 rope scaling (factor, low_freq_factor, high_freq_factor, original_context).
+  c.rope_scaling = ()
+  # Output head shares the token embedding: True (GPT-2, Llama-3.2-1B) | False (Llama-3-8B).
+  c.tie_embeddings = True
+  return c
+
+
+def decoder_options(cfg, heads: int, positions: str) -> dict[str, Any]:
+  """config.model's decoder_config fields, checked -> the GPT module's fields."""
+  kv = int(cfg.num_kv_heads)
+  if kv < 0 or (kv and heads % kv):
+    raise UsageError(
+        f"model.num_kv_heads={kv} must divide model.num_heads={heads} (0 means num_heads)"
+    )
+  for key, valid in (("norm", NORMS), ("mlp_type", MLP_TYPES)):
+    if cfg[key] not in valid:
+      raise UsageError(f"model.{key}={cfg[key]!r} is unknown; valid: {', '.join(valid)}")
+  if cfg.norm_eps <= 0 or cfg.rope_theta <= 0:
+    raise UsageError(
+        f"model.norm_eps={cfg.norm_eps} and model.rope_theta={cfg.rope_theta} must be > 0"
+    )
+  scaling = tuple(float(v) for v in cfg.rope_scaling)
+  if scaling and (len(scaling) != 4 or min(scaling) <= 0 or scaling[1] >= scaling[2]):
+    raise UsageError(
+        f"model.rope_scaling={cfg.rope_scaling!r} must be () or (factor, low_freq_factor, "
+        "high_freq_factor, original_context), all > 0 with low_freq_factor < high_freq_factor"
+    )
+  if scaling and positions != "rotary":
+    raise UsageError("model.rope_scaling needs model.positions='rotary'")
+  return dict(
+      num_kv_heads=kv,
+      norm=cfg.norm,
+      norm_eps=float(cfg.norm_eps),
+      mlp_type=cfg.mlp_type,
+      rope_theta=float(cfg.rope_theta),
+      rope_scaling=scaling,
+      tie_embeddings=bool(cfg.tie_embeddings),
+  )
 
 
 def positive_int(cfg, key: str) -> int:
@@ -164,6 +258,8 @@ class MLP(nn.Module):
   """Transformer feed-forward: Dense(hidden_dim) -> GELU -> Dense(input width) -> dropout.
 
   Parameters `fc` (embed, mlp) and `proj` (mlp, embed), initialised N(0, fc_std) / N(0, proj_std).
+  With kind "swiglu" (Llama) a third, `gate` (embed, mlp), makes it proj(silu(gate x) * fc x).
+  GELU is the tanh approximation, GPT-2's "gelu_new".
   """
 
   hidden_dim: int
@@ -173,6 +269,7 @@ class MLP(nn.Module):
   dtype: Any
   param_dtype: Any
   use_bias: bool = True  # text_encoder and seq2seq always have biases; gpt passes model.use_bias
+  kind: str = "gelu"  # | swiglu (MLP_TYPES)
 
   @nn.compact
   def __call__(self, x, *, train: bool):  # x (B, T, C)
@@ -186,6 +283,10 @@ class MLP(nn.Module):
         dot_general=flat_dot_general,
         name=name,
     )
-    h = nn.gelu(dense(self.hidden_dim, self.fc_std, ("embed", "mlp"), "fc")(x))  # (B, T, M)
+    h = dense(self.hidden_dim, self.fc_std, ("embed", "mlp"), "fc")(x)  # (B, T, M)
+    if self.kind == "swiglu":
+      h = nn.silu(dense(self.hidden_dim, self.fc_std, ("embed", "mlp"), "gate")(x)) * h
+    else:
+      h = nn.gelu(h)
     y = dense(x.shape[-1], self.proj_std, ("mlp", "embed"), "proj")(h)  # (B, T, C)
     return nn.Dropout(self.dropout, deterministic=not train)(y)

@@ -89,3 +89,14 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def showcase(self, variables) -> Any:
     """Printed at the end of training: samples, accuracy, a confusion matrix, ..."""
+
+  def pretrained_params(self, abstract_params) -> Any:
+    """Parameters from config.init_from=hf:<dir> (a Hugging Face folder), shaped like
+    `abstract_params`; only tasks that can read such a folder override this."""
+    del abstract_params
+    from bigmodel_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
+
+    raise UsageError(
+        f"config.init_from={self.config.init_from!r}: task {self.config.task!r} cannot start "
+        "from a Hugging Face folder (the lm task of textgen can)"
+    )

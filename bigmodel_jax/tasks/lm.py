@@ -12,6 +12,7 @@ import optax
 from bigmodel_jax import generate, models
 from bigmodel_jax.data import corpora, lm_pipeline, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.interop import lm as hf_io
 from bigmodel_jax.models import gpt
 from bigmodel_jax.tasks import base
 
@@ -26,10 +27,13 @@ class Task(base.Task):
 
   def __init__(self, config):
     super().__init__(config)
-    if config.data.tokenizer not in tokenizers.NAMES:
+    # init_from=hf:<dir>: its config.json sets the architecture (and the tokenizer, by default).
+    self.pretrained = hf_io.pretrained(config)
+    self.hf_tokenizer = hf_io.tokenizer(config)  # data.tokenizer=hf:<dir>, else None
+    if config.data.tokenizer not in tokenizers.NAMES and self.hf_tokenizer is None:
       raise UsageError(
           f"data.tokenizer={config.data.tokenizer!r} is not valid; "
-          f"valid: {', '.join(tokenizers.NAMES)}"
+          f"valid: {', '.join(tokenizers.NAMES)}, hf:<dir>"
       )
     s = config.sample
     if (
@@ -47,8 +51,8 @@ class Task(base.Task):
     self.units_per_example = config.model.block_size
     if config.data.tokenizer == "byte":  # one token per UTF-8 byte: checkable before any work
       self._check_showcase_prompt(len(config.sample.prompt.encode("utf-8")))
-    self.modes = {"sample": self.sample}
-    self.tokenizer = None
+    self.modes = {"sample": self.sample, "export_hf": self.export_hf}
+    self.tokenizer, self.workdir = self.hf_tokenizer, None
     # The model is built now (with the configured vocabulary) so that shape errors come early.
     self.model = models.make(config.model, ("gpt",), vocab_size=self._vocab_size())
     self._flops = (None, 0.0)  # (the model they were counted for, training FLOPs per token)
@@ -62,6 +66,8 @@ class Task(base.Task):
     return self._flops[1]
 
   def _vocab_size(self) -> int:
+    if self.pretrained:
+      return self.pretrained.hf.vocab_size
     return (
         self.tokenizer.vocab_size
         if self.tokenizer
@@ -73,8 +79,15 @@ class Task(base.Task):
   def setup(self, workdir: str, create: bool) -> None:
     """Loads the run's tokenizer from the workdir, or (create) trains and saves one there."""
     directory = os.path.join(workdir, TOKENIZER_DIR)
+    self.workdir = workdir
     if os.path.exists(directory):
       self.tokenizer = tokenizers.load_tokenizer(directory)
+    elif self.hf_tokenizer is not None:  # saved with the run, like a trained one
+      self.tokenizer = self.hf_tokenizer
+      if self.pretrained:
+        self.pretrained.check_tokenizer(self.tokenizer)
+      if create:
+        hf_io.save_tokenizer(self.tokenizer, directory)
     elif create:
       self.tokenizer = tokenizers.build_tokenizer(
           self.config.data.tokenizer,
@@ -88,6 +101,8 @@ class Task(base.Task):
           f"no tokenizer in {directory}; train first with "
           f"python run.py --experiment={self.config.experiment} --workdir={workdir}"
       )
+    if self.pretrained:
+      self.pretrained.check_tokenizer(self.tokenizer)
     self.model = models.make(self.config.model, ("gpt",), vocab_size=self._vocab_size())
     if create:
       self._check_showcase_prompt(len(self.tokenizer.encode(self.config.sample.prompt)))
@@ -200,6 +215,19 @@ class Task(base.Task):
           flush=True,
       )
     return texts
+
+  # --- Hugging Face interop -----------------------------------------------------------------
+
+  def pretrained_params(self, abstract_params):
+    """config.init_from=hf:<dir>: the folder's weights as this model's parameters."""
+    return self.pretrained.params(abstract_params, self.model.param_dtype)
+
+  def export_hf(self, variables) -> str:
+    """`--mode=export_hf`: writes <workdir>/export_hf, a folder transformers loads."""
+    folder = os.path.join(self.workdir, hf_io.EXPORT_DIR)
+    hf_io.export(variables["params"], self.model, folder, self.tokenizer)
+    print(f"wrote {folder} (transformers: AutoModelForCausalLM.from_pretrained)", flush=True)
+    return folder
 
   def showcase(self, variables) -> None:
     if self.config.sample.num_samples > 0:
