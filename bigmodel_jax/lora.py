@@ -190,3 +190,6 @@ class LoraTask(base.Task):
 
   def showcase(self, variables):
     return self.inner.showcase(self.merged(variables))
+
+  def pretrained_params(self, abstract_params):  # the base model's, from a hf:<dir> folder
+    return self.inner.pretrained_params(abstract_params)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigmodel_jax import generate, tasks, trainer
+from bigmodel_jax import generate, lora, tasks, trainer
 from bigmodel_jax.data import tokenizers as our_tokenizers
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.interop import export
@@ -167,6 +167,27 @@ def test_eval_and_sample_on_init_from_then_train_and_export(folders, corpus, tmp
   ours = np.asarray(model.apply({"params": params}, tokens))
   assert np.abs(_reference_logits(loaded, tokens) - ours).max() < 1e-4
   assert np.abs(_reference_logits(reference, tokens) - ours).max() > 1e-4  # it did train
+
+
+def test_lora_run_exports_merged_weights_with_the_fine_tuned_logits(folders, corpus, tmp_path):
+  """A LoRA fine-tune of an imported model exports base + adapters merged: transformers' logits on
+  the export equal ours with the adapters applied, and differ from the base model's."""
+  folder, reference = folders["llama_gqa_untied"]
+  workdir = str(tmp_path / "lora")
+  overrides = dict(model__lora__rank=4, train__learning_rate=3e-2, train__warmup_steps=0)
+  state = trainer.run(_run_config(folder, corpus, **overrides), workdir)
+  out = trainer.run(_run_config(folder, corpus, **overrides), workdir, "export_hf")
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  c = _run_config(folder, corpus)
+  model = tasks.get(c.task)(c).model
+  params = jax.device_get(state.params)
+  if params["wte"]["embedding"].ndim == 3:  # pmap's replicated layout
+    params = jax.tree.map(lambda x: x[0], params)
+  assert set(params) > {lora.KEY}  # the adapters are in the trained state, beside the base
+  tokens = TOKENS[:, :32]
+  ours = np.asarray(model.apply({"params": lora.merge(params, 16.0)}, tokens))
+  assert np.abs(_reference_logits(loaded, tokens) - ours).max() < 1e-4
+  assert np.abs(_reference_logits(reference, tokens) - ours).max() > 1e-4  # adapters moved
 
 
 def _bert(folder):
