@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import httpx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +20,7 @@ from bigmodel_jax.data import chat, instructions, packing, tokenizers
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.models import gpt
 from tests.helpers import TINY_GPT, read_metrics, tiny_config
+from tests.serve_helpers import Server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,6 +174,27 @@ def test_lora_trains_only_the_adapters_and_checkpoints_them(pretrained, tmp_path
   assert "exact_match" in read_metrics(workdir, "validation")[4]
   values = _run(config, workdir, "eval")  # restores the adapters from the checkpoint
   assert values["loss"] == pytest.approx(read_metrics(workdir, "validation")[4]["loss"], 1e-5)
+
+
+def test_a_lora_run_serves_what_sample_mode_writes(pretrained, tmp_path):
+  """--mode=serve on a LoRA fine-tune answers with the adapters merged, as --mode=sample does."""
+  _, source = pretrained
+  workdir = str(tmp_path / "lora")
+  run = dict(init_from=source, model__lora__rank=4, train__learning_rate=3e-2)
+  _run(tiny_config("", "sft:tiny", **run, parallel__num_devices=1), workdir)
+  greedy = dict(sample__temperature=0.0, sample__num_samples=1, sample__max_new_tokens=8)
+  config = tiny_config("", "sft:tiny", **run, **greedy, sample__prompt=">>> len('ab')\n")
+  (expected,) = _run(config, workdir, "sample")
+  args = ["--experiment=sft:tiny", f"--workdir={workdir}", f"--config.init_from={source}",
+          "--config.model.lora.rank=4", "--config.compile_cache_dir="]  # fmt: skip
+  server = Server(args, tmp_path / "server.log")
+  try:
+    body = {"model": "sft", "prompt": ">>> len('ab')\n", "max_tokens": 8, "temperature": 0}
+    got = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+  finally:
+    server.stop()
+  assert got.status_code == 200, got.text
+  assert ">>> len('ab')\n" + got.json()["choices"][0]["text"] == expected
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
   app.py        the server every service runs in: auth, limits, logging, /health, /metrics, SIGTERM
   engine.py     continuous batching over KV-cache slots for a GPT
   bundle.py     --mode=export's bundle (jax.export StableHLO) and loading it (serve_bundle.py)
-  textgen.py    OpenAI-compatible completions / chat completions on the engine (task lm)
+  textgen.py    OpenAI-compatible completions / chat completions on the engine (tasks lm, sft)
   predict.py    POST /v1/predict with requests batched within serve.max_wait_ms
   predictors.py its per-task glue: sentiment, tabular, imagecls, translate
 
@@ -17,11 +17,12 @@ import os
 from bigmodel_jax.errors import UsageError
 
 MODES = ("serve", "export")
-EXPORTABLE = ("lm",)  # tasks --mode=export can bundle (serve/bundle.py)
+EXPORTABLE = ("lm", "sft")  # tasks --mode=export can bundle (serve/bundle.py)
 # config.task -> bigmodel_jax/serve/<module>.py, whose make_service(task, variables, config)
 # builds the service; predictors.py holds the /v1/predict glue of every classifier.
 SERVICES = {
     "lm": "textgen",
+    "sft": "textgen",  # a fine-tuned GPT: the same completions (chat suits it best)
     "classify_text": "predictors",
     "tabular": "predictors",
     "classify_image": "predictors",
