@@ -241,7 +241,7 @@ def test_each_split_logs_once_how_many_texts_were_cut(tmp_path, caplog):
   task = classify_text.Task(_config(model__max_len=40))
   task.setup(str(tmp_path), create=True)  # the tiny preset's byte tokenizer: a token is a byte
   for split in ("train", "test", "train"):
-    task._arrays(split)
+    task.split_arrays(split)
     texts = task._texts(split)[0]
     cut = sum(len(t.encode()) > 40 for t in texts)
     assert 0 < cut < len(texts)

@@ -336,7 +336,7 @@ def test_each_split_logs_once_how_many_pairs_were_dropped_or_cut(data_dir, tmp_p
   task = translate.Task(config_for(data_dir, data__max_source_len=16))
   task.setup(str(tmp_path), create=True)  # byte tokens; targets (ISO dates + EOS) always fit
   for split, action in (("train", "dropped"), ("validation", "cut to fit"), ("train", "")):
-    arrays = task._arrays(split)
+    arrays = task.split_arrays(split)
     sources = task._texts[split][0]
     long = sum(len(s.encode()) + 1 > 16 for s in sources)
     assert 0 < long < len(sources)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from bigmodel_jax import audio_features, classification, ctc, json_files, models
-from bigmodel_jax.data import arrays, audio_files, speech
+from bigmodel_jax.data import audio_files, speech
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -29,7 +29,7 @@ DATASET_FILE = "dataset.json"
 _PLAN_ALPHABET, _PLAN_LABELS = " 'abcdefghijklmnopqrstuvwxyz", 40
 
 
-class Task(base.Task):
+class Task(base.ArrayTask):
   """CTC over characters; eval loss per character, final CER/WER (beam and greedy)."""
 
   unit = "seconds"  # of audio
@@ -109,28 +109,12 @@ class Task(base.Task):
       )
     self.model = models.make(self.config.model, vocab_size=len(self.facts["alphabet"]) + 1)
 
-  def _arrays(self, split: str) -> dict[str, np.ndarray]:
+  def split_arrays(self, split: str) -> dict[str, np.ndarray]:
     u = self.dataset[split]
     audio = np.zeros((len(u["audio"]), self.facts["max_samples"]), np.int16)
     audio[:, : u["audio"].shape[1]] = u["audio"][:, : audio.shape[1]]
     labels = speech.encode(u["text"], self.facts["alphabet"], self.facts["max_label"])
     return {"audio": audio, "audio_length": u["audio_length"], "labels": labels}
-
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(
-        arrays.train_dataset(
-            self._arrays("train"),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(
-        self._arrays("test"), batch_size=batch_size, max_batches=self.config.train.eval_batches
-    )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {
@@ -212,7 +196,7 @@ class Task(base.Task):
     so it is decoded once per set of parameters (told apart by the output layer's bytes)."""
     key = np.asarray(jax.tree.leaves(variables["params"]["head"])[-1]).tobytes()
     if getattr(self, "_scored", (None,))[0] != key:
-      test, b = self._arrays("test"), self.config.decode.beam_size
+      test, b = self.split_arrays("test"), self.config.decode.beam_size
       self._scored = key, {
           "ref": list(self.dataset["test"]["text"]),
           "beam": self.transcripts(variables, test["audio"], test["audio_length"], b),

@@ -11,6 +11,9 @@ from types import MappingProxyType
 from typing import Any
 
 import jax
+import numpy as np
+
+from bigmodel_jax.data import arrays
 
 Batch = dict[str, Any]  # {name: numpy array}, the leading axis is the batch
 Metrics = dict[str, tuple[Any, Any]]  # {name: (sum, count)}, reduced on the host
@@ -99,4 +102,39 @@ class Task(abc.ABC):
     raise UsageError(
         f"config.init_from={self.config.init_from!r}: task {self.config.task!r} cannot start "
         "from a Hugging Face folder (the lm task of textgen can)"
+    )
+
+
+class ArrayTask(Task):
+  """A task whose splits are in-memory arrays: `train_iterator` and `eval_batches` come from
+  `split_arrays(split)` for `train_split` and `eval_split`, with `train_augment()` applied to the
+  training batches on the host."""
+
+  train_split, eval_split = "train", "test"
+
+  @abc.abstractmethod
+  def split_arrays(self, split: str) -> dict[str, np.ndarray]:
+    """{name: array} of one split, examples on the leading axis (the task caches it)."""
+
+  def train_augment(self) -> Callable[[Batch, np.random.Generator], Batch] | None:
+    """A host-side fn(batch, rng) -> batch for the training batches, or None."""
+    return None
+
+  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
+    return iter(
+        arrays.train_dataset(
+            self.split_arrays(self.train_split),
+            batch_size=batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            augment=self.train_augment(),
+        )
+    )
+
+  def eval_batches(self, batch_size: int) -> list[Batch]:
+    return arrays.eval_batches(
+        self.split_arrays(self.eval_split),
+        batch_size=batch_size,
+        max_batches=self.config.train.eval_batches,
     )

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigmodel_jax import classification, image_predict, json_files, models
-from bigmodel_jax.data import arrays, image_cache, image_files, images
 from bigmodel_jax.data import augment as augment_lib
+from bigmodel_jax.data import image_cache, image_files, images
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -31,7 +31,7 @@ INVERT = ("auto", "yes", "no")
 MODELS = ("cnn", "resnet", "vit")  # model.name can be any of these
 
 
-class Task(base.Task):
+class Task(base.ArrayTask):
   """Cross-entropy over classes; metrics loss and accuracy (top-1)."""
 
   def __init__(self, config):
@@ -107,7 +107,8 @@ class Task(base.Task):
     return {"mean": [0.0] * channels, "std": [1.0] * channels, "dark_background": False}
 
   @property
-  def eval_split(self) -> str:
+  def eval_name(self) -> str:
+    """What the held-out split is called in the showcase (its data split is "test")."""
     return "validation" if self.local else "test"
 
   # --- data ---------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class Task(base.Task):
       self.stats = saved
     elif create:
       # Every training image, labelled or not (data.label_fraction drops labels, not images).
-      train = self._split("train", labelled=False)["image"]
+      train = self.split_arrays("train", labelled=False)["image"]
       mean, std = images.channel_stats(train)
       self.stats = {
           "source": self.config.data.source,
@@ -144,7 +145,7 @@ class Task(base.Task):
     self.model = self.make_model()
 
   @functools.lru_cache(maxsize=3)
-  def _split(self, split: str, labelled: bool = True) -> dict[str, np.ndarray]:
+  def split_arrays(self, split: str, labelled: bool = True) -> dict[str, np.ndarray]:
     d = self.config.data
     if self.stats.get("source", d.source) != d.source:
       raise RunError(
@@ -172,26 +173,11 @@ class Task(base.Task):
       rows = {k: v[keep] for k, v in rows.items()}
     return rows
 
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
+  def train_augment(self):
     a = self.config.augment
     fill = tuple(round(m * 255) for m in self.stats["mean"])
-    augment = augment_lib.make_augment(
+    return augment_lib.make_augment(
         crop_padding=a.crop_padding, flip=a.flip, cutout=a.cutout, fill=fill
-    )
-    return iter(
-        arrays.train_dataset(
-            self._split("train"),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-            augment=augment,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(
-        self._split("test"), batch_size=batch_size, max_batches=self.config.train.eval_batches
     )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -233,7 +219,7 @@ class Task(base.Task):
 
   def showcase(self, variables) -> dict:
     """Top-1 accuracy on the eval split, accuracy per class, and the most frequent confusions."""
-    test = self._split("test")
+    test = self.split_arrays("test")
     predicted = self.probabilities(variables, test["image"]).argmax(-1)
     names = self.info.class_names
     m = classification.confusion_matrix(test["label"], predicted, len(names))
@@ -243,10 +229,10 @@ class Task(base.Task):
         for i, name in enumerate(names)
     ]
     print(
-        f"\n{self.config.data.source}: top-1 {self.eval_split} accuracy "
+        f"\n{self.config.data.source}: top-1 {self.eval_name} accuracy "
         f"{100 * correct / total:.2f}% ({correct}/{total})\n"
         + classification.format_table(
-            ["class", f"{self.eval_split} images", "correct", "accuracy"], rows
+            ["class", f"{self.eval_name} images", "correct", "accuracy"], rows
         ),
         flush=True,
     )

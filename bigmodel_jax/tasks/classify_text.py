@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from bigmodel_jax import batch_predict, models
-from bigmodel_jax.data import arrays, labelled_texts, reviews, tokenizers, too_long
+from bigmodel_jax.data import labelled_texts, reviews, tokenizers, too_long
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -35,7 +35,7 @@ DATASET_FILE = "dataset.json"
 MODELS = ("text_encoder", "rnn")
 
 
-class Task(base.Task):
+class Task(base.ArrayTask):
   """Batches are {"tokens": int32 (B, max_len), "label": int32 (B,)} (+ "weight" in eval)."""
 
   def __init__(self, config):
@@ -120,7 +120,7 @@ class Task(base.Task):
     return texts, np.asarray([index[n] for n in names], np.int32).reshape(-1)
 
   @functools.cache
-  def _arrays(self, split: str) -> dict[str, np.ndarray]:
+  def split_arrays(self, split: str) -> dict[str, np.ndarray]:
     texts, labels = self._texts(split)
     tokens, lengths = self._encode(texts)
     max_len = self.config.model.max_len
@@ -148,24 +148,6 @@ class Task(base.Task):
       ids = ids[: len(row)]
       row[: len(ids)] = ids + 1
     return out, lengths
-
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(
-        arrays.train_dataset(
-            self._arrays("train"),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(
-        self._arrays(self.eval_split),
-        batch_size=batch_size,
-        max_batches=self.config.train.eval_batches,
-    )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {
@@ -259,7 +241,7 @@ class Task(base.Task):
 
   def showcase(self, variables) -> None:
     """Eval-split accuracy, then a few eval texts (and, for `reviews`, fixed contrast probes)."""
-    data = self._arrays(self.eval_split)
+    data = self.split_arrays(self.eval_split)
     limit = self.config.train.eval_batches * self.config.train.batch_size or len(data["label"])
     probs = self.probabilities(variables, data["tokens"][:limit])
     labels = data["label"][:limit]

@@ -122,7 +122,7 @@ class Task(classify_image.Task):
   def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
     return iter(
         arrays.train_dataset(
-            self._split("train", labelled=False),  # every image; labels are not used
+            self.split_arrays("train", labelled=False),  # every image; labels are not used
             batch_size=batch_size,
             seed=seed,
             process_index=process_index,
@@ -139,7 +139,7 @@ class Task(classify_image.Task):
   def _eval_batches(self, batch_size: int, max_batches: int):
     rng = np.random.default_rng(0)
     batches = arrays.eval_batches(
-        self._split("test"), batch_size=batch_size, max_batches=max_batches
+        self.split_arrays("test"), batch_size=batch_size, max_batches=max_batches
     )
     return [self._two_views(b, rng) for b in batches]
 
@@ -173,7 +173,7 @@ class Task(classify_image.Task):
     """Test images classified by a similarity-weighted vote of their ssl.knn_k nearest training
     images (cosine similarity of encoder features)."""
     fn = lambda v, x: self.features(v["params"], x)
-    train, test = self._split("train"), self._split("test")
+    train, test = self.split_arrays("train"), self.split_arrays("test")
     size = self.config.train.batch_size
     f_train = classification.predict(fn, variables, train["image"], batch_size=size)
     f_test = classification.predict(fn, variables, test["image"], batch_size=size)
@@ -200,7 +200,7 @@ class Task(classify_image.Task):
     acc = self.knn_accuracy(variables)
     print(
         f"\n{self.config.data.source}: {self.config.ssl.knn_k}-nearest-neighbour "
-        f"{self.eval_split} accuracy of the encoder's features (no labels in training): "
+        f"{self.eval_name} accuracy of the encoder's features (no labels in training): "
         f"{100 * acc:.2f}%\n  transfer: python run.py --experiment={self.config.experiment} "
         f"--mode=transfer_study "
         f"--workdir={self.workdir}",
@@ -211,4 +211,4 @@ class Task(classify_image.Task):
   def transfer_study(self, variables):
     """`--mode=transfer_study`: imagecls from scratch vs from this encoder (transfer_study.py)."""
     del variables  # the runs start from the checkpoint in the workdir
-    return transfer_study.run(self.config, self.workdir, self._split("train")["label"])
+    return transfer_study.run(self.config, self.workdir, self.split_arrays("train")["label"])

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from bigmodel_jax import boxes, detection, json_files, models
-from bigmodel_jax.data import arrays, boxed_images, images
+from bigmodel_jax.data import boxed_images, images
 from bigmodel_jax.detect_predict import Predictor
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
@@ -26,8 +26,10 @@ from bigmodel_jax.tasks import base
 DATASET_FILE = "dataset.json"
 
 
-class Task(base.Task):
+class Task(base.ArrayTask):
   """CenterNet's focal + L1 loss; final metrics COCO mAP@[.5:.95] and mAP@.5."""
+
+  eval_split = "validation"
 
   eval_metrics = ("loss", "heatmap_loss", "box_loss")
   final_metric_names = ("mAP", "mAP50")
@@ -83,8 +85,8 @@ class Task(base.Task):
     if os.path.exists(path):
       self.facts = json_files.read_json(path, "dataset facts (source, classes, statistics)")
     elif create:
-      mean, std = images.channel_stats(self._split("train")["image"])
-      self._split("validation")  # every image is checked before the first step
+      mean, std = images.channel_stats(self.split_arrays("train")["image"])
+      self.split_arrays("validation")  # every image is checked before the first step
       self.facts = {
           "source": self.config.data.source,
           "image_size": self.config.data.image_size,
@@ -101,7 +103,7 @@ class Task(base.Task):
       )
     self.model = models.make(self.config.model, num_classes=len(self.facts["class_names"]))
 
-  def _split(self, split: str) -> dict[str, np.ndarray]:
+  def split_arrays(self, split: str) -> dict[str, np.ndarray]:
     d, saved = self.config.data, self.facts
     if (saved.get("source", d.source), saved.get("image_size", d.image_size)) != (
         d.source,
@@ -114,25 +116,8 @@ class Task(base.Task):
       )
     return self.dataset.load(split)
 
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    flip = boxed_images.make_flip() if self.config.augment.flip else None
-    return iter(
-        arrays.train_dataset(
-            self._split("train"),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-            augment=flip,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(
-        self._split("validation"),
-        batch_size=batch_size,
-        max_batches=self.config.train.eval_batches,
-    )
+  def train_augment(self):
+    return boxed_images.make_flip() if self.config.augment.flip else None
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     s, m = self.config.data.image_size, self.config.data.max_objects
@@ -175,7 +160,7 @@ class Task(base.Task):
     return {"mAP": result["mAP"], "mAP50": result["mAP50"]}
 
   def _evaluate(self, variables) -> dict:
-    val = self._split("validation")
+    val = self.split_arrays("validation")
     found = self.predictor.detect(variables, val["image"])
     truth = [
         {"boxes": b[lab >= 0], "labels": lab[lab >= 0]}
@@ -185,7 +170,9 @@ class Task(base.Task):
     return boxes.coco_map(truth, found, len(self.facts["class_names"]), (s, s))
 
   def showcase(self, variables) -> dict:
-    return self.predictor.showcase(variables, self._split("validation"), self._evaluate(variables))
+    return self.predictor.showcase(
+        variables, self.split_arrays("validation"), self._evaluate(variables)
+    )
 
   def predict(self, variables):
     return self.predictor.predict_file(variables)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigmodel_jax import flow_matching, image_quality, json_files, models
-from bigmodel_jax.data import arrays, image_cache, images
+from bigmodel_jax.data import image_cache, images
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -31,7 +31,7 @@ DATASET_FILE = "dataset.json"
 SAMPLE_CHUNK = 500  # images generated per compiled call (x2 with guidance)
 
 
-class Task(base.Task):
+class Task(base.ArrayTask):
   """Velocity regression (flow matching); metric: loss (mean squared error per pixel)."""
 
   eval_metrics = ("loss",)
@@ -122,24 +122,8 @@ class Task(base.Task):
     self.model = models.make(self.config.model, num_classes=self.info.num_classes)
 
   @functools.lru_cache(maxsize=2)
-  def _split(self, split: str) -> dict[str, np.ndarray]:
+  def split_arrays(self, split: str) -> dict[str, np.ndarray]:
     return self.dataset.load(split)
-
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(
-        arrays.train_dataset(
-            self._split("train"),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(
-        self._split("test"), batch_size=batch_size, max_batches=self.config.train.eval_batches
-    )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {
@@ -245,7 +229,7 @@ class Task(base.Task):
     classifier = image_quality.Classifier.load_or_train(
         self.classifier_config, q.classifier_workdir or os.path.join(self.workdir, "classifier")
     )
-    test = self._split("test")
+    test = self.split_arrays("test")
     a, b = np.arange(0, len(test["label"]), 2), np.arange(1, len(test["label"]), 2)
     generated = self.generate(variables, test["label"][b], q.seed)
     probs, gen_features = classifier(generated)
@@ -264,7 +248,7 @@ class Task(base.Task):
     """Writes the sample grid, and prints the quality figures next to the real-vs-real ones."""
     self.sample(variables)
     values = self.final_metrics(variables)
-    n = len(self._split("test")["label"]) // 2
+    n = len(self.split_arrays("test")["label"]) // 2
     print(
         f"quality ({n} generated vs {n} held-out real images, judged by "
         f"{self.config.quality.classifier}): classified as their class "

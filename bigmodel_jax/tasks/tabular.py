@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from bigmodel_jax import classification, models
-from bigmodel_jax.data import arrays, tables
+from bigmodel_jax.data import tables
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -23,7 +23,7 @@ PREPROCESSING_FILE = "preprocessing.json"
 BUNDLED_LABEL = {"breast_cancer": "diagnosis"}
 
 
-class Task(base.Task):
+class Task(base.ArrayTask):
   """Metrics: loss (mean BCE), accuracy (threshold 0.5); final_metrics adds auc."""
 
   final_metric_names = ("auc",)
@@ -84,22 +84,6 @@ class Task(base.Task):
         )
       self._arrays[split] = {"features": self.pre.transform(table), "label": labels}
     return self._arrays[split]
-
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(
-        arrays.train_dataset(
-            self.split_arrays("train"),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(
-        self.split_arrays("test"), batch_size=batch_size, max_batches=self.config.train.eval_batches
-    )
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {

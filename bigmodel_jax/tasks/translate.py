@@ -28,7 +28,7 @@ import optax
 import sacrebleu
 
 from bigmodel_jax import batch_translate, beam_search, models
-from bigmodel_jax.data import arrays, tokenizers, too_long, translation_pairs
+from bigmodel_jax.data import tokenizers, too_long, translation_pairs
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.models import seq2seq
 from bigmodel_jax.tasks import base
@@ -36,8 +36,10 @@ from bigmodel_jax.tasks import base
 TOKENIZER_DIR = "tokenizer"
 
 
-class Task(base.Task):
+class Task(base.ArrayTask):
   """Batches are {"inputs": int32 (B, S), "targets": int32 (B, T)}; loss is mean token NLL."""
+
+  eval_split = "validation"
 
   eval_metrics = ("loss", "accuracy", "sequence_accuracy")
   final_metric_names = ("test_bleu", "test_exact_match")
@@ -140,7 +142,7 @@ class Task(base.Task):
     return out, lengths
 
   @functools.lru_cache(maxsize=3)
-  def _arrays(self, split: str) -> dict[str, np.ndarray]:
+  def split_arrays(self, split: str) -> dict[str, np.ndarray]:
     d = self.config.data
     src, tgt = self._texts[split]
     inputs, src_len = self._encode(self.src_tok, src, d.max_source_len)
@@ -163,24 +165,6 @@ class Task(base.Task):
           f"data.max_target_len={d.max_target_len} tokens"
       )
     return {"inputs": inputs[keep], "targets": targets[keep]}
-
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    return iter(
-        arrays.train_dataset(
-            self._arrays("train"),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    return arrays.eval_batches(
-        self._arrays("validation"),
-        batch_size=batch_size,
-        max_batches=self.config.train.eval_batches,
-    )
 
   # --- model and loss -----------------------------------------------------------------------
 
