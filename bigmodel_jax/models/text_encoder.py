@@ -3,6 +3,13 @@
 Input: int32 tokens (B, T) where 0 is padding (ids are the tokenizer's + 1; the task shifts them),
 padding only at the end. Output: float32 logits (B, num_classes).
 
+Packed rows (`segment_ids` int32 (B, T), 1, 2, ... per review in the row, 0 padding; see
+data/packing.py): attention stays within a segment, positions (learned or rotary) restart at each
+segment's start, and each segment is pooled on its own, giving logits (B, num_segments,
+num_classes) with segment s + 1 in slot s (empty slots are pooled from nothing: the task weights
+them 0). With pooling "first" each segment's first position is its [CLS] slot (the task leaves a
+token there whose id is ignored). A review's logits are then those it gets alone, unpacked.
+
   embed tokens (+ learned positions) -> dropout -> num_layers x [x + attn(ln(x)), x + mlp(ln(x))]
   -> ln_f -> pool -> dropout -> head
 
@@ -36,7 +43,7 @@ import ml_collections
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import layers
-from bigmodel_jax.models.gpt import apply_rotary
+from bigmodel_jax.models.gpt import apply_rotary, packed_positions_and_mask
 
 POOLING = ("mean", "first")
 POSITIONS = ("learned", "rotary")
@@ -61,7 +68,8 @@ class Attention(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x, mask, *, train):  # x (B, T, C), mask (B, T) bool: real tokens
+  def __call__(self, x, mask, positions, *, train):
+    # x (B, T, C), mask (B, 1, 1 or T, T) bool: which keys each query sees, positions (T,) or (B, T)
     width = x.shape[-1]
     head_dim = width // self.num_heads
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
@@ -74,9 +82,8 @@ class Attention(nn.Module):
     )
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, D) each
     if self.rotary:
-      positions = jnp.arange(x.shape[1])
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])  # (B, T, H, D)
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask)  # (B, T, H, D)
     y = nn.DenseGeneral(
         width,
         axis=(-2, -1),
@@ -101,7 +108,7 @@ class Block(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x, mask, *, train):  # x (B, T, C), mask (B, T)
+  def __call__(self, x, mask, positions, *, train):  # x (B, T, C), mask and positions: Attention's
     kw = dict(
         dropout=self.dropout,
         residual_std=self.residual_std,
@@ -109,7 +116,7 @@ class Block(nn.Module):
         param_dtype=self.param_dtype,
     )
     x = x + Attention(self.num_heads, rotary=self.rotary, name="attn", **kw)(
-        _layer_norm(self, "ln_1")(x), mask, train=train
+        _layer_norm(self, "ln_1")(x), mask, positions, train=train
     )
     mlp = layers.MLP(
         self.hidden_dim,
@@ -124,7 +131,8 @@ class Block(nn.Module):
 
 
 class TextEncoder(nn.Module):
-  """tokens int32 (B, T), 0 = padding -> logits float32 (B, num_classes)."""
+  """tokens int32 (B, T), 0 = padding -> logits float32 (B, num_classes); packed (segment_ids
+  (B, T)) -> logits (B, num_segments, num_classes)."""
 
   # Set by `make` from config.model (default_config says what each is), dtypes as jnp types.
   vocab_size: int  # including the padding id 0
@@ -141,9 +149,52 @@ class TextEncoder(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, tokens, *, train: bool = False):
+  def __call__(self, tokens, *, train: bool = False, segment_ids=None, num_segments: int = 1):
+    if segment_ids is not None:
+      return self._packed(tokens, segment_ids, num_segments, train)
     mask = tokens > 0  # (B, T)
-    x = nn.Embed(
+    x = self._embed(tokens)
+    if self.pooling == "first":
+      cls = self._cls()
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), x[:, :1].shape), x], axis=1)
+      mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+    if self.positions == "learned":
+      x = x + self._position_embed(jnp.arange(x.shape[1]))[None]  # (B, T, C)
+    x = self._blocks(x, mask[:, None, None, :], jnp.arange(x.shape[1]), train)  # (B, T, C)
+
+    if self.pooling == "first":
+      pooled = x[:, 0]
+    else:
+      weights = mask.astype(x.dtype)[..., None]  # (B, T, 1)
+      pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # (B, C)
+    return self._head(pooled, train)  # (B, num_classes)
+
+  def _packed(self, tokens, segment_ids, num_segments, train):
+    """The packed forward: the same layers (and parameters) as __call__'s, per segment."""
+    positions = packed_positions_and_mask(segment_ids)[0]  # (B, T) from each segment's start
+    starts = (positions == 0) & (segment_ids > 0)  # (B, T): each segment's first token
+    x = self._embed(tokens)
+    if self.pooling == "first":
+      cls = self._cls()
+      x = jnp.where(starts[..., None], cls.astype(x.dtype), x)
+    if self.positions == "learned":
+      x = x + self._position_embed(positions)  # (B, T, C)
+    # A query sees its own segment only (padding sees padding: no row of the mask is empty).
+    mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # (B, 1, T, T)
+    x = self._blocks(x, mask, positions, train)  # (B, T, C)
+    slots = segment_ids[:, None, :] == jnp.arange(1, num_segments + 1)[None, :, None]  # (B, S, T)
+    if self.pooling == "first":
+      slots &= starts[:, None, :]
+    weights = slots.astype(x.dtype)
+    pooled = jnp.einsum("bst,btc->bsc", weights, x) / jnp.maximum(
+        weights.sum(-1, keepdims=True), 1.0
+    )  # (B, S, C)
+    return self._head(pooled, train)  # (B, S, num_classes)
+
+  # The layers both forwards share, defined once so that their parameters are the same.
+
+  def _embed(self, tokens):  # (B, T) -> (B, T, C)
+    return nn.Embed(
         self.vocab_size,
         self.embed_dim,
         dtype=self.dtype,
@@ -151,23 +202,22 @@ class TextEncoder(nn.Module):
         embedding_init=_init(0.02, ("vocab", "embed")),
         name="tok_embed",
     )(tokens)
-    if self.pooling == "first":
-      cls = self.param("cls", _init(0.02, ("embed",)), (self.embed_dim,), self.param_dtype)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), x[:, :1].shape), x], axis=1)
-      mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
-    if self.positions == "learned":
-      length = self.max_len + (self.pooling == "first")
-      positions = nn.Embed(
-          length,
-          self.embed_dim,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          embedding_init=_init(0.02, ("length", "embed")),
-          name="pos_embed",
-      )
-      x = x + positions(jnp.arange(x.shape[1]))[None]  # (B, T, C)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
 
+  def _cls(self):  # (C,)
+    return self.param("cls", _init(0.02, ("embed",)), (self.embed_dim,), self.param_dtype)
+
+  def _position_embed(self, positions):  # (T,) or (B, T) -> (..., C)
+    return nn.Embed(
+        self.max_len + (self.pooling == "first"),
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        embedding_init=_init(0.02, ("length", "embed")),
+        name="pos_embed",
+    )(positions)
+
+  def _blocks(self, x, mask, positions, train):
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(self.num_layers):
       x = Block(
           num_heads=self.num_heads,
@@ -179,15 +229,11 @@ class TextEncoder(nn.Module):
           param_dtype=self.param_dtype,
           name=f"block_{i}",
       )(
-          x, mask, train=train
+          x, mask, positions, train=train
       )  # (B, T, C)
-    x = _layer_norm(self, "ln_f")(x)  # (B, T, C)
+    return _layer_norm(self, "ln_f")(x)  # (B, T, C)
 
-    if self.pooling == "first":
-      pooled = x[:, 0]
-    else:
-      weights = mask.astype(x.dtype)[..., None]  # (B, T, 1)
-      pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # (B, C)
+  def _head(self, pooled, train):
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
     logits = nn.Dense(
         self.num_classes,
@@ -197,7 +243,7 @@ class TextEncoder(nn.Module):
         bias_init=_zeros((None,)),
         name="head",
     )(pooled)
-    return logits.astype(jnp.float32)  # (B, num_classes)
+    return logits.astype(jnp.float32)
 
 
 def padded_vocab(vocab_size: int, num_classes: int) -> int:
