@@ -63,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.tokenizer = "sentencepiece"  # | byte
   c.data.vocab_size = 512  # sentencepiece only; byte is always 256
   c.data.spm_model_type = "bpe"  # | unigram
+  # Several texts per row of model.max_len tokens (text_encoder only), with segment ids so that
+  # each is classified as if alone: true | false (one text per row, padded).
+  c.data.pack = False
+  c.data.max_segments = 8  # pack only: the most texts in a row (the model's logit slots per row)
 
   c.model = models.default_config(*MODELS)
   c.model.dropout = 0.1

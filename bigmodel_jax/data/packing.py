@@ -37,11 +37,17 @@ def lm_fields(pieces: Sequence[tuple[str, bool]], tokenizer) -> Fields:
 
 
 def rows(
-    examples: Sequence[Fields], seq_len: int, pack: bool, split: str, limit: str
+    examples: Sequence[Fields],
+    seq_len: int,
+    pack: bool,
+    split: str,
+    limit: str,
+    max_segments: int = 0,
 ) -> tuple[Fields, int]:
   """Examples (each a dict of equal-length (L,) arrays, L <= seq_len) -> ({name: (N, seq_len)}
   plus "segment_ids" (N, seq_len) int32, number of real tokens). Examples longer than seq_len are
-  left out and counted in the log (`limit` names the setting); all of them too long is an error."""
+  left out and counted in the log (`limit` names the setting); all of them too long is an error.
+  max_segments > 0 caps the examples in a row (a model with a slot per example has that many)."""
   fitting = [e for e in examples if 0 < len(next(iter(e.values()))) <= seq_len]
   too_long.log_split(
       split, len(examples) - len(fitting), len(examples), "examples", limit, "left out"
@@ -51,13 +57,14 @@ def rows(
         f"every example of the {split} split is longer than {limit} (or empty); raise it or "
         "shorten the examples"
     )
-  placement, row, used = [], 0, 0  # (row, offset) of each example
+  placement, row, used, count = [], 0, 0, 0  # (row, offset) of each example
   for e in fitting:
     n = len(next(iter(e.values())))
-    if used and (not pack or used + n > seq_len):
-      row, used = row + 1, 0
+    full = used + n > seq_len or 0 < max_segments <= count
+    if used and (not pack or full):
+      row, used, count = row + 1, 0, 0
     placement.append((row, used))
-    used += n
+    used, count = used + n, count + 1
   out = {k: np.zeros((row + 1, seq_len), v.dtype) for k, v in fitting[0].items()}
   out["segment_ids"] = np.zeros((row + 1, seq_len), np.int32)
   segment = {}
@@ -73,3 +80,34 @@ def rows(
 def waste(segment_ids: np.ndarray) -> float:
   """The fraction of positions that are padding (segment id 0)."""
   return float((segment_ids == 0).mean()) if segment_ids.size else 0.0
+
+
+def classification_rows(
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    labels: np.ndarray,
+    *,
+    pack: bool,
+    max_segments: int,
+    cls_slot: bool,
+    split: str,
+) -> Fields:
+  """Padded texts (N, T) int32 with their lengths (N,) (<= T) and labels (N,) -> rows for a
+  classifier with a slot per text: {"tokens", "segment_ids"} (R, T + cls_slot) and {"label",
+  "label_weight"} (R, max_segments), slot s holding segment s + 1 (weight 0 on empty slots).
+  cls_slot leaves a position (token 0) before each text for the model's [CLS]."""
+  examples = []
+  for row, n, y in zip(tokens, lengths, labels):
+    ids = np.concatenate([np.zeros(int(cls_slot), np.int32), row[:n]])
+    examples.append({"tokens": ids, "label": np.full(len(ids), y, np.int32)})
+  # Every text fits (it was cut to T); an empty one (no [CLS] slot) is left out, and logged.
+  width = tokens.shape[1] + cls_slot
+  out, _ = rows(examples, width, pack, split, f"{width} tokens", max_segments)
+  slots = out["segment_ids"][:, None, :] == np.arange(1, max_segments + 1)[None, :, None]
+  return {
+      "tokens": out["tokens"],
+      "segment_ids": out["segment_ids"],
+      # (R, S): the label every token of segment s + 1 carries (labels are >= 0)
+      "label": np.where(slots, out["label"][:, None, :], 0).max(-1).astype(np.int32),
+      "label_weight": slots.any(-1).astype(np.float32),
+  }

@@ -13,6 +13,10 @@ are the tokenizer's + 1, so that 0 is padding: the models mask it out. Truncatio
 each split logs how many of its texts were cut, and a longer `predict.input` warns with both
 lengths (or, with predict.on_long_input=error, is refused).
 
+`data.pack` (text_encoder only): training and eval rows hold several texts each, in order, with
+segment ids (data/packing.py; at most `data.max_segments` per row): the model keeps them apart and
+gives each its own logits, and the loss and metrics count each text once. Prediction is unpacked.
+
 `--mode=predict`: `predict.input` is a text, or CSV/TSV/JSONL file(s) whose every row is predicted
 into `predict.output` (`batch_predict.py`).
 """
@@ -26,7 +30,7 @@ import numpy as np
 import optax
 
 from bigmodel_jax import batch_predict, models
-from bigmodel_jax.data import labelled_texts, reviews, tokenizers, too_long
+from bigmodel_jax.data import arrays, labelled_texts, packing, reviews, tokenizers, too_long
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -36,7 +40,9 @@ MODELS = ("text_encoder", "rnn")
 
 
 class Task(base.ArrayTask):
-  """Batches are {"tokens": int32 (B, max_len), "label": int32 (B,)} (+ "weight" in eval)."""
+  """Batches are {"tokens": int32 (B, max_len), "label": int32 (B,)} (+ "weight" in eval);
+  packed, {"tokens", "segment_ids": int32 (B, W), "label": int32 (B, S), "label_weight": float32
+  (B, S)} with W = max_len (+ 1 for pooling "first": a [CLS] slot per text), S = max_segments."""
 
   def __init__(self, config):
     super().__init__(config)
@@ -55,6 +61,15 @@ class Task(base.ArrayTask):
           f"{p.batch_size} > 0"
       )
     too_long.check_policy("predict.on_long_input", p.on_long_input)
+    self.pack = bool(d.get("pack", False))
+    if self.pack and config.model.name != "text_encoder":
+      raise UsageError(
+          f"data.pack=true needs model.name=text_encoder (segment ids); model.name="
+          f"{config.model.name!r} reads one text per row: set data.pack=false"
+      )
+    self.max_segments = d.get("max_segments", 1)
+    if self.pack and (not isinstance(self.max_segments, int) or self.max_segments < 1):
+      raise UsageError(f"data.max_segments={self.max_segments!r} must be a positive integer")
     # Checks the source and gives its classes; reads no texts (records are built once, here).
     self.source = labelled_texts.open_source(d)
     self.class_names, self.eval_split = self.source.class_names, self.source.eval_split
@@ -135,6 +150,62 @@ class Task(base.ArrayTask):
     )
     return {"tokens": tokens, "label": labels}
 
+  @functools.lru_cache(maxsize=4)
+  def packed_rows(self, split: str, pack: bool = True) -> dict[str, np.ndarray]:
+    """The split's texts in rows of several (or, pack=False, one) with segment ids: see
+    packing.classification_rows."""
+    texts, labels = self._texts(split)
+    tokens, lengths = self._encode(texts)
+    out = packing.classification_rows(
+        tokens,
+        np.minimum(lengths, tokens.shape[1]),
+        labels,
+        pack=pack,
+        max_segments=self.max_segments if pack else 1,
+        cls_slot=self.config.model.get("pooling") == "first",
+        split=split,
+    )
+    logging.info(
+        "%s split: %d texts in %d rows of %d (%s): %.1f%% padding",
+        split,
+        len(texts),
+        len(out["tokens"]),
+        out["tokens"].shape[1],
+        "packed" if pack else "one text per row",
+        100 * packing.waste(out["segment_ids"]),
+    )
+    return out
+
+  def padding_waste(self, split: str = "train") -> dict[str, float]:
+    """{"unpacked": fraction, "packed": fraction} of padding positions in the split's rows."""
+    return {
+        name: packing.waste(self.packed_rows(split, pack)["segment_ids"])
+        for name, pack in (("unpacked", False), ("packed", True))
+    }
+
+  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
+    if not self.pack:
+      return super().train_iterator(batch_size, seed, process_index, process_count)
+    self.split_arrays(self.train_split)  # logs the truncation
+    return iter(
+        arrays.train_dataset(
+            self.packed_rows(self.train_split),
+            batch_size=batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
+    )
+
+  def eval_batches(self, batch_size: int):
+    if not self.pack:
+      return super().eval_batches(batch_size)
+    return arrays.eval_batches(
+        self.packed_rows(self.eval_split),
+        batch_size=batch_size,
+        max_batches=self.config.train.eval_batches,
+    )
+
   def encode(self, texts) -> np.ndarray:
     """Texts -> int32 (N, max_len): tokenizer ids + 1, truncated, padded with 0 at the end."""
     return self._encode(texts)[0]
@@ -150,6 +221,15 @@ class Task(base.ArrayTask):
     return out, lengths
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    if self.pack:
+      width = self.config.model.max_len + (self.config.model.pooling == "first")
+      rows, slots = (batch_size, width), (batch_size, self.max_segments)
+      return {
+          "tokens": jax.ShapeDtypeStruct(rows, np.int32),
+          "segment_ids": jax.ShapeDtypeStruct(rows, np.int32),
+          "label": jax.ShapeDtypeStruct(slots, np.int32),
+          "label_weight": jax.ShapeDtypeStruct(slots, np.float32),
+      }
     return {
         "tokens": jax.ShapeDtypeStruct((batch_size, self.config.model.max_len), np.int32),
         "label": jax.ShapeDtypeStruct((batch_size,), np.int32),
@@ -162,11 +242,20 @@ class Task(base.ArrayTask):
     return self.model.init({"params": rng}, tokens, train=False)
 
   def loss(self, params, model_state, batch, rng, train: bool):
+    packed = {}
+    if "segment_ids" in batch:
+      packed = {"segment_ids": batch["segment_ids"], "num_segments": batch["label"].shape[1]}
     logits = self.model.apply(
-        {"params": params, **model_state}, batch["tokens"], train=train, rngs={"dropout": rng}
-    )  # (B, classes) float32
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])  # (B,)
-    weight = batch["weight"] if "weight" in batch else np.ones(losses.shape, np.float32)
+        {"params": params, **model_state},
+        batch["tokens"],
+        train=train,
+        rngs={"dropout": rng},
+        **packed,
+    )  # (B, classes) float32, packed (B, S, classes)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])  # (B[, S])
+    weight = batch["weight"] if "weight" in batch else np.ones(logits.shape[:1], np.float32)
+    if packed:  # each text once: its slot's weight (and its row's, in eval)
+      weight = batch["label_weight"] * weight[:, None]
     count = weight.sum()
     correct = (logits.argmax(-1) == batch["label"]).astype(np.float32)
     metrics = {
