@@ -29,8 +29,8 @@ import jax
 import numpy as np
 import optax
 
-from bigmodel_jax import batch_predict, models
-from bigmodel_jax.data import arrays, labelled_texts, packing, reviews, tokenizers, too_long
+from bigmodel_jax import batch_predict, models, text_packing
+from bigmodel_jax.data import labelled_texts, reviews, tokenizers, too_long
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import base
 
@@ -39,7 +39,7 @@ DATASET_FILE = "dataset.json"
 MODELS = ("text_encoder", "rnn")
 
 
-class Task(base.ArrayTask):
+class Task(text_packing.PackedRows, base.ArrayTask):
   """Batches are {"tokens": int32 (B, max_len), "label": int32 (B,)} (+ "weight" in eval);
   packed, {"tokens", "segment_ids": int32 (B, W), "label": int32 (B, S), "label_weight": float32
   (B, S)} with W = max_len (+ 1 for pooling "first": a [CLS] slot per text), S = max_segments."""
@@ -61,15 +61,7 @@ class Task(base.ArrayTask):
           f"{p.batch_size} > 0"
       )
     too_long.check_policy("predict.on_long_input", p.on_long_input)
-    self.pack = bool(d.get("pack", False))
-    if self.pack and config.model.name != "text_encoder":
-      raise UsageError(
-          f"data.pack=true needs model.name=text_encoder (segment ids); model.name="
-          f"{config.model.name!r} reads one text per row: set data.pack=false"
-      )
-    self.max_segments = d.get("max_segments", 1)
-    if self.pack and (not isinstance(self.max_segments, int) or self.max_segments < 1):
-      raise UsageError(f"data.max_segments={self.max_segments!r} must be a positive integer")
+    self.check_packing()
     # Checks the source and gives its classes; reads no texts (records are built once, here).
     self.source = labelled_texts.open_source(d)
     self.class_names, self.eval_split = self.source.class_names, self.source.eval_split
@@ -150,62 +142,6 @@ class Task(base.ArrayTask):
     )
     return {"tokens": tokens, "label": labels}
 
-  @functools.lru_cache(maxsize=4)
-  def packed_rows(self, split: str, pack: bool = True) -> dict[str, np.ndarray]:
-    """The split's texts in rows of several (or, pack=False, one) with segment ids: see
-    packing.classification_rows."""
-    texts, labels = self._texts(split)
-    tokens, lengths = self._encode(texts)
-    out = packing.classification_rows(
-        tokens,
-        np.minimum(lengths, tokens.shape[1]),
-        labels,
-        pack=pack,
-        max_segments=self.max_segments if pack else 1,
-        cls_slot=self.config.model.get("pooling") == "first",
-        split=split,
-    )
-    logging.info(
-        "%s split: %d texts in %d rows of %d (%s): %.1f%% padding",
-        split,
-        len(texts),
-        len(out["tokens"]),
-        out["tokens"].shape[1],
-        "packed" if pack else "one text per row",
-        100 * packing.waste(out["segment_ids"]),
-    )
-    return out
-
-  def padding_waste(self, split: str = "train") -> dict[str, float]:
-    """{"unpacked": fraction, "packed": fraction} of padding positions in the split's rows."""
-    return {
-        name: packing.waste(self.packed_rows(split, pack)["segment_ids"])
-        for name, pack in (("unpacked", False), ("packed", True))
-    }
-
-  def train_iterator(self, batch_size: int, seed: int, process_index: int, process_count: int):
-    if not self.pack:
-      return super().train_iterator(batch_size, seed, process_index, process_count)
-    self.split_arrays(self.train_split)  # logs the truncation
-    return iter(
-        arrays.train_dataset(
-            self.packed_rows(self.train_split),
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
-
-  def eval_batches(self, batch_size: int):
-    if not self.pack:
-      return super().eval_batches(batch_size)
-    return arrays.eval_batches(
-        self.packed_rows(self.eval_split),
-        batch_size=batch_size,
-        max_batches=self.config.train.eval_batches,
-    )
-
   def encode(self, texts) -> np.ndarray:
     """Texts -> int32 (N, max_len): tokenizer ids + 1, truncated, padded with 0 at the end."""
     return self._encode(texts)[0]
@@ -222,14 +158,7 @@ class Task(base.ArrayTask):
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     if self.pack:
-      width = self.config.model.max_len + (self.config.model.pooling == "first")
-      rows, slots = (batch_size, width), (batch_size, self.max_segments)
-      return {
-          "tokens": jax.ShapeDtypeStruct(rows, np.int32),
-          "segment_ids": jax.ShapeDtypeStruct(rows, np.int32),
-          "label": jax.ShapeDtypeStruct(slots, np.int32),
-          "label_weight": jax.ShapeDtypeStruct(slots, np.float32),
-      }
+      return self.packed_spec(batch_size)
     return {
         "tokens": jax.ShapeDtypeStruct((batch_size, self.config.model.max_len), np.int32),
         "label": jax.ShapeDtypeStruct((batch_size,), np.int32),
