@@ -5,6 +5,7 @@ negative or positive, or your own labelled rows with any number of classes.
   python run.py --experiment=sentiment --mode=predict --config.predict.input="Slow, but good."
   python run.py --experiment=sentiment --mode=predict --config.predict.input=new.csv
   python run.py --experiment=sentiment --mode=eval
+  python run.py --experiment=sentiment --config.data.pack=true   # several reviews per row
 
 Your own rows: --config.data.source=csv:<glob> (or tsv:<glob>, jsonl:<glob>) with
 data.text_column and data.label_column (names; 0-based positions with data.header=false), labels as
@@ -20,6 +21,13 @@ a bag-of-words logistic regression scores about 50% on it. Expect a test accurac
 the 2,000 held-out reviews after the default preset (a 2 x 64 Transformer with rotary positions,
 1500 steps; it passes 99% by step 750), and the showcase's probes ("Good, but slow." / "Slow, but
 good.") both right.
+
+Packing (data.pack=true, data.max_segments reviews at most per row): each row of model.max_len
+tokens holds several reviews with segment ids; each gets its own logits, as if alone. On the default
+data the padding falls from 63.8% to 22.0% of the training rows (9,286 rows instead of 20,000), and
+the default run reached 99.95% at step 500 (unpacked 99.60%) and 100% at step 1500 (as unpacked),
+274 s wall / 135 s CPU against 240 s / 140 s unpacked on a loaded shared machine: a packed step
+costs ~1.3x an unpacked one but carries ~2.2x the reviews.
 
 Presets (`--experiment=sentiment:<preset>`):
   tiny   a few seconds; used by tests (it memorises 32 reviews: expect no generalisation)
