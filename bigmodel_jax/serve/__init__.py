@@ -3,6 +3,7 @@
   app.py        the server every service runs in: auth, limits, logging, /health, /metrics, SIGTERM
   engine.py     continuous batching over KV-cache slots for a GPT
   bundle.py     --mode=export's bundle (jax.export StableHLO) and loading it (serve_bundle.py)
+  bundle_predict.py  the classifiers' bundles (sentiment, tabular, imagecls)
   textgen.py    OpenAI-compatible completions / chat completions on the engine (tasks lm, sft)
   predict.py    POST /v1/predict with requests batched within serve.max_wait_ms
   predictors.py its per-task glue: sentiment, tabular, imagecls, translate
@@ -17,7 +18,8 @@ import os
 from bigmodel_jax.errors import UsageError
 
 MODES = ("serve", "export")
-EXPORTABLE = ("lm", "sft")  # tasks --mode=export can bundle (serve/bundle.py)
+# Tasks --mode=export can bundle (serve/bundle.py; the classifiers' in serve/bundle_predict.py).
+EXPORTABLE = ("lm", "sft", "classify_text", "tabular", "classify_image")
 # config.task -> bigmodel_jax/serve/<module>.py, whose make_service(task, variables, config)
 # builds the service; predictors.py holds the /v1/predict glue of every classifier.
 SERVICES = {
@@ -53,6 +55,13 @@ def run(mode: str, task, config, variables, workdir: str):
   app.serve(service, config.serve)
 
 
+def serve_bundle(config) -> None:
+  """--mode=serve --config.serve.bundle=DIR: serves an export bundle as serve_bundle.py does."""
+  from bigmodel_jax.serve import app, bundle  # pylint: disable=g-import-not-at-top
+
+  app.serve(bundle.service(config.serve.bundle, config.serve), config.serve)
+
+
 def check(s) -> None:
   """serve.* values in range, or a one-line UsageError."""
   problems = [
@@ -71,7 +80,7 @@ def check(s) -> None:
 def _export(task, variables, config, workdir: str) -> str:
   from bigmodel_jax.serve import bundle  # pylint: disable=g-import-not-at-top
 
-  out = bundle.export_textgen(
+  out = bundle.export(
       task, variables, config, workdir, config.serve.export_dir or f"{workdir}/export"
   )
   size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
