@@ -3,7 +3,7 @@
   app.py        the server every service runs in: auth, limits, logging, /health, /metrics, SIGTERM
   engine.py     continuous batching over KV-cache slots for a GPT
   bundle.py     --mode=export's bundle (jax.export StableHLO) and loading it (serve_bundle.py)
-  bundle_predict.py  the classifiers' bundles (sentiment, tabular, imagecls)
+  bundle_predict.py  the /v1/predict bundles (sentiment, tabular, imagecls, translate)
   textgen.py    OpenAI-compatible completions / chat completions on the engine (tasks lm, sft)
   predict.py    POST /v1/predict with requests batched within serve.max_wait_ms
   predictors.py its per-task glue: sentiment, tabular, imagecls, translate
@@ -18,8 +18,8 @@ import os
 from bigmodel_jax.errors import UsageError
 
 MODES = ("serve", "export")
-# Tasks --mode=export can bundle (serve/bundle.py; the classifiers' in serve/bundle_predict.py).
-EXPORTABLE = ("lm", "sft", "classify_text", "tabular", "classify_image")
+# Tasks --mode=export can bundle (serve/bundle.py; /v1/predict's in serve/bundle_predict.py).
+EXPORTABLE = ("lm", "sft", "classify_text", "tabular", "classify_image", "translate")
 # config.task -> bigmodel_jax/serve/<module>.py, whose make_service(task, variables, config)
 # builds the service; predictors.py holds the /v1/predict glue of every classifier.
 SERVICES = {

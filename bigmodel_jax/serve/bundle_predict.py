@@ -1,14 +1,18 @@
-"""Export bundles of the /v1/predict classifiers (sentiment, tabular, imagecls) and serving them.
+"""Export bundles of /v1/predict (sentiment, tabular, imagecls, translate) and serving them.
 
-A classifier's bundle (serve/bundle.py writes the textgen one) is a folder:
+Such a bundle (serve/bundle.py writes the textgen one) is a folder:
 
   bundle.json            kind "predict", task, model id, platforms and the preprocessing settings:
                          class names; text: max_len (tokenizer/ beside it); image: shape, mean/std
-                         (already inside the program, for the record), dark_background, invert
-  predict.jax            jax.export StableHLO: (variables, inputs (b, ...)) -> probabilities
-                         (b, classes), b symbolic; the same function the live server jits
+                         (already inside the program, for the record), dark_background, invert;
+                         translate: max_source_len, the source's PAD/EOS ids and the target's EOS
+  predict.jax            jax.export StableHLO, b symbolic: (variables, inputs (b, ...)) ->
+                         probabilities (b, classes), the same function the live server jits; or
+                         translate's whole search (encoder, then greedy / beam search in a while
+                         loop over the KV cache): (variables, source ids (b, S)) -> tokens
+                         (b, decode.max_len)
   variables.msgpack      the model's variables (flax.serialization)
-  tokenizer/             text: the run's tokenizer folder
+  tokenizer/             text, translate: the run's tokenizer folder
   preprocessing.json     tabular: feature names, normalisation and categories (data/tables.py)
   config.json            the run's config, for the record
   golden.json            request inputs (as JSON bodies carry them) and the live predictions
@@ -32,8 +36,9 @@ from bigmodel_jax.data import tables, tokenizers
 from bigmodel_jax.serve import predict, predictors
 
 PLATFORMS = ("cpu", "cuda")
-TASKS = ("classify_text", "tabular", "classify_image")
+TASKS = ("classify_text", "tabular", "classify_image", "translate")
 GOLDEN_TEXTS = ("a wonderful film, I loved it", "dull and far too long", "it was fine", "x")
+GOLDEN_SOURCES = ("Mar 3, '21", "2021-03-03", "the 3rd of March 2021", "x")
 GOLDEN_COUNT = 4  # golden rows / images
 # Probabilities must match golden.json to this (the same program on the same platform is exact;
 # this leaves room for another CPU's vector units).
@@ -49,17 +54,29 @@ def export(task, variables, config, workdir: str, tmp: str) -> dict:
   name = config.experiment.split(":")[0]
   live = predictors.PREDICTORS[config.task](task, variables, config.serve.max_batch)
   host = jax.tree.map(np.asarray, flax.core.unfreeze(variables))
+  fn = live.fn if config.task != "translate" else _decode_fn(task, config.decode)
   example = np.asarray(live.example())
   (b,) = jax.export.symbolic_shape("b")
-  exp = jax.export.export(live.fn, platforms=PLATFORMS)(
+  exp = jax.export.export(fn, platforms=PLATFORMS)(
       jax.tree.map(_spec, host), jax.ShapeDtypeStruct((b, *example.shape), example.dtype)
   )
   with open(os.path.join(tmp, "predict.jax"), "wb") as f:
     f.write(exp.serialize())
   with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
     f.write(flax.serialization.msgpack_serialize(host))
-  settings = {"class_names": live.class_names}
-  if config.task == "classify_text":
+  settings = {"class_names": getattr(live, "class_names", [])}
+  if config.task == "translate":
+    shutil.copytree(os.path.join(workdir, "tokenizer"), os.path.join(tmp, "tokenizer"))
+    d = config.data
+    from bigmodel_jax.models import seq2seq  # pylint: disable=g-import-not-at-top (export only)
+
+    pad, _, eos = seq2seq.special_ids(task.src_tok.vocab_size + seq2seq.NUM_SPECIAL)
+    settings.update(
+        max_source_len=d.max_source_len, source_pad=pad, source_eos=eos,
+        target_eos=int(task.model.tgt_specials[2]), shared_vocab=bool(d.shared_vocab),
+    )  # fmt: skip
+    inputs = list(GOLDEN_SOURCES)
+  elif config.task == "classify_text":
     shutil.copytree(os.path.join(workdir, "tokenizer"), os.path.join(tmp, "tokenizer"))
     settings["max_len"] = config.model.max_len
     inputs = list(GOLDEN_TEXTS)
@@ -78,6 +95,14 @@ def export(task, variables, config, workdir: str, tmp: str) -> dict:
     json.dump(golden, f)
   return {"kind": "predict", "task": config.task, "name": name, "platforms": list(PLATFORMS),
           "preprocess": settings}  # fmt: skip
+
+
+def _decode_fn(task, dec):
+  """fn(variables, source ids) -> tokens: the live translator's search (task._translate)."""
+  from bigmodel_jax import beam_search  # pylint: disable=g-import-not-at-top (export only)
+
+  search = beam_search.decode_fn(task.model, dec.max_len, dec.beam_size, dec.length_penalty)
+  return jax.jit(lambda v, src: search(v["params"], src))
 
 
 def _golden_row(features, i: int) -> dict:
@@ -162,10 +187,48 @@ class BundleImageClassifier(predictors.ImageClassifier):
     self.invert = invert
 
 
+class BundleTranslator(predict.Predictor):
+  """The live Translator (predictors.py) with the task's encoding and search from the bundle."""
+
+  keys = ("text", "texts")
+
+  def __init__(self, bundle, meta, size):
+    e = _Exported(bundle, meta, size)
+    self.fn, self.variables, self.size = jax.jit(e.fn), jax.device_put(e.variables), size
+    self.s = e.settings
+    root = os.path.join(bundle, "tokenizer")
+    sides = [root] if self.s["shared_vocab"] else [f"{root}/source", f"{root}/target"]
+    toks = [tokenizers.load_tokenizer(p) for p in sides]
+    self.src_tok, self.tgt_tok = toks[0], toks[-1]
+
+  def parse(self, value):  # as translate's _encode: ids + EOS, cut to fit, PAD-filled
+    length = self.s["max_source_len"]
+    ids = self.src_tok.encode_many([predictors._text(value, "text")])[0]  # noqa: SLF001
+    out = np.full(length, self.s["source_pad"], np.int32)
+    ids = np.append(ids[: length - 1], self.s["source_eos"])
+    out[: len(ids)] = ids
+    return out
+
+  def predict(self, items):  # as translate's _translate: batches of `size`, the last one padded
+    src, out = np.stack(items), []
+    for start in range(0, len(src), self.size):
+      chunk = src[start : start + self.size]
+      padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.size - len(chunk), 0)])
+      tokens = np.asarray(self.fn(self.variables, padded))[: len(chunk)]
+      for row in tokens:
+        end = np.flatnonzero(row == self.s["target_eos"])
+        out.append({"translation": self.tgt_tok.decode(row[: end[0]] if len(end) else row)})
+    return out
+
+  def example(self):
+    return self.parse("a")
+
+
 BUNDLE_PREDICTORS = {
     "classify_text": BundleSentiment,
     "tabular": BundleTabular,
     "classify_image": BundleImageClassifier,
+    "translate": BundleTranslator,
 }
 
 
@@ -182,6 +245,11 @@ def check(bundle: str, meta: dict, max_batch: int) -> bool:
   outs = predictor.predict([predictor.parse(x) for x in golden["inputs"]])
   ok = True
   for i, (want, got) in enumerate(zip(golden["predictions"], outs, strict=True)):
+    if "translation" in want:
+      same = want == got
+      ok &= same
+      print(f"{'ok  ' if same else 'DIFF'} input {i}: {got['translation']!r}")
+      continue
     w, g = want["probabilities"], got["probabilities"]
     same = (
         want["label"] == got["label"]
