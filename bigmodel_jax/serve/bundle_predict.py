@@ -50,7 +50,7 @@ def _spec(x):
 
 
 def export(task, variables, config, workdir: str, tmp: str) -> dict:
-  """Writes a classifier's bundle files into `tmp`; returns bundle.json's contents."""
+  """Writes the bundle files of a restored /v1/predict task into `tmp`; returns bundle.json."""
   name = config.experiment.split(":")[0]
   live = predictors.PREDICTORS[config.task](task, variables, config.serve.max_batch)
   host = jax.tree.map(np.asarray, flax.core.unfreeze(variables))
