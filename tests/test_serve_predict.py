@@ -212,7 +212,7 @@ def test_the_export_bundle_serves_the_live_predictions_without_model_code(served
   assert not bundle_predict.check(str(edited), meta, 4)
 
 
-def test_a_folder_that_is_not_a_bundle_is_a_usage_error(served, tmp_path):
+def test_not_a_bundle_or_another_tasks_bundle_is_a_usage_error(served, tmp_path):
   name, _, _, (config, _) = served
   if name != "tabular":
     pytest.skip("once is enough")
@@ -223,3 +223,6 @@ def test_a_folder_that_is_not_a_bundle_is_a_usage_error(served, tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300,
   )  # fmt: skip
   assert bad.returncode == 2 and "not an export bundle" in bad.stderr
+  (tmp_path / "bundle.json").write_text(json.dumps({"kind": "predict", "task": "translate"}))
+  with pytest.raises(UsageError, match="exported from a translate run"):
+    _served_bundle(config, str(tmp_path))

@@ -59,6 +59,13 @@ def serve_bundle(config) -> None:
   """--mode=serve --config.serve.bundle=DIR: serves an export bundle as serve_bundle.py does."""
   from bigmodel_jax.serve import app, bundle  # pylint: disable=g-import-not-at-top
 
+  meta = bundle.read_meta(config.serve.bundle)
+  task = meta.get("task", "lm or sft")  # textgen bundles come from either
+  if config.task not in (task, *(("lm", "sft") if meta["kind"] == "textgen" else ())):
+    raise UsageError(
+        f"serve.bundle={config.serve.bundle} was exported from a {task} run, not from "
+        f"{config.experiment}'s task {config.task}; serve it with that experiment"
+    )
   app.serve(bundle.service(config.serve.bundle, config.serve), config.serve)
 
 
