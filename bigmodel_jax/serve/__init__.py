@@ -8,6 +8,9 @@
   predict.py    POST /v1/predict with requests batched within serve.max_wait_ms
   predictors.py its per-task glue: sentiment, tabular, imagecls, translate
 
+`--mode=serve --config.serve.bundle=DIR` serves an export bundle instead of the workdir's
+checkpoint (serve_bundle below; the same as `python -m bigmodel_jax.serve_bundle DIR`).
+
 Which service a task gets is a registry here (task name -> module with `make_service`), so the
 per-task glue stays in one small module per task and the trainer knows only `run`.
 """
