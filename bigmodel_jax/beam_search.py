@@ -148,6 +148,15 @@ def beam_search(model, params, src, max_len: int, beam_size: int, length_penalty
   return np.asarray(tokens), np.asarray(score), np.asarray(logp)
 
 
+def decode_fn(model, max_len: int, beam_size: int, length_penalty: float):
+  """What `decode` runs, as a traceable fn(params, src int32 (B, S)) -> tokens (B, max_len)
+  (for jax.export: serve/bundle_predict.py)."""
+  if beam_size == 1:
+    return lambda params, src: _greedy(model, params, src, int(max_len))[0]
+  k, alpha = int(beam_size), float(length_penalty)
+  return lambda params, src: _beam(model, params, src, int(max_len), k, alpha)[0]
+
+
 def decode(model, params, src, max_len: int, beam_size: int, length_penalty: float):
   """Tokens (B, max_len): greedy for beam_size 1, beam search otherwise."""
   if beam_size == 1:

@@ -201,6 +201,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.serve.drain_s = 30.0
   # --mode=export: where the bundle goes ("" -> <workdir>/export).
   c.serve.export_dir = ""
+  # --mode=serve: serve this export bundle (its programs and preprocessing, not the workdir's
+  # checkpoint) with the serve.* settings above ("" -> serve the workdir's checkpoint).
+  c.serve.bundle = ""
   return c
 
 

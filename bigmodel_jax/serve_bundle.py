@@ -3,8 +3,12 @@
   python -m bigmodel_jax.serve_bundle BUNDLE [--host=127.0.0.1] [--port=8000] [--max_batch=16]
   python -m bigmodel_jax.serve_bundle BUNDLE --check    # reproduce golden.json, exit 0 or 1
 
-The server is the same OpenAI-compatible one as `--mode=serve` (serve/textgen.py); its engine
-runs the bundle's StableHLO programs (serve/bundle.py) instead of the model's code.
+The server is the same one as `--mode=serve`: OpenAI-compatible completions (serve/textgen.py)
+whose engine runs the bundle's StableHLO programs (serve/bundle.py), or POST /v1/predict
+(serve/predict.py) whose classifier runs the bundle's program on the bundle's preprocessing
+(serve/bundle_predict.py), instead of the model's and task's code. --check: a textgen bundle
+regenerates its golden tokens; a classifier's its golden labels and probabilities (within
+rtol 1e-5).
 """
 
 import json
@@ -18,12 +22,14 @@ from bigmodel_jax.data import tokenizers
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.serve import app as app_lib
 from bigmodel_jax.serve import bundle as bundle_lib
+from bigmodel_jax.serve import bundle_predict
 from bigmodel_jax.serve import engine as engine_lib
-from bigmodel_jax.serve import textgen
 
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port (0: any free one).")
-_MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "KV-cache slots decoded together.")
+_MAX_BATCH = flags.DEFINE_integer(
+    "max_batch", 16, "KV-cache slots decoded together (textgen); batch size (classifiers)."
+)
 _API_KEY = flags.DEFINE_string("api_key", "", "Bearer key ('' -> $BIGMODEL_API_KEY or none).")
 _CHECK = flags.DEFINE_bool("check", False, "Check the bundle against golden.json and exit.")
 
@@ -50,31 +56,31 @@ def check(bundle: str, programs, params, meta, tokenizer) -> bool:
     ok &= same
     print(f"{'ok  ' if same else 'DIFF'} {g['prompt']!r} temperature {g['temperature']}: "
           f"{tokenizer.decode(out)!r}")  # fmt: skip
-  loaded = [m for m in sys.modules if m.startswith(MODEL_CODE)]
-  print(f"model/experiment modules imported: {loaded or 'none'}")
-  return ok and not loaded
+  return ok
 
 
 def main(argv) -> None:
   if len(argv) != 2:
     raise UsageError("usage: python -m bigmodel_jax.serve_bundle BUNDLE [--check] [--port=N]")
   bundle = argv[1]
-  if not os.path.isfile(os.path.join(bundle, "bundle.json")):
-    raise UsageError(
-        f"{bundle} is not an export bundle (no bundle.json); make one with --mode=export"
-    )
-  meta, programs, params = bundle_lib.load_programs(bundle)
-  tokenizer = tokenizers.load_tokenizer(os.path.join(bundle, "tokenizer"))
+  meta = bundle_lib.read_meta(bundle)
   if _CHECK.value:
-    if not check(bundle, programs, params, meta, tokenizer):
+    if meta["kind"] == "predict":
+      ok = bundle_predict.check(bundle, meta, _MAX_BATCH.value)
+    else:
+      _, programs, params = bundle_lib.load_programs(bundle)
+      tokenizer = tokenizers.load_tokenizer(os.path.join(bundle, "tokenizer"))
+      ok = check(bundle, programs, params, meta, tokenizer)
+    loaded = [m for m in sys.modules if m.startswith(MODEL_CODE)]
+    print(f"model/experiment modules imported: {loaded or 'none'}")
+    if not ok or loaded:
       raise RunError(f"{bundle} does not reproduce its golden outputs")
     print(f"{bundle}: golden outputs reproduced")
     return
   serve = config_lib.base_config("lm").serve
   serve.host, serve.port, serve.max_batch = _HOST.value, _PORT.value, _MAX_BATCH.value
   serve.api_key = _API_KEY.value
-  service = textgen.TextgenService(programs, params, tokenizer, serve, meta["name"])
-  app_lib.serve(service, serve)
+  app_lib.serve(bundle_lib.service(bundle, serve), serve)
 
 
 def _entry(argv):

@@ -50,6 +50,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     )
   if mode in serve.MODES:
     serve.check_mode(mode, config)
+  if mode == "serve" and config.serve.bundle:  # an exported bundle: no checkpoint, no task
+    return serve.serve_bundle(config)
   best_metric = config.checkpoint.best_metric
   if best_metric and best_metric not in task.eval_metrics:
     raise UsageError(

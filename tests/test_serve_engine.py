@@ -103,7 +103,7 @@ def test_cancelled_and_finished_requests_free_their_slots(served):
     [
         ("textgen:tiny", "serve", {"serve__max_batch": 0}, "serve.max_batch=0"),
         ("textgen:tiny", "serve", {"serve__port": 70000}, "serve.port=70000"),
-        ("tabular:tiny", "export", {}, "--mode=export is not available for task 'tabular'"),
+        ("recsys:tiny", "export", {}, "--mode=export is not available for task 'recsys'"),
     ],
 )
 def test_bad_serve_settings_are_one_line_errors_before_any_restore(

@@ -1,10 +1,16 @@
 """POST /v1/predict for sentiment, translate, tabular and imagecls, driven by plain httpx: the
 server predicts what the task's own code predicts, batches concurrent requests, and refuses bad
-input with a JSON 400. The app runs in-process (httpx's ASGI transport) on a 2-step training."""
+input with a JSON 400. The app runs in-process (httpx's ASGI transport) on a 2-step training.
+Their export bundles serve the same predictions without the model's or task's code, and their
+--check catches an edited golden output."""
 
 import asyncio
 import base64
 import io
+import json
+import shutil
+import subprocess
+import sys
 
 import httpx
 import numpy as np
@@ -12,15 +18,20 @@ from PIL import Image
 import pytest
 
 from bigmodel_jax import trainer
+from bigmodel_jax.errors import UsageError
 from bigmodel_jax.serve import app as app_lib
+from bigmodel_jax.serve import bundle as bundle_lib
+from bigmodel_jax.serve import bundle_predict
 from tests.helpers import tiny_config
+from tests.serve_helpers import REPO
 
 EXPERIMENTS = ("sentiment", "translate", "tabular", "imagecls")
 
 
 @pytest.fixture(scope="module", params=EXPERIMENTS)
 def served(request, tmp_path_factory):
-  """(experiment, task, service, app): --mode=serve up to the point where uvicorn would start."""
+  """(experiment, service, app, (config, workdir)): --mode=serve up to the point where uvicorn
+  would start."""
   name = request.param
   workdir = str(tmp_path_factory.mktemp(name))
   config = tiny_config("", f"{name}:tiny", train__steps=2)
@@ -33,7 +44,7 @@ def served(request, tmp_path_factory):
   app = app_lib.make_app(service, config.serve)
   service.warm_up()
   service.ready = True
-  return name, service, app
+  return name, service, app, (config, workdir)
 
 
 def _post_all(app, bodies, **kwargs):
@@ -64,7 +75,7 @@ def _inputs(name, service, n):
 
 
 def test_concurrent_requests_are_batched_and_each_gets_what_it_gets_alone(served):
-  name, service, app = served
+  name, service, app, _ = served
   one = service.predictor.keys[0]
   inputs = _inputs(name, service, 6)
   together = _post_all(app, [{one: x} for x in inputs])
@@ -92,13 +103,13 @@ def test_concurrent_requests_are_batched_and_each_gets_what_it_gets_alone(served
 
 
 def test_a_list_of_inputs_in_one_request(served):
-  name, service, app = served
+  name, service, app, _ = served
   r = _post_all(app, [{service.predictor.keys[1]: _inputs(name, service, 3)}])[0]
   assert r.status_code == 200 and len(r.json()["predictions"]) == 3
 
 
 def test_bad_input_is_a_json_400(served):
-  name, service, app = served
+  name, service, app, _ = served
   one, many = service.predictor.keys
   bad = [{}, {one: 5}, {many: "not a list"}, {one: "x", many: ["x"]}]
   if name == "imagecls":
@@ -113,7 +124,7 @@ def test_bad_input_is_a_json_400(served):
 
 
 def test_an_image_as_a_multipart_upload(served):
-  name, service, app = served
+  name, service, app, _ = served
   if name != "imagecls":
     pytest.skip("images only")
   png = base64.b64decode(_png(0, service.predictor.task.info.shape))
@@ -139,3 +150,79 @@ def _metric(app, name):
 
   text = asyncio.run(go())
   return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name)))
+
+
+def _served_bundle(config, bundle):
+  """--mode=serve --config.serve.bundle=BUNDLE up to uvicorn: (service, app). No workdir."""
+  config = tiny_config("", config.experiment, train__steps=2, serve__bundle=bundle)
+  captured = {}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(app_lib, "serve", lambda service, cfg: captured.update(service=service))
+    trainer.run(config, "/nonexistent/workdir", "serve")
+  service = captured["service"]
+  app = app_lib.make_app(service, config.serve)
+  service.warm_up()
+  service.ready = True
+  return service, app
+
+
+def test_the_export_bundle_serves_the_live_predictions_without_model_code(served, tmp_path):
+  name, service, app, (config, workdir) = served
+  out = tmp_path / "bundle"
+  trainer.run(tiny_config("", config.experiment, serve__export_dir=str(out)), workdir, "export")
+  # The bundle's own process reproduces the golden (live) predictions with no model code.
+  check = subprocess.run(
+      [sys.executable, "-m", "bigmodel_jax.serve_bundle", str(out), "--check"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert check.returncode == 0, check.stdout + check.stderr[-2000:]
+  assert "model/experiment modules imported: none" in check.stdout
+  golden = json.loads((out / "golden.json").read_text())
+  assert check.stdout.count("ok  ") == len(golden["inputs"]) > 0
+  # Served through run.py, the bundle answers other inputs as the live server does.
+  _, bundle_app = _served_bundle(config, str(out))
+  one, many = service.predictor.keys
+  inputs = _inputs(name, service, 5)
+  live = _post_all(app, [{many: inputs}])[0].json()["predictions"]
+  bundled = _post_all(bundle_app, [{many: inputs}, {one: inputs[0]}])
+  assert all(r.status_code == 200 for r in bundled), bundled[0].text
+  assert bundled[0].json()["predictions"][0] == bundled[1].json()["predictions"][0]
+  got_all = bundled[0].json()["predictions"]
+  if name == "translate":  # the whole beam search in one exported program: the same tokens
+    assert got_all == live
+  else:
+    for want, got in zip(live, got_all, strict=True):
+      assert got["label"] == want["label"]
+      assert list(got["probabilities"]) == list(want["probabilities"])
+      np.testing.assert_allclose(
+          list(got["probabilities"].values()), list(want["probabilities"].values()), rtol=1e-5
+      )
+  # An edited golden output fails the check.
+  edited = tmp_path / "edited"
+  shutil.copytree(out, edited)
+  if name == "translate":
+    golden["predictions"][0]["translation"] += "!"
+  else:
+    probs = golden["predictions"][0]["probabilities"]
+    first = next(iter(probs))
+    probs[first] += 1e-3 if probs[first] < 0.5 else -1e-3  # 10x the check's tolerance and more
+  (edited / "golden.json").write_text(json.dumps(golden))
+  meta = bundle_lib.read_meta(str(edited))
+  assert bundle_predict.check(str(out), meta, 4)
+  assert not bundle_predict.check(str(edited), meta, 4)
+
+
+def test_not_a_bundle_or_another_tasks_bundle_is_a_usage_error(served, tmp_path):
+  name, _, _, (config, _) = served
+  if name != "tabular":
+    pytest.skip("once is enough")
+  with pytest.raises(UsageError, match="not an export bundle"):
+    _served_bundle(config, str(tmp_path))
+  bad = subprocess.run(
+      [sys.executable, "-m", "bigmodel_jax.serve_bundle", str(tmp_path), "--check"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert bad.returncode == 2 and "not an export bundle" in bad.stderr
+  (tmp_path / "bundle.json").write_text(json.dumps({"kind": "predict", "task": "translate"}))
+  with pytest.raises(UsageError, match="exported from a translate run"):
+    _served_bundle(config, str(tmp_path))

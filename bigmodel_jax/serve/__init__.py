@@ -3,9 +3,13 @@
   app.py        the server every service runs in: auth, limits, logging, /health, /metrics, SIGTERM
   engine.py     continuous batching over KV-cache slots for a GPT
   bundle.py     --mode=export's bundle (jax.export StableHLO) and loading it (serve_bundle.py)
+  bundle_predict.py  the /v1/predict bundles (sentiment, tabular, imagecls, translate)
   textgen.py    OpenAI-compatible completions / chat completions on the engine (tasks lm, sft)
   predict.py    POST /v1/predict with requests batched within serve.max_wait_ms
   predictors.py its per-task glue: sentiment, tabular, imagecls, translate
+
+`--mode=serve --config.serve.bundle=DIR` serves an export bundle instead of the workdir's
+checkpoint (serve_bundle below; the same as `python -m bigmodel_jax.serve_bundle DIR`).
 
 Which service a task gets is a registry here (task name -> module with `make_service`), so the
 per-task glue stays in one small module per task and the trainer knows only `run`.
@@ -17,7 +21,8 @@ import os
 from bigmodel_jax.errors import UsageError
 
 MODES = ("serve", "export")
-EXPORTABLE = ("lm", "sft")  # tasks --mode=export can bundle (serve/bundle.py)
+# Tasks --mode=export can bundle (serve/bundle.py; /v1/predict's in serve/bundle_predict.py).
+EXPORTABLE = ("lm", "sft", "classify_text", "tabular", "classify_image", "translate")
 # config.task -> bigmodel_jax/serve/<module>.py, whose make_service(task, variables, config)
 # builds the service; predictors.py holds the /v1/predict glue of every classifier.
 SERVICES = {
@@ -53,6 +58,20 @@ def run(mode: str, task, config, variables, workdir: str):
   app.serve(service, config.serve)
 
 
+def serve_bundle(config) -> None:
+  """--mode=serve --config.serve.bundle=DIR: serves an export bundle as serve_bundle.py does."""
+  from bigmodel_jax.serve import app, bundle  # pylint: disable=g-import-not-at-top
+
+  meta = bundle.read_meta(config.serve.bundle)
+  task = meta.get("task", "lm or sft")  # textgen bundles come from either
+  if config.task not in (task, *(("lm", "sft") if meta["kind"] == "textgen" else ())):
+    raise UsageError(
+        f"serve.bundle={config.serve.bundle} was exported from a {task} run, not from "
+        f"{config.experiment}'s task {config.task}; serve it with that experiment"
+    )
+  app.serve(bundle.service(config.serve.bundle, config.serve), config.serve)
+
+
 def check(s) -> None:
   """serve.* values in range, or a one-line UsageError."""
   problems = [
@@ -71,7 +90,7 @@ def check(s) -> None:
 def _export(task, variables, config, workdir: str) -> str:
   from bigmodel_jax.serve import bundle  # pylint: disable=g-import-not-at-top
 
-  out = bundle.export_textgen(
+  out = bundle.export(
       task, variables, config, workdir, config.serve.export_dir or f"{workdir}/export"
   )
   size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)

@@ -1,6 +1,7 @@
 """Export bundles: `--mode=export` writes one, `python -m bigmodel_jax.serve_bundle` serves it.
 
-A bundle is a folder that needs none of our model or experiment code (textgen for now):
+A bundle is a folder that needs none of our model or experiment code. A textgen bundle (the
+classifiers' is in serve/bundle_predict.py):
 
   bundle.json            kind, model id, context, vocabulary, prefill buckets, platforms
   prefill_<L>.jax        jax.export StableHLO: (params, tokens (1, L)) -> (logits, one slot's cache)
@@ -26,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigmodel_jax.errors import RunError
+from bigmodel_jax.errors import RunError, UsageError
+from bigmodel_jax.serve import bundle_predict
 from bigmodel_jax.serve import engine as engine_lib
 
 PLATFORMS = ("cpu", "cuda")
@@ -42,13 +44,31 @@ def _write(path, data: bytes) -> None:
     f.write(data)
 
 
-def export_textgen(task, variables, config, workdir: str, out: str) -> str:
-  """Writes the bundle of a restored lm task into `out` (a new folder); returns its path."""
+def export(task, variables, config, workdir: str, out: str) -> str:
+  """Writes the bundle of a restored task into `out` (a new folder); returns its path."""
   if os.path.exists(out):
     raise RunError(f"serve.export_dir={out} exists; remove it or give another folder")
   tmp = out + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
+  try:
+    if config.task in bundle_predict.TASKS:
+      meta = bundle_predict.export(task, variables, config, workdir, tmp)
+    else:
+      meta = export_textgen(task, variables, config, workdir, tmp)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
+    with open(os.path.join(tmp, "bundle.json"), "w") as f:
+      json.dump(meta, f, indent=1)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  os.rename(tmp, out)  # complete or absent: a failed export leaves no half bundle
+  return out
+
+
+def export_textgen(task, variables, config, workdir: str, tmp: str) -> dict:
+  """Writes a restored lm task's bundle files into `tmp`; returns bundle.json's contents."""
   programs = engine_lib.gpt_programs(task.model)
   params = jax.tree.map(np.asarray, flax.core.unfreeze(variables["params"]))
   p_spec = jax.tree.map(_spec, params)
@@ -66,8 +86,6 @@ def export_textgen(task, variables, config, workdir: str, out: str) -> str:
   _write(os.path.join(tmp, "decode.jax"), exp.serialize())
   _write(os.path.join(tmp, "params.msgpack"), flax.serialization.msgpack_serialize(params))
   shutil.copytree(os.path.join(workdir, "tokenizer"), os.path.join(tmp, "tokenizer"))
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
   meta = {
       "kind": "textgen",
       "name": config.experiment.split(":")[0],
@@ -76,14 +94,11 @@ def export_textgen(task, variables, config, workdir: str, out: str) -> str:
       "buckets": buckets,
       "platforms": list(PLATFORMS),
   }
-  with open(os.path.join(tmp, "bundle.json"), "w") as f:
-    json.dump(meta, f, indent=1)
   live = engine_lib.Engine(programs, params, task.tokenizer.vocab_size, 4, 64)
   golden = golden_outputs(live, task.tokenizer)
   with open(os.path.join(tmp, "golden.json"), "w") as f:
     json.dump(golden, f)
-  os.rename(tmp, out)  # complete or absent: a failed export leaves no half bundle
-  return out
+  return meta
 
 
 def golden_outputs(engine, tokenizer) -> list[dict]:
@@ -121,3 +136,27 @@ def load_programs(bundle: str) -> tuple[dict, engine_lib.Programs, dict]:
       context=meta["context"],
   )
   return meta, programs, params
+
+
+def read_meta(bundle: str) -> dict:
+  """bundle.json, or a one-line UsageError when `bundle` is not a bundle."""
+  path = os.path.join(bundle, "bundle.json")
+  if not os.path.isfile(path):
+    raise UsageError(
+        f"{bundle} is not an export bundle (no bundle.json); make one with --mode=export"
+    )
+  with open(path) as f:
+    return json.load(f)
+
+
+def service(bundle: str, serve_config):
+  """The service (serve/app.py) that serves `bundle`: completions or /v1/predict."""
+  meta = read_meta(bundle)
+  if meta["kind"] == "predict":
+    return bundle_predict.load(bundle, meta, serve_config)
+  from bigmodel_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+  from bigmodel_jax.serve import textgen  # pylint: disable=g-import-not-at-top (fastapi)
+
+  _, programs, params = load_programs(bundle)
+  tokenizer = tokenizers.load_tokenizer(os.path.join(bundle, "tokenizer"))
+  return textgen.TextgenService(programs, params, tokenizer, serve_config, meta["name"])

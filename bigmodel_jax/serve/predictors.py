@@ -51,10 +51,10 @@ class Sentiment(_Classifier):
   def __init__(self, task, variables, size):
     fn = lambda v, t: jax.nn.softmax(task.model.apply(v, t))  # noqa: E731 (as task.probabilities)
     super().__init__(fn, variables, size, task.class_names)
-    self.task = task
+    self.task, self.encode = task, task.encode  # encode: texts -> int32 (N, max_len)
 
   def parse(self, value):
-    return self.task.encode([_text(value, "text")])[0]
+    return self.encode([_text(value, "text")])[0]
 
   def example(self):
     return self.parse("a")
@@ -110,21 +110,22 @@ class ImageClassifier(_Classifier):
       return jax.nn.softmax(task.model.apply(v, task._normalize(x), train=False))  # noqa: SLF001
 
     super().__init__(fn, variables, size, task.info.class_names)
-    self.task = task
+    # invert: uint8 (H, W, C) -> whether to invert it (light-on-dark training images)
+    self.task, self.shape, self.invert = task, task.info.shape, task._invert  # noqa: SLF001
 
   def parse(self, value):
     data = predict.decode_base64(value)
-    h, w, c = self.task.info.shape
+    h, w, c = self.shape
     try:
       image = image_files.decode(io.BytesIO(data), (h, w), c)
     except (image_files.BadImage, image_files.TooLarge) as e:
       raise app_lib.ApiError(
           400, f"not an image that pillow can read: {e}", "invalid_image"
       ) from None
-    return 255 - image if self.task._invert(image) else image  # noqa: SLF001 (as --mode=predict)
+    return 255 - image if self.invert(image) else image  # as --mode=predict
 
   def example(self):
-    return np.zeros(self.task.info.shape, np.uint8)
+    return np.zeros(self.shape, np.uint8)
 
 
 class Translator(predict.Predictor):
