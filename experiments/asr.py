@@ -36,6 +36,8 @@ import ml_collections
 from bigmodel_jax import config as config_lib
 from bigmodel_jax import models
 
+MODELS = ("speech_encoder",)  # model.name can be any of these (models/<name>.py)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base_config(task="asr")
@@ -63,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment.time_masks = 2  # spans of frames set to the mean, per utterance
   c.augment.time_ratio = 0.08  # longest span, as a share of the utterance's frames
 
-  c.model = models.default_config("speech_encoder")
+  c.model = models.default_config(*MODELS)
 
   c.decode = ml_collections.ConfigDict()
   c.decode.beam_size = 8  # CTC prefix beam search width; 1 = greedy

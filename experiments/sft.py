@@ -29,6 +29,8 @@ import ml_collections
 from bigmodel_jax import config as config_lib
 from experiments import textgen
 
+MODELS = textgen.MODELS  # the model is textgen's: init_from's parameters must fit
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = textgen.get_config(None)  # textgen's default model: init_from's parameters must fit

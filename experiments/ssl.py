@@ -30,6 +30,9 @@ import ml_collections
 from bigmodel_jax import config as config_lib
 from experiments import imagecls
 
+# config.model is imagecls's (its models' fields, so init_from transfers); ssl pretrains a vit.
+MODELS = imagecls.MODELS
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = imagecls.get_config(None)

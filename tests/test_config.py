@@ -43,7 +43,7 @@ def test_overrides_parse_by_field_type():
 @pytest.mark.parametrize(
     "spec, overrides, message",
     [
-        ("textgenn", {}, "unknown experiment 'textgenn' (did you mean textgen?)"),
+        ("textgenn", {}, "unknown experiment 'textgenn' (did you mean textgen, imagegen?)"),
         ("textgen:tinyy", {}, "unknown preset 'tinyy' (did you mean tiny?)"),
         ("textgen", {"model.num_layer": "2"}, "did you mean model.num_layers"),
         ("textgen", {"model.num_layers": "two"}, "expected int"),
