@@ -29,8 +29,15 @@ from bigmodel_jax import config as config_lib
 from bigmodel_jax import ranking, runtime, tasks, trainer
 from bigmodel_jax.errors import RunError, UsageError
 
-_EXPERIMENT = flags.DEFINE_string("experiment", "recsys", "A recsys experiment[:preset].")
-_WORKDIR = flags.DEFINE_string("workdir", "", "Where our model trains; default: a temp folder.")
+
+def _define_flags():
+  """Defined only when this file is the program: its flags share names (--experiment,
+  --workdir) with run.py and tools/kill_resume.py, and the tests import its ALS helpers."""
+  return (
+      flags.DEFINE_string("experiment", "recsys", "A recsys experiment[:preset]."),
+      flags.DEFINE_string("workdir", "", "Where our model trains; default: a temp folder."),
+  )
+
 
 ALS_DEFAULTS = {"factors": 100, "regularization": 0.01, "alpha": 1.0}
 ALS_GRID = {"factors": (16, 32, 64), "regularization": (0.1, 10.0), "alpha": (1.0, 10.0, 40.0)}
@@ -138,4 +145,5 @@ def _fail(error: UsageError | RunError) -> None:
 
 
 if __name__ == "__main__":
+  _EXPERIMENT, _WORKDIR = _define_flags()
   app.run(main, flags_parser=parse_flags)

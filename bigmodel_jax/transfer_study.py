@@ -23,6 +23,7 @@ import os
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
 from bigmodel_jax import classification, trainer
@@ -52,6 +53,17 @@ def check(s) -> None:
     )
 
 
+def _dotted(prefix: str, group) -> dict:
+  """{"model.lora.rank": 0, ...}: a config group's leaves by their dotted names."""
+  out = {}
+  for key, value in group.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_dotted(f"{prefix}.{key}", value))
+    else:
+      out[f"{prefix}.{key}"] = value
+  return out
+
+
 def imagecls_config(ssl_config, ssl_workdir: str, start: str, fraction: float, seed: int, n: int):
   """The imagecls run for one cell: the ssl run's data and model settings, `n` labelled images."""
   s = ssl_config.study
@@ -59,8 +71,8 @@ def imagecls_config(ssl_config, ssl_workdir: str, start: str, fraction: float, s
   devices = ssl_config.parallel.num_devices or jax.local_device_count()
   batch = max(devices, min(s.batch_size, n) // devices * devices)  # pmap: a multiple of devices
   values = {f"data.{k}": v for k, v in ssl_config.data.items() if k in c.data}
-  values.update({f"model.{k}": v for k, v in ssl_config.model.items()})
-  values.update({f"parallel.{k}": v for k, v in ssl_config.parallel.items()})
+  values.update(_dotted("model", ssl_config.model))
+  values.update(_dotted("parallel", ssl_config.parallel))
   values.update(
       {
           "compile_cache_dir": ssl_config.compile_cache_dir,

@@ -113,7 +113,7 @@ CASES = [
         1,
         "config.init_from",
     ),
-    ("unknown mode", [TINY, "--mode=serve"], 2, "--mode='serve' is not valid"),
+    ("unknown mode", [TINY, "--mode=deploy"], 2, "--mode='deploy' is not valid"),
     ("unknown flag", [TINY, "--epochs=3"], 2, "Unknown command line flag 'epochs'"),
     ("stray argument", [TINY, "train"], 2, "unexpected arguments"),
     ("sampling with no checkpoint", [TINY, "--mode=sample"], 1, "train first"),

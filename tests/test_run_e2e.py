@@ -58,7 +58,7 @@ def test_train_resume_sample_eval(tmp_path):
         ),
         (["--experiment=textgen:tiny", "--config.train.steps=abc"], "expected int"),
         (["--experiment=textgen:huge"], "unknown preset 'huge'"),
-        (["--experiment=textgen:tiny", "--mode=serve"], "--mode='serve' is not valid"),
+        (["--experiment=textgen:tiny", "--mode=deploy"], "--mode='deploy' is not valid"),
         (
             [
                 "--experiment=textgen:tiny",

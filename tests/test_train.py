@@ -68,7 +68,7 @@ def test_modes_that_need_a_checkpoint_say_so(data_dir, tmp_path):
   with pytest.raises(RunError, match="no tokenizer in"):
     trainer.run(tiny_config(data_dir), str(tmp_path / "empty"), "sample")
   with pytest.raises(UsageError, match="valid: train, eval, plan, sample"):
-    trainer.run(tiny_config(data_dir), str(tmp_path / "empty"), "serve")
+    trainer.run(tiny_config(data_dir), str(tmp_path / "empty"), "deploy")
   assert not (tmp_path / "empty").exists()
 
 

@@ -94,7 +94,9 @@ class SpeechEncoder(nn.Module):
           rotary=True,
           name=f"block_{i}",
           **kw,
-      )(x, mask, train=train)
+      )(
+          x, mask[:, None, None, :], jnp.arange(t), train=train
+      )  # keys: the valid frames
       if self.conv_kernel:
         x = ConvModule(self.conv_kernel, name=f"conv_{i}", **kw)(x, mask)
     x = layers.layer_norm("ln_f", **kw)(x)

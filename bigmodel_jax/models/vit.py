@@ -92,7 +92,7 @@ class ViT(nn.Module):
           param_dtype=self.param_dtype,
           name=f"block_{i}",
       )(
-          x, mask, train=train
+          x, mask[:, None, None, :], jnp.arange(x.shape[1]), train=train
       )  # (B, T, C')
     x = layers.layer_norm("ln_f", dtype=self.dtype, param_dtype=self.param_dtype)(x)
     pooled = x[:, 0] if self.pooling == "first" else x.mean(1)  # (B, C')
