@@ -32,6 +32,8 @@ from bigmodel_jax import (
     tasks,
 )
 from bigmodel_jax import metrics as metrics_lib
+from bigmodel_jax.compress import quantize
+from bigmodel_jax.compress import report as compress_report
 from bigmodel_jax.errors import RunError, UsageError
 
 
@@ -43,7 +45,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
   task = lora.wrap(tasks.get(config.task)(config), config)  # adapters when model.lora asks
-  valid = ["train", "eval", "plan", *task.modes, *serve.MODES]
+  task = quantize.wrap(task, workdir)  # int8 kernels when the workdir holds a quantized checkpoint
+  valid = ["train", "eval", "plan", "compress", *task.modes, *serve.MODES]
   if mode not in valid:
     raise UsageError(
         f"--mode={mode!r} is not valid for {config.experiment}; valid: {', '.join(valid)}"
@@ -60,6 +63,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   if mode == "plan":
     return plan.plan(config, task)
   safety.check_workdir(workdir, writing=mode == "train")
+  if mode in ("compress", "train"):
+    quantize.check_not_quantized(workdir, mode)
   if mode == "train":
     tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
     plan.check_fits(
@@ -83,6 +88,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
 
   task.setup(workdir, create=False)
   tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
+  if isinstance(task, quantize.QuantTask):  # its checkpoint holds no optimizer moments
+    tx = quantize.frozen_optimizer()
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   restored = ckpt.restore_latest(
@@ -97,6 +104,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
         f"--experiment={config.experiment} --workdir={workdir}"
     )
   state, step = strategy.place(restored[0]), restored[1]
+  if mode == "compress":
+    return compress_report.run(config, workdir, task, strategy, state, step, Evaluator)
   if mode == "eval":
     values = Evaluator(task, strategy, config)(state, final=True)
     metrics_lib.log_eval(step, "validation", values)
@@ -104,7 +113,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     return values
   variables = _variables(strategy.to_host_layout(state))
   if mode in serve.MODES:
-    return serve.run(mode, task, config, lora.merged_variables(task, variables), workdir)
+    plain = task.plain(variables) if isinstance(task, quantize.QuantTask) else variables
+    return serve.run(mode, task, config, lora.merged_variables(task, plain), workdir)
   return task.modes[mode](variables)
 
 

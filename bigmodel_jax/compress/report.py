@@ -1,0 +1,128 @@
+"""`--mode=compress`: compressed variants of a trained workdir, each an ordinary workdir under
+`<workdir>/compressed/<variant>/`, and one table measuring them next to the original.
+
+Variants so far: int8 (post-training weight quantization, quantize.py). For each row the table
+gives the checkpoint's state size on disk, the parameter count, the eval metrics on the whole
+validation split, and CPU speed of that evaluation pass (after a compile-and-warm-up pass):
+seconds per batch and examples per second. It prints the table and writes it to
+`<workdir>/compressed/report.json`.
+"""
+
+import functools
+import json
+import os
+import shutil
+import time
+
+import jax
+
+from bigmodel_jax import checkpoint, steps
+from bigmodel_jax.compress import quantize
+from bigmodel_jax.errors import RunError
+
+FOLDER = "compressed"
+# Workdir entries a variant does not copy: its own checkpoints replace these, and the variants
+# folder would nest itself.
+_NOT_COPIED = (checkpoint.DIRECTORY, "best_checkpoint", FOLDER, "tensorboard", "metrics.jsonl")
+
+
+def dir_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def state_bytes(workdir: str, step: int) -> int:
+  """Bytes of the saved train state (parameters, optimizer moments, model state) at `step`."""
+  return dir_bytes(os.path.join(workdir, checkpoint.DIRECTORY, str(step), "state"))
+
+
+def _weights_bytes(params) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+def write_int8(config, workdir: str, task, host_state, step: int) -> str:
+  """Writes `<workdir>/compressed/int8/` (whole or not at all) and returns its path."""
+  out = os.path.join(workdir, FOLDER, "int8")
+  tmp = out + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  for name in os.listdir(workdir):  # tokenizer, dataset statistics, config.json, ...
+    src = os.path.join(workdir, name)
+    if name in _NOT_COPIED or name.startswith("."):
+      continue
+    (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(tmp, name))
+  params = quantize.quantize(host_state.params)
+  state = steps.TrainState(
+      step=host_state.step,
+      params=params,
+      opt_state=quantize.frozen_optimizer().init(params),
+      model_state=host_state.model_state,
+  )
+  data = task.train_iterator(
+      config.train.batch_size // jax.process_count(),
+      config.seed,
+      jax.process_index(),
+      jax.process_count(),
+  )
+  ckpt = checkpoint.Checkpointer(tmp, config.checkpoint)
+  ckpt.save(step, state, data, config.to_dict(), force=True)
+  ckpt.close()
+  with open(os.path.join(tmp, quantize.MARKER), "w") as f:
+    json.dump({"quantize": "int8", "source": os.path.abspath(workdir)}, f)
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+  return out
+
+
+def measure(name, evaluator_cls, task, strategy, config, state, workdir, step) -> dict:
+  """One table row: sizes, parameter count, eval metrics and CPU speed of `state` under `task`."""
+  evaluate = evaluator_cls(task, strategy, config)
+  evaluate(state)  # compiles and warms up
+  batches = task.eval_batches(evaluate.batch_size)
+  examples = sum(len(jax.tree.leaves(b)[0]) for b in batches)
+  start = time.perf_counter()
+  values = evaluate(state)
+  seconds = time.perf_counter() - start
+  params = strategy.to_host_layout(state).params
+  weights = quantize.dequantize(params)
+  return {
+      "variant": name,
+      "workdir": os.path.abspath(workdir),
+      "state_mib": state_bytes(workdir, step) / 2**20,
+      "weights_mib": _weights_bytes(params) / 2**20,
+      "parameters": int(sum(x.size for x in jax.tree.leaves(weights))),
+      **{k: float(v) for k, v in values.items()},
+      "eval_s_per_batch": seconds / max(len(batches), 1),
+      "eval_examples_per_s": examples / seconds,
+  }
+
+
+def table(rows: list[dict]) -> str:
+  keys = [k for k in rows[0] if k != "workdir"]
+  cell = lambda v: f"{v:,.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else v
+  cells = [[str(k) for k in keys]] + [[cell(r.get(k, "")) for k in keys] for r in rows]
+  widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+  return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
+
+
+def run(config, workdir: str, task, strategy, state, step: int, evaluator_cls) -> list[dict]:
+  """Writes the variants of the restored run (`state` at `step`, strategy layout) and the table."""
+  if jax.process_count() > 1:
+    raise RunError("--mode=compress runs on one process; run it without jax.distributed")
+  host = strategy.to_host_layout(state)
+  rows = [measure("original", evaluator_cls, task, strategy, config, state, workdir, step)]
+  out = write_int8(config, workdir, task, host, step)
+  qtask = quantize.QuantTask(task)
+  qinit = functools.partial(steps.init_state, task=qtask, tx=quantize.frozen_optimizer())
+  ckpt = checkpoint.Checkpointer(out, config.checkpoint, read_only=True)
+  restored = ckpt.restore_latest(
+      strategy.abstract(qinit, jax.random.key(config.seed)), None, config
+  )
+  ckpt.close()
+  qstate = strategy.place(restored[0])  # read back: the row measures what is on disk
+  rows.append(measure("int8", evaluator_cls, qtask, strategy, config, qstate, out, step))
+  path = os.path.join(workdir, FOLDER, "report.json")
+  with open(path, "w") as f:
+    json.dump(rows, f, indent=2)
+  print(table(rows), flush=True)
+  print(f"Wrote {path}", flush=True)
+  return rows
