@@ -32,7 +32,7 @@ from bigmodel_jax import (
     tasks,
 )
 from bigmodel_jax import metrics as metrics_lib
-from bigmodel_jax.compress import quantize
+from bigmodel_jax.compress import prune, quantize
 from bigmodel_jax.compress import report as compress_report
 from bigmodel_jax.errors import RunError, UsageError
 
@@ -66,7 +66,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   if mode in ("compress", "train"):
     quantize.check_not_quantized(workdir, mode)
   if mode == "train":
-    tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
+    tx = _optimizer(config)[0]
     plan.check_fits(
         strategy.abstract(
             functools.partial(steps.init_state, task=task, tx=tx), jax.random.key(config.seed)
@@ -87,7 +87,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
         return train_and_evaluate(config, workdir, task, strategy, **test_hooks)
 
   task.setup(workdir, create=False)
-  tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
+  config = prune.with_saved(config, workdir)  # a pruned run's masks are part of its state
+  tx = _optimizer(config)[0]
   if isinstance(task, quantize.QuantTask):  # its checkpoint holds no optimizer moments
     tx = quantize.frozen_optimizer()
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
@@ -182,7 +183,7 @@ def _train_and_evaluate(
     multihost_utils.sync_global_devices("task setup")
     if not primary:
       task.setup(workdir, create=False)
-  tx, schedule = optim.make_optimizer(config.train, lora.enabled(config))
+  tx, schedule = _optimizer(config)
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   per_process = config.train.batch_size // jax.process_count()
@@ -331,6 +332,13 @@ def _from_init_from(config, init_fn, init_rng, tx, task) -> steps.TrainState:
   if lora.KEY in fresh.params:
     params = {**params, lora.KEY: fresh.params[lora.KEY]}
   return fresh.replace(params=params, opt_state=tx.init(params))
+
+
+def _optimizer(config):
+  """The run's optimizer and schedule; with config.prune, its pruning link last (masks in the
+  optimizer state)."""
+  tx, schedule = optim.make_optimizer(config.train, lora.enabled(config))
+  return prune.wrap(tx, config), schedule
 
 
 def _variables(state: steps.TrainState) -> dict:
