@@ -150,6 +150,12 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   # kernel, so not embeddings, norm scales or biases.
   c.prune.params = r"(^|/)kernel$"
 
+  # --mode=compress (bigmodel_jax/compress/report.py): variants written under
+  # <workdir>/compressed/<variant>/ and measured next to the original.
+  c.compress = ml_collections.ConfigDict()
+  c.compress.variants = ("int8", "prune_50", "prune_75", "prune_90", "prune_2of4")
+  c.compress.finetune_steps = 100  # each pruned variant's fine-tune from the trained model
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 250
   c.checkpoint.keep = 3
