@@ -57,7 +57,14 @@ def _dtypes(workdir, step):
 def compressed(request, tmp_path_factory):
   """One tiny run per experiment, then --mode=compress on it."""
   root = tmp_path_factory.mktemp(request.param)
-  config = tiny_config(str(root / "tfds"), f"{request.param}:tiny")
+  # imagecls also writes a 2:4-pruned variant (a 4-step fine-tune); textgen only int8.
+  variants = ("int8", "prune_2of4") if request.param == "imagecls" else ("int8",)
+  config = tiny_config(
+      str(root / "tfds"),
+      f"{request.param}:tiny",
+      compress__variants=variants,
+      compress__finetune_steps=4,
+  )
   workdir = str(root / "run")
   with contextlib.redirect_stdout(io.StringIO()):
     trainer.run(config, workdir)
@@ -90,7 +97,7 @@ def test_int8_workdir_is_smaller_int8_and_evaluates_like_the_float_model(compres
   assert values[metric] == pytest.approx(int8[metric], abs=1e-6)  # the table measured the disk
   assert abs(values[metric] - original[metric]) <= tol
   with open(os.path.join(workdir, "compressed", "report.json")) as f:
-    assert [r["variant"] for r in json.load(f)] == ["original", "int8"]
+    assert [r["variant"] for r in json.load(f)] == ["original", *config.compress.variants]
   table = report.table(list(rows.values()))
   assert table.splitlines()[0].split()[:2] == ["variant", "state_mib"]
 
@@ -112,3 +119,16 @@ def test_int8_textgen_samples(compressed):
   with contextlib.redirect_stdout(out):
     trainer.run(config, os.path.join(workdir, "compressed", "int8"), "sample")
   assert "--- sample 1/1" in out.getvalue()
+
+
+def test_pruned_variant_is_a_workdir_that_evaluates_without_prune_flags(compressed):
+  name, config, workdir, rows = compressed
+  if name != "imagecls":
+    pytest.skip("imagecls writes the pruned variant")
+  row = rows["prune_2of4"]
+  assert row["parameters"] == rows["original"]["parameters"]
+  # 2:4 halves the dense kernels (the 3x3x1 conv's 9 input rows are not groups of 4: left dense).
+  assert row["nonzero"] < rows["original"]["nonzero"] - 1000
+  with contextlib.redirect_stdout(io.StringIO()):
+    values = trainer.run(config, row["workdir"], "eval")  # the saved prune section is used
+  assert values["accuracy"] == pytest.approx(row["accuracy"], abs=1e-6)

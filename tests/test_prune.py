@@ -97,19 +97,16 @@ def test_bad_prune_settings_are_one_line(tmp_path, overrides, match):
   assert not (tmp_path / "run").exists()  # nothing half-written
 
 
-def test_pruned_run_resumes_with_its_masks_and_evaluates_without_the_flags(tmp_path):
+def test_pruned_run_resumes_with_its_masks_to_the_target(tmp_path):
   flags = dict(prune__target=0.5, prune__start_step=5, prune__end_step=20)
   config = tiny_config(str(tmp_path / "tfds"), "imagecls:tiny", **flags)
   workdir = str(tmp_path / "run")
   with contextlib.redirect_stdout(io.StringIO()):
     trainer.run(config, workdir, stop_after=12)  # mid-ramp: masks saved in the checkpoint
     state = trainer.run(config, workdir)  # resumes from step 12
-    plain = tiny_config(str(tmp_path / "tfds"), "imagecls:tiny")
-    values = trainer.run(plain, workdir, "eval")  # the saved run's prune section is used
   params = jax.tree.map(lambda x: np.asarray(x)[0], state.params)  # pmap: device 0's copy
   found = prune.sparsity(params, config.prune)
   assert found and all(
       s == pytest.approx(0.5, abs=1 / np.prod(s_shape))
       for s, s_shape in zip(found.values(), prune.targets(params, config.prune).values())
   )
-  assert values["accuracy"] >= 0
