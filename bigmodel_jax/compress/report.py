@@ -5,8 +5,8 @@ Variants (VARIANTS, chosen by config.compress.variants): int8 (post-training wei
 quantize.py) and pruned ones (prune.py), each a brief fine-tune of the run. For each row the table
 gives the checkpoint's state size on disk, the parameter count and how many are nonzero, the
 eval metrics on the whole validation split, and CPU speed of that evaluation pass (after a
-compile-and-warm-up pass): seconds per batch and examples per second. It prints the table and writes it to
-`<workdir>/compressed/report.json`.
+compile-and-warm-up pass): seconds per batch and examples per second. It prints the table and
+writes it to `<workdir>/compressed/report.json`.
 """
 
 import functools
