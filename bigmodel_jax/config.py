@@ -139,6 +139,23 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   # (first, last): write a jax.profiler trace of those steps to <workdir>/tensorboard; () = off.
   c.train.profile_steps = ()
 
+  # Magnitude pruning during training (bigmodel_jax/compress/prune.py); target 0 and pattern
+  # "unstructured" -> off.
+  c.prune = ml_collections.ConfigDict()
+  c.prune.target = 0.0  # final sparsity of each pruned tensor, in [0, 1) (unstructured)
+  c.prune.pattern = "unstructured"  # | "N:M", e.g. "2:4": keep N of every M input-side weights
+  c.prune.start_step = 0  # the cubic sparsity ramp starts here (N:M masks apply from here)
+  c.prune.end_step = 0  # ...and reaches target here; masks are fixed after (0 -> train.steps)
+  # Parameters (2+ axes) whose '/'-joined path this regex finds are pruned: by default every
+  # kernel, so not embeddings, norm scales or biases.
+  c.prune.params = r"(^|/)kernel$"
+
+  # --mode=compress (bigmodel_jax/compress/report.py): variants written under
+  # <workdir>/compressed/<variant>/ and measured next to the original.
+  c.compress = ml_collections.ConfigDict()
+  c.compress.variants = ("int8", "prune_50", "prune_75", "prune_90", "prune_2of4")
+  c.compress.finetune_steps = 100  # each pruned variant's fine-tune from the trained model
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 250
   c.checkpoint.keep = 3

@@ -32,6 +32,8 @@ from bigmodel_jax import (
     tasks,
 )
 from bigmodel_jax import metrics as metrics_lib
+from bigmodel_jax.compress import prune, quantize
+from bigmodel_jax.compress import report as compress_report
 from bigmodel_jax.errors import RunError, UsageError
 
 
@@ -43,7 +45,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
   task = lora.wrap(tasks.get(config.task)(config), config)  # adapters when model.lora asks
-  valid = ["train", "eval", "plan", *task.modes, *serve.MODES]
+  task = quantize.wrap(task, workdir)  # int8 kernels when the workdir holds a quantized checkpoint
+  valid = ["train", "eval", "plan", "compress", *task.modes, *serve.MODES]
   if mode not in valid:
     raise UsageError(
         f"--mode={mode!r} is not valid for {config.experiment}; valid: {', '.join(valid)}"
@@ -62,8 +65,10 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   if mode == "plan":
     return plan.plan(config, task)
   safety.check_workdir(workdir, writing=mode == "train")
+  if mode in ("compress", "train"):
+    quantize.check_not_quantized(workdir, mode)
   if mode == "train":
-    tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
+    tx = _optimizer(config)[0]
     plan.check_fits(
         strategy.abstract(
             functools.partial(steps.init_state, task=task, tx=tx), jax.random.key(config.seed)
@@ -84,7 +89,10 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
         return train_and_evaluate(config, workdir, task, strategy, **test_hooks)
 
   task.setup(workdir, create=False)
-  tx, _ = optim.make_optimizer(config.train, lora.enabled(config))
+  config = prune.with_saved(config, workdir)  # a pruned run's masks are part of its state
+  tx = _optimizer(config)[0]
+  if isinstance(task, quantize.QuantTask):  # its checkpoint holds no optimizer moments
+    tx = quantize.frozen_optimizer()
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   restored = ckpt.restore_latest(
@@ -99,6 +107,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
         f"--experiment={config.experiment} --workdir={workdir}"
     )
   state, step = strategy.place(restored[0]), restored[1]
+  if mode == "compress":
+    return compress_report.run(config, workdir, task, strategy, state, step, Evaluator)
   if mode == "eval":
     values = Evaluator(task, strategy, config)(state, final=True)
     metrics_lib.log_eval(step, "validation", values)
@@ -106,7 +116,8 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     return values
   variables = _variables(strategy.to_host_layout(state))
   if mode in serve.MODES:
-    return serve.run(mode, task, config, lora.merged_variables(task, variables), workdir)
+    plain = task.plain(variables) if isinstance(task, quantize.QuantTask) else variables
+    return serve.run(mode, task, config, lora.merged_variables(task, plain), workdir)
   return task.modes[mode](variables)
 
 
@@ -174,7 +185,7 @@ def _train_and_evaluate(
     multihost_utils.sync_global_devices("task setup")
     if not primary:
       task.setup(workdir, create=False)
-  tx, schedule = optim.make_optimizer(config.train, lora.enabled(config))
+  tx, schedule = _optimizer(config)
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   per_process = config.train.batch_size // jax.process_count()
@@ -323,6 +334,13 @@ def _from_init_from(config, init_fn, init_rng, tx, task) -> steps.TrainState:
   if lora.KEY in fresh.params:
     params = {**params, lora.KEY: fresh.params[lora.KEY]}
   return fresh.replace(params=params, opt_state=tx.init(params))
+
+
+def _optimizer(config):
+  """The run's optimizer and schedule; with config.prune, its pruning link last (masks in the
+  optimizer state)."""
+  tx, schedule = optim.make_optimizer(config.train, lora.enabled(config))
+  return prune.wrap(tx, config), schedule
 
 
 def _variables(state: steps.TrainState) -> dict:
