@@ -129,67 +129,18 @@ def wrap(task: base.Task, config) -> base.Task:
   return LoraTask(task, config.model.lora) if enabled(config) else task
 
 
-def merged_variables(task: base.Task, variables: dict) -> dict:
-  """What a plain model applies: adapters merged in for a LoRA task, else the variables as given."""
-  return task.merged(variables) if isinstance(task, LoraTask) else variables
-
-
-class LoraTask(base.Task):
-  """The wrapped task with adapters in its params; everything else is the wrapped task's."""
+class LoraTask(base.WrappedTask):
+  """The wrapped task with adapters in its params, merged into the kernels before its model."""
 
   def __init__(self, inner: base.Task, cfg):
-    super().__init__(inner.config)
-    self.inner, self.cfg = inner, cfg
-    self.modes = {
-        name: (lambda variables, fn=fn: fn(self.merged(variables)))
-        for name, fn in inner.modes.items()
-    }
+    super().__init__(inner)
+    self.cfg = cfg
 
-  def __getattr__(self, name):  # unit, eval_metrics, tokenizer, model, ...: the inner task's
-    if name == "inner":
-      raise AttributeError(name)
-    return getattr(self.inner, name)
-
-  unit = property(lambda self: self.inner.unit)
-  units_per_example = property(lambda self: self.inner.units_per_example)
-  flops_per_unit = property(lambda self: self.inner.flops_per_unit)
-  eval_metrics = property(lambda self: self.inner.eval_metrics)
-  final_metric_names = property(lambda self: self.inner.final_metric_names)
-  init_from_tasks = property(lambda self: self.inner.init_from_tasks)
-
-  def merged(self, variables: dict) -> dict:
-    """The variables with the adapters merged into the kernels: a plain model's variables."""
-    return {**variables, "params": merge(variables["params"], self.cfg.alpha)}
-
-  def setup(self, workdir, create):
-    self.inner.setup(workdir, create)
-
-  def train_iterator(self, batch_size, seed, process_index, process_count):
-    return self.inner.train_iterator(batch_size, seed, process_index, process_count)
-
-  def eval_batches(self, batch_size):
-    return self.inner.eval_batches(batch_size)
-
-  def batch_spec(self, batch_size):
-    return self.inner.batch_spec(batch_size)
+  def plain_params(self, params):
+    return merge(params, self.cfg.alpha)
 
   def init_variables(self, rng):
     variables = dict(self.inner.init_variables(rng))  # the base model as it would be without
     params = dict(variables["params"])
     params[KEY] = init(jax.random.fold_in(rng, 1), params, self.cfg)
     return {**variables, "params": params}
-
-  def loss(self, params, model_state, batch, rng, train):
-    return self.inner.loss(merge(params, self.cfg.alpha), model_state, batch, rng, train)
-
-  def summarize(self, values):
-    return self.inner.summarize(values)
-
-  def final_metrics(self, variables):
-    return self.inner.final_metrics(self.merged(variables))
-
-  def showcase(self, variables):
-    return self.inner.showcase(self.merged(variables))
-
-  def pretrained_params(self, abstract_params):  # the base model's, from a hf:<dir> folder
-    return self.inner.pretrained_params(abstract_params)

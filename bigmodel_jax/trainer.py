@@ -116,8 +116,7 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
     return values
   variables = _variables(strategy.to_host_layout(state))
   if mode in serve.MODES:
-    plain = task.plain(variables) if isinstance(task, quantize.QuantTask) else variables
-    return serve.run(mode, task, config, lora.merged_variables(task, plain), workdir)
+    return serve.run(mode, task, config, tasks.base.plain_variables(task, variables), workdir)
   return task.modes[mode](variables)
 
 

@@ -120,59 +120,17 @@ def frozen_optimizer() -> optax.GradientTransformation:
   return optax.set_to_zero()
 
 
-class QuantTask(base.Task):
-  """The wrapped task with int8 kernels in its params; everything else is the wrapped task's."""
+class QuantTask(base.WrappedTask):
+  """The wrapped task with int8 kernels in its params, dequantized before its model."""
 
-  def __init__(self, inner: base.Task):
-    super().__init__(inner.config)
-    self.inner = inner
-    self.modes = {
-        name: (lambda variables, fn=fn: fn(self.plain(variables)))
-        for name, fn in inner.modes.items()
-    }
-
-  def __getattr__(self, name):  # tokenizer, model, ...: the inner task's
-    if name == "inner":
-      raise AttributeError(name)
-    return getattr(self.inner, name)
-
-  unit = property(lambda self: self.inner.unit)
-  units_per_example = property(lambda self: self.inner.units_per_example)
-  flops_per_unit = property(lambda self: self.inner.flops_per_unit)
-  eval_metrics = property(lambda self: self.inner.eval_metrics)
-  final_metric_names = property(lambda self: self.inner.final_metric_names)
-  init_from_tasks = property(lambda self: self.inner.init_from_tasks)
-
-  def plain(self, variables: dict) -> dict:
-    """What the wrapped task's model applies: the kernels dequantized."""
-    return {**variables, "params": dequantize(variables["params"])}
+  def plain_params(self, params):
+    return dequantize(params)
 
   def setup(self, workdir, create):
     if create:
       raise RunError("a quantized workdir cannot be trained; train the float workdir it came from")
     self.inner.setup(workdir, create)
 
-  def train_iterator(self, batch_size, seed, process_index, process_count):
-    return self.inner.train_iterator(batch_size, seed, process_index, process_count)
-
-  def eval_batches(self, batch_size):
-    return self.inner.eval_batches(batch_size)
-
-  def batch_spec(self, batch_size):
-    return self.inner.batch_spec(batch_size)
-
   def init_variables(self, rng):
     variables = dict(self.inner.init_variables(rng))
     return {**variables, "params": quantize(variables["params"])}
-
-  def loss(self, params, model_state, batch, rng, train):
-    return self.inner.loss(dequantize(params), model_state, batch, rng, train)
-
-  def summarize(self, values):
-    return self.inner.summarize(values)
-
-  def final_metrics(self, variables):
-    return self.inner.final_metrics(self.plain(variables))
-
-  def showcase(self, variables):
-    return self.inner.showcase(self.plain(variables))

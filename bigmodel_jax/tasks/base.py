@@ -138,3 +138,72 @@ class ArrayTask(Task):
         batch_size=batch_size,
         max_batches=self.config.train.eval_batches,
     )
+
+
+class WrappedTask(Task):
+  """Another task whose parameters are stored transformed (LoRA adapters beside the kernels,
+  int8 kernels): everything is the inner task's, except that its loss, modes, final metrics and
+  showcase see `plain_params(params)`, the parameters its model applies. A subclass defines
+  plain_params and the init_variables that builds the stored form."""
+
+  def __init__(self, inner: Task):
+    super().__init__(inner.config)
+    self.inner = inner
+    self.modes = {
+        name: (lambda variables, fn=fn: fn(self.plain(variables)))
+        for name, fn in inner.modes.items()
+    }
+
+  def __getattr__(self, name):  # tokenizer, model, ...: the inner task's
+    if name == "inner":
+      raise AttributeError(name)
+    return getattr(self.inner, name)
+
+  unit = property(lambda self: self.inner.unit)
+  units_per_example = property(lambda self: self.inner.units_per_example)
+  flops_per_unit = property(lambda self: self.inner.flops_per_unit)
+  eval_metrics = property(lambda self: self.inner.eval_metrics)
+  final_metric_names = property(lambda self: self.inner.final_metric_names)
+  init_from_tasks = property(lambda self: self.inner.init_from_tasks)
+
+  @abc.abstractmethod
+  def plain_params(self, params) -> dict:
+    """The stored parameters as the inner task's model applies them."""
+
+  def plain(self, variables: dict) -> dict:
+    """{"params": plain_params(...), ...}: the inner task's variables."""
+    return {**variables, "params": self.plain_params(variables["params"])}
+
+  def setup(self, workdir, create):
+    self.inner.setup(workdir, create)
+
+  def train_iterator(self, batch_size, seed, process_index, process_count):
+    return self.inner.train_iterator(batch_size, seed, process_index, process_count)
+
+  def eval_batches(self, batch_size):
+    return self.inner.eval_batches(batch_size)
+
+  def batch_spec(self, batch_size):
+    return self.inner.batch_spec(batch_size)
+
+  def loss(self, params, model_state, batch, rng, train):
+    return self.inner.loss(self.plain_params(params), model_state, batch, rng, train)
+
+  def summarize(self, values):
+    return self.inner.summarize(values)
+
+  def final_metrics(self, variables):
+    return self.inner.final_metrics(self.plain(variables))
+
+  def showcase(self, variables):
+    return self.inner.showcase(self.plain(variables))
+
+  def pretrained_params(self, abstract_params):  # the inner model's, e.g. from a hf:<dir> folder
+    return self.inner.pretrained_params(abstract_params)
+
+
+def plain_variables(task: Task, variables: dict) -> dict:
+  """What the innermost task's model applies, through every WrappedTask around it."""
+  while isinstance(task, WrappedTask):
+    task, variables = task.inner, task.plain(variables)
+  return variables
