@@ -67,7 +67,7 @@ def test_sample_mode_continues_the_prompt(trained, capsys):
 def test_modes_that_need_a_checkpoint_say_so(data_dir, tmp_path):
   with pytest.raises(RunError, match="no tokenizer in"):
     trainer.run(tiny_config(data_dir), str(tmp_path / "empty"), "sample")
-  with pytest.raises(UsageError, match="valid: train, eval, plan, sample"):
+  with pytest.raises(UsageError, match="valid: train, eval, plan, compress, sample"):
     trainer.run(tiny_config(data_dir), str(tmp_path / "empty"), "deploy")
   assert not (tmp_path / "empty").exists()
 
