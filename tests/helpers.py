@@ -1,6 +1,9 @@
-"""Shared test helpers: tiny configs on a private data cache, and reading metrics.jsonl."""
+"""Shared test helpers: tiny configs on a private data cache, running the trainer quietly, and
+reading metrics.jsonl."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import random
@@ -9,6 +12,7 @@ import jax.numpy as jnp
 import tensorflow_datasets as tfds
 
 from bigmodel_jax import config as config_lib
+from bigmodel_jax import trainer
 
 # Every field of models.gpt.GPT at a tiny size, for tests that build the module directly.
 TINY_GPT = dict(
@@ -38,6 +42,14 @@ def tiny_config(data_dir: str, experiment: str = "textgen:tiny", **overrides):
   config_lib.set_values(c, {k.replace("__", "."): v for k, v in overrides.items()}, "test")
   config_lib.validate(c)
   return c
+
+
+def run_quietly(config, workdir, mode: str = "train", **hooks):
+  """trainer.run -> (its result, what it printed)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    result = trainer.run(config, str(workdir), mode, **hooks)
+  return result, out.getvalue()
 
 
 def read_metrics(workdir: str, split: str = "train") -> dict[int, dict]:

@@ -1,15 +1,12 @@
 """Small image folders for tests, drawn with pillow (three classes of simple shapes), and an
 imagecls config that trains on one."""
 
-import contextlib
-import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from bigmodel_jax import config as config_lib
-from bigmodel_jax import trainer
 
 CLASSES = ("circle", "square", "stripes")
 FORMATS = ("png", "jpg", "bmp", "webp")
@@ -58,11 +55,3 @@ def image_config(source: str, cache, **overrides):
   config_lib.set_values(c, values, "test")
   config_lib.validate(c)
   return c
-
-
-def run_quietly(config, workdir, mode: str = "train", **hooks):
-  """trainer.run -> (its result, what it printed)."""
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    result = trainer.run(config, str(workdir), mode, **hooks)
-  return result, out.getvalue()

@@ -1,8 +1,6 @@
 """detect: CenterNet through the trainer, COCO mAP against pycocotools, data sources, predict,
 and bad input (one-line errors)."""
 
-import contextlib
-import io
 import json
 import re
 
@@ -16,7 +14,7 @@ from bigmodel_jax import boxes, detection, trainer
 from bigmodel_jax import config as config_lib
 from bigmodel_jax.data import boxed_images, canvases
 from bigmodel_jax.errors import UsageError
-from tests.helpers import prepared_tfds_metadata, read_metrics
+from tests.helpers import prepared_tfds_metadata, read_metrics, run_quietly
 
 tfds.disable_progress_bar()
 
@@ -30,13 +28,6 @@ def _config(cache, **overrides):
   return c
 
 
-def _run(config, workdir, mode="train"):
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    result = trainer.run(config, str(workdir), mode)
-  return result, out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
   return tmp_path_factory.mktemp("detect_cache")
@@ -47,7 +38,7 @@ def trained(cache, tmp_path_factory):
   """One tiny run (20 steps) on generated canvases, shared by the tests that read it."""
   workdir = tmp_path_factory.mktemp("detect_run")
   config = _config(cache)
-  _, printed = _run(config, workdir)
+  _, printed = run_quietly(config, workdir)
   return config, workdir, printed
 
 
@@ -78,7 +69,7 @@ def test_predict_draws_the_boxes_on_the_image_and_prints_them(trained, tmp_path)
   config.predict.input = str(tmp_path / "scene.png")
   config.detect.min_score = 0.0  # a 20-step model scores low; show its best peaks anyway
   config.detect.max_detections = 3
-  result, printed = _run(config, workdir, "predict")
+  result, printed = run_quietly(config, workdir, "predict")
   out = Image.open(workdir / "scene.detections.png")
   assert out.size == (512, 384)  # enlarged to 384 pixels on the short side, aspect kept
   assert len(result) >= 1 and f"wrote {workdir / 'scene.detections.png'}" in printed
@@ -281,7 +272,7 @@ def test_predict_on_a_file_that_is_not_an_image_is_a_one_line_error(trained, tmp
   ):
     config.predict.input = str(tmp_path / name)
     with pytest.raises(UsageError, match=message) as e:
-      _run(config, workdir, "predict")
+      run_quietly(config, workdir, "predict")
     assert "\n" not in str(e.value)
   assert not list(workdir.glob("notes*.png")) and not list(workdir.glob("gone*"))
 

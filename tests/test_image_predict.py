@@ -8,7 +8,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from bigmodel_jax.errors import UsageError
-from tests.image_helpers import CLASSES, image_config, run_quietly, write_shapes
+from tests.helpers import run_quietly
+from tests.image_helpers import CLASSES, image_config, write_shapes
 
 tfds.disable_progress_bar()
 

@@ -15,8 +15,8 @@ import tensorflow_datasets as tfds
 
 from bigmodel_jax.data import image_cache, image_files, image_folders, images
 from bigmodel_jax.errors import RunError, UsageError
-from tests.helpers import read_metrics
-from tests.image_helpers import CLASSES, image_config, run_quietly, write_shapes
+from tests.helpers import read_metrics, run_quietly
+from tests.image_helpers import CLASSES, image_config, write_shapes
 
 tfds.disable_progress_bar()
 

@@ -15,7 +15,7 @@ from bigmodel_jax import config as config_lib
 from bigmodel_jax.data import arrays, images
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import classify_image
-from tests.helpers import prepared_tfds_metadata, read_metrics
+from tests.helpers import prepared_tfds_metadata, read_metrics, run_quietly
 
 tfds.disable_progress_bar()
 
@@ -32,10 +32,8 @@ def trained(tmp_path_factory):
   """One tiny CNN run (30 steps, 8 devices) on the digits, shared by the tests that read it."""
   workdir = str(tmp_path_factory.mktemp("imagecls"))
   config = _config()
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    trainer.run(config, workdir)
-  return config, workdir, out.getvalue()
+  _, printed = run_quietly(config, workdir)
+  return config, workdir, printed
 
 
 # --- training, eval, showcase --------------------------------------------------------------------

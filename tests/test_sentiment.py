@@ -1,9 +1,7 @@
 """sentiment: the generated review corpus, the text classifiers, the task, and its runs."""
 
 import collections
-import contextlib
 import functools
-import io
 import logging
 import re
 
@@ -19,7 +17,7 @@ from bigmodel_jax import models, trainer
 from bigmodel_jax.data import reviews
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import classify_text
-from tests.helpers import prepared_tfds_metadata, read_metrics
+from tests.helpers import prepared_tfds_metadata, read_metrics, run_quietly
 
 tfds.disable_progress_bar()
 
@@ -162,10 +160,8 @@ def trained(tmp_path_factory):
   """The tiny run (it memorises 32 reviews), with the showcase it printed."""
   workdir = str(tmp_path_factory.mktemp("sentiment"))
   config = _config(predict__num_examples=2)
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    trainer.run(config, workdir)
-  return config, workdir, out.getvalue()
+  _, printed = run_quietly(config, workdir)
+  return config, workdir, printed
 
 
 def test_tiny_run_learns_and_shows_off(trained):

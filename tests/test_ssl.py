@@ -18,7 +18,7 @@ from bigmodel_jax import checkpoint, encoder_transfer, models, trainer
 from bigmodel_jax.data import augment
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import contrastive
-from tests.helpers import prepared_tfds_metadata, read_metrics, tiny_config
+from tests.helpers import prepared_tfds_metadata, read_metrics, run_quietly, tiny_config
 
 # The ssl:tiny encoder, as imagecls overrides (so imagecls:tiny builds the same ViT).
 VIT = dict(model__name="vit", model__num_layers=1, model__embed_dim=16, model__num_heads=2)
@@ -34,10 +34,8 @@ def ssl_run(tmp_path_factory):
   """One ssl:tiny pretraining (20 steps, 8 devices), shared by the tests that read it."""
   workdir = str(tmp_path_factory.mktemp("ssl"))
   config = tiny_config("", "ssl:tiny")
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    trainer.run(config, workdir)
-  return config, workdir, out.getvalue()
+  _, printed = run_quietly(config, workdir)
+  return config, workdir, printed
 
 
 def _params(workdir):

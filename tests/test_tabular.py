@@ -1,8 +1,6 @@
 """tabular: the founding notes' MLP done right; bundled data, a user's CSV, predict, errors."""
 
-import contextlib
 import csv
-import io
 import json
 import os
 
@@ -14,7 +12,7 @@ from bigmodel_jax import config as config_lib
 from bigmodel_jax.data import tables
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.tasks import tabular
-from tests.helpers import read_metrics
+from tests.helpers import read_metrics, run_quietly
 
 
 def _config(**overrides):
@@ -24,19 +22,12 @@ def _config(**overrides):
   return c
 
 
-def _run(config, workdir, mode="train"):
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    result = trainer.run(config, str(workdir), mode)
-  return result, out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """One tiny run (40 steps, 8 devices) on the bundled breast-cancer data."""
   workdir = str(tmp_path_factory.mktemp("tabular"))
   config = _config()
-  _, printed = _run(config, workdir)
+  _, printed = run_quietly(config, workdir)
   return config, workdir, printed
 
 
@@ -83,7 +74,7 @@ def test_loss_falls_and_final_eval_has_accuracy_and_auc(trained):
 
 def test_eval_mode_reports_accuracy_and_auc(trained):
   config, workdir, _ = trained
-  values, _ = _run(config, workdir, "eval")
+  values, _ = run_quietly(config, workdir, "eval")
   last = read_metrics(workdir, "validation")[40]
   assert values["accuracy"] == pytest.approx(last["accuracy"])
   assert values["auc"] == pytest.approx(last["auc"])
@@ -147,7 +138,7 @@ def csv_run(tmp_path_factory):
       train__steps=60,
   )
   workdir = d / "run"
-  _run(config, workdir)
+  run_quietly(config, workdir)
   return config, str(workdir), d
 
 
@@ -173,7 +164,7 @@ def test_predict_writes_probabilities_and_labels_and_says_where(csv_run):
   rows[1][1], rows[2][1] = 1, 59
   rows[1][2] = rows[2][2] = "basic"
   config.predict.input = _write_csv(d / "new.csv", HEADER[:4], rows)
-  output, printed = _run(config, workdir, "predict")
+  output, printed = run_quietly(config, workdir, "predict")
   assert output == os.path.join(workdir, "predictions.csv")
   assert "wrote 30 predictions" in printed and output in printed
   with open(output) as f:
@@ -187,7 +178,7 @@ def test_predict_writes_probabilities_and_labels_and_says_where(csv_run):
   # predict.output elsewhere; a labelled file also reports accuracy.
   config.predict.output = str(d / "out" / "p.csv")
   config.predict.input = _write_csv(d / "labelled.csv", HEADER, _churn_rows(50, 2))
-  output, printed = _run(config, workdir, "predict")
+  output, printed = run_quietly(config, workdir, "predict")
   assert output == config.predict.output and os.path.exists(output)
   assert "accuracy on the 50 labelled rows" in printed
 

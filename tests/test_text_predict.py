@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from bigmodel_jax import batch_predict, trainer
 from bigmodel_jax.errors import RunError, UsageError
-from tests.helpers import TOPIC_WORDS, read_metrics, tiny_config, topics, write_csv
+from tests.helpers import TOPIC_WORDS, read_metrics, run_quietly, tiny_config, topics, write_csv
 
 tfds.disable_progress_bar()
 CLASSES = sorted(TOPIC_WORDS)
@@ -30,10 +30,8 @@ def trained(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("topics")
   config = _config(tmp, "csv:" + write_csv(tmp / "train.csv", topics(240)), predict__num_examples=2)
   workdir = str(tmp / "run")
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    trainer.run(config, workdir)
-  return tmp, config, workdir, out.getvalue()
+  _, printed = run_quietly(config, workdir)
+  return tmp, config, workdir, printed
 
 
 def _predict(tmp, workdir, value, **overrides):
