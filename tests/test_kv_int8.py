@@ -110,20 +110,20 @@ def test_int8_cache_logits_stay_close_to_transformers_and_greedy_tokens_agree(ll
   np.testing.assert_array_equal(ours, theirs)
 
 
-def test_sample_and_serve_decode_with_the_int8_cache_and_agree(llama, tmp_path):
-  folder = llama[0]
-  workdir = str(tmp_path / "run")  # init_from: both modes read the folder and write nothing
+def test_sample_and_serve_decode_a_float_trained_workdir_with_the_int8_cache(tmp_path):
+  data, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+  trainer.run(tiny_config(data, train__steps=4, checkpoint__every_steps=4), workdir)
+  # kv_cache is a decoding setting: the float run's checkpoint restores under either.
   config = tiny_config(
-      "", init_from=f"hf:{folder}", model__block_size=CONTEXT, model__kv_cache="int8",
-      sample__temperature=0.0, sample__num_samples=1, sample__max_new_tokens=12,
+      data, model__kv_cache="int8", sample__temperature=0.0, sample__num_samples=1,
+      sample__max_new_tokens=12,
   )  # fmt: skip
   (text,) = trainer.run(config, workdir, "sample")
   prompt = config.sample.prompt
   assert text.startswith(prompt) and len(text) > len(prompt)
   args = [
-      "--experiment=textgen:tiny", f"--workdir={workdir}", f"--config.init_from=hf:{folder}",
-      f"--config.model.block_size={CONTEXT}", "--config.model.kv_cache=int8",
-      "--config.serve.max_batch=2", "--config.compile_cache_dir=",
+      "--experiment=textgen:tiny", f"--workdir={workdir}", f"--config.data.tfds_data_dir={data}",
+      "--config.model.kv_cache=int8", "--config.serve.max_batch=2", "--config.compile_cache_dir=",
   ]  # fmt: skip
   server = Server(args, tmp_path / "server.log")
   try:
@@ -133,8 +133,8 @@ def test_sample_and_serve_decode_with_the_int8_cache_and_agree(llama, tmp_path):
   finally:
     server.stop()
   assert prompt + got["choices"][0]["text"] == text
-  # 2 slots x 2 layers x 2 (k, v) x 64 tokens x 2 kv-heads x (8 int8 + a float32 scale) bytes
-  assert "KV cache: 2 slots, 12.0 KiB, int8" in log, log[-2000:]
+  # 2 slots x 2 layers x 2 (k, v) x 32 tokens x 2 heads x (16 int8 + a float32 scale) bytes
+  assert "KV cache: 2 slots, 10.0 KiB, int8" in log, log[-2000:]
 
 
 def test_an_unknown_kv_cache_kind_is_a_one_line_error():
