@@ -56,6 +56,11 @@ def test_quantize_round_trips_within_half_a_step_and_keeps_zero_vectors_zero():
   step = np.asarray(jnp.abs(x).max(-1) / 127.0)[..., None]
   assert np.all(np.abs(np.asarray(back - x.at[2, 1].set(0.0))) <= step / 2 + 1e-6)
   assert not np.any(np.asarray(back[2, 1]))
+  # bfloat16 (the accelerator presets' compute dtype): bfloat16 scales, still within range.
+  q, scale = kv_cache.quantize(x.astype(jnp.bfloat16))
+  assert scale.dtype == jnp.bfloat16 and int(jnp.abs(q.astype(jnp.int32)).max()) == 127
+  back = np.asarray(kv_cache.dequantize(q, scale, jnp.float32))
+  assert np.all(np.abs(back - np.asarray(x.astype(jnp.bfloat16), np.float32)) <= 2 * step / 2)
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,14 @@ _NAMES = {"key": ("cached_key", "key_scale"), "value": ("cached_value", "value_s
 
 def quantize(x):
   """x (..., D) float -> (int8 (..., D), scale (...,) in x's dtype) with x ~ q * scale."""
-  absmax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1)  # (...,)
-  scale = absmax / 127.0
-  # An all-zero vector (the padding of a fresh cache) keeps scale 0 and divides by 1 instead.
-  q = jnp.round(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0)[..., None])
-  return q.astype(jnp.int8), scale.astype(x.dtype)
+  x32 = x.astype(jnp.float32)
+  # The scale as stored (x's dtype, e.g. bfloat16), so q * scale is what dequantize returns.
+  scale = (jnp.max(jnp.abs(x32), axis=-1) / 127.0).astype(x.dtype)  # (...,)
+  s32 = scale.astype(jnp.float32)
+  # An all-zero vector (the padding of a fresh cache) keeps scale 0 and divides by 1 instead;
+  # the clip catches a bfloat16 scale rounded down (x / scale just over 127.5).
+  q = jnp.clip(jnp.round(x32 / jnp.where(s32 > 0, s32, 1.0)[..., None]), -127, 127)
+  return q.astype(jnp.int8), scale
 
 
 def dequantize(q, scale, dtype):
