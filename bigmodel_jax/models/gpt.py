@@ -81,7 +81,7 @@ class Settings:
   mlp_type: str
   rope_theta: float
   rope_scaling: tuple
-  kv_cache: str = "float"  # decoding cache storage: "float" | "int8" (models/kv_cache.py)
+  kv_cache: str  # decoding cache storage: "float" | "int8" (models/kv_cache.py)
 
 
 _init, _zeros = layers.normal, layers.zeros  # initialisers with logical axis names
