@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from bigmodel_jax import lora, optim, parallel, steps
+from bigmodel_jax.compress import prune
 from bigmodel_jax.errors import UsageError
 
 
@@ -62,6 +63,7 @@ def plan(config, task) -> dict[str, float]:
       shape, t.batch_size, t.grad_accum_steps, jax.devices()[:n], p.logical_rules
   )
   tx, schedule = optim.make_optimizer(t, lora.enabled(config))
+  tx = prune.wrap(tx, config)  # as the trainer's: pruning masks are optimizer state too
   init_fn = functools.partial(steps.init_state, task=task, tx=tx)
   rng = jax.random.key(config.seed)
   state = strategy.abstract(init_fn, rng)

@@ -80,14 +80,29 @@ def _quantizable(leaf) -> bool:
 
 
 def quantize(params) -> dict:
-  """The params tree with every floating kernel of 2+ axes replaced by {int8, scale}."""
+  """The params tree with every floating kernel of 2+ axes replaced by {int8, scale}.
+
+  A boxed kernel (nn.Partitioned, as the model's init returns it) keeps its logical axis names
+  on the int8 array, and on the scale where it has the kernel's size (its reduced axes are 1:
+  None), so a mesh strategy shards the int8 kernels as it would the float ones."""
   if is_quantized_tree(params):
     raise UsageError("these parameters are already int8-quantized; quantize the float ones")
 
   def one(path, leaf):
-    return quantize_array(leaf, optim.param_path(path)) if _quantizable(leaf) else leaf
+    box = leaf if isinstance(leaf, nn.meta.AxisMetadata) else None
+    value = box.unbox() if box is not None else leaf
+    if not _quantizable(value):
+      return leaf
+    name = optim.param_path(path)
+    q = quantize_array(value, name)
+    if not isinstance(box, nn.Partitioned):  # unboxed (a restored state), or unknown metadata
+      return q
+    keep = _kept_axes(name, tuple(value.shape))
+    names = tuple(n if i in keep else None for i, n in enumerate(box.names))
+    return {Q: box.replace(value=q[Q]), SCALE: box.replace(value=q[SCALE], names=names)}
 
-  return jax.tree_util.tree_map_with_path(one, nn.meta.unbox(params))
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  return jax.tree_util.tree_map_with_path(one, params, is_leaf=is_box)
 
 
 def _is_qnode(node) -> bool:

@@ -33,6 +33,7 @@ from a (B, block_size) input; zeros of the right shapes are all it needs, so do 
 Each call with tokens (B, L) writes keys/values at positions [i, i+L) of the cache, where
 i = cache/cache_index, and advances the index by L. The caller keeps i + L <= block_size
 (`bigmodel_jax.generate` checks it); past that, the writes would be clamped and silently wrong.
+With kv_cache="int8" the cache holds int8 keys/values and per-token scales (models/kv_cache.py).
 """
 
 import dataclasses
@@ -46,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from bigmodel_jax.errors import UsageError
-from bigmodel_jax.models import layers
+from bigmodel_jax.models import kv_cache, layers
 
 POSITIONS = ("learned", "rotary")
 ATTENTION_IMPLS = {"xla": None, "cudnn": "cudnn"}
@@ -80,6 +81,7 @@ class Settings:
   mlp_type: str
   rope_theta: float
   rope_scaling: tuple
+  kv_cache: str  # decoding cache storage: "float" | "int8" (models/kv_cache.py)
 
 
 _init, _zeros = layers.normal, layers.zeros  # initialisers with logical axis names
@@ -185,19 +187,18 @@ class CausalSelfAttention(nn.Module):
 
     if not cfg.decode or not self.has_variable("cache", "cached_key"):
       if cfg.decode:  # model.init(..., decode=True): the cache takes the init input's shapes
-        self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-        self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        kv_cache.declare(self, cfg.kv_cache, k, "key")
+        kv_cache.declare(self, cfg.kv_cache, v, "value")
       k, v = groups(k), groups(v)  # (B, T, H, D)
       y = attend(q, k, v, mask, implementation=cfg.attention_impl)  # (B, T, H, D)
     else:
       # Write this call's keys/values at [i, i+T); query j (at position i+j) sees keys <= i+j.
       # cuDNN kernels target training shapes, so decoding steps (T = 1 against the cache) use XLA.
-      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      # An int8 cache (cfg.kv_cache) quantizes what it writes and dequantizes what it reads.
       start = positions[0]
-      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
-      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
-      k, v = groups(cached_k.value), groups(cached_v.value)  # (B, S, H, D), S = block_size
+      k = kv_cache.write_and_read(self, cfg.kv_cache, k, start, "key")  # (B, S, K, D)
+      v = kv_cache.write_and_read(self, cfg.kv_cache, v, start, "value")
+      k, v = groups(k), groups(v)  # (B, S, H, D), S = block_size
       mask = jnp.arange(k.shape[1])[None, :] <= positions[:, None]  # (T, S)
       y = attend(q, k, v, mask)  # (B, T, H, D)
 
@@ -264,6 +265,7 @@ class GPT(nn.Module):
   rope_scaling: tuple = ()  # () | (factor, low_freq_factor, high_freq_factor, original_context)
   tie_embeddings: bool = True
   decode: bool = False  # set by model.clone(decode=True) for cached decoding, never by config
+  kv_cache: str = "float"  # the decoding cache's storage: "float" | "int8" (models/kv_cache.py)
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False, segment_ids=None):
@@ -288,6 +290,7 @@ class GPT(nn.Module):
         mlp_type=self.mlp_type,
         rope_theta=self.rope_theta,
         rope_scaling=tuple(self.rope_scaling),
+        kv_cache=self.kv_cache,
     )
     wte = nn.Embed(
         self.vocab_size,
@@ -380,6 +383,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.attention_impl = "xla"
   # Recompute in the backward pass to save memory: none | full | dots (REMAT_POLICIES).
   c.remat = "none"
+  # The KV cache of decoding (--mode=sample, serve, export): float (the compute dtype) | int8
+  # (per token and head absmax scales; ~3.8x smaller than float32 at head size 64).
+  c.kv_cache = "float"
   c.update(layers.decoder_config())
   return c
 
@@ -418,6 +424,9 @@ def make(cfg, vocab_size: int) -> GPT:
   if remat not in REMAT_POLICIES:
     raise UsageError(f"model.remat={remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
   arch = layers.decoder_options(cfg, heads, positions)
+  if cfg.kv_cache not in kv_cache.KINDS:
+    valid = ", ".join(kv_cache.KINDS)
+    raise UsageError(f"model.kv_cache={cfg.kv_cache!r} is unknown; valid: {valid}")
   multiple = layers.vocab_multiple(cfg)
   if vocab_size <= 0:
     raise UsageError(f"vocab_size={vocab_size} must be positive")
@@ -429,6 +438,7 @@ def make(cfg, vocab_size: int) -> GPT:
       use_bias=bool(cfg.use_bias),
       attention_impl=ATTENTION_IMPLS[impl],
       remat=remat,
+      kv_cache=cfg.kv_cache,
       **arch,
       **ints,
       **dtypes,

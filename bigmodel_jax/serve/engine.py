@@ -101,6 +101,15 @@ def gpt_programs(model) -> Programs:
   return Programs(prefill, decode, one, model.block_size)
 
 
+def cache_size(cache) -> tuple[str, str]:
+  """(its bytes, in KiB/MiB/GiB, and the keys' storage type) of a GPT cache (model.kv_cache)."""
+  size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+  unit = next(u for u in range(4) if size < 1024 ** (u + 1) or u == 3)
+  leaves = jax.tree_util.tree_leaves_with_path(cache)
+  kinds = {str(x.dtype) for path, x in leaves if "cached_key" in jax.tree_util.keystr(path)}
+  return f"{size / 1024**unit:.1f} {('B', 'KiB', 'MiB', 'GiB')[unit]}", "/".join(sorted(kinds))
+
+
 class Engine:
   """Owns the slots, the compiled programs and the scheduling thread."""
 
@@ -119,6 +128,7 @@ class Engine:
     self.cache = jax.device_put(
         jax.tree.map(lambda s: jnp.zeros((max_batch, *s.shape), s.dtype), programs.cache), device
     )
+    logging.info("KV cache: %d slots, %s, %s", max_batch, *cache_size(self.cache))
     self._prefill = jax.jit(self._prefill_fn, donate_argnums=1)
     self._decode = jax.jit(self._decode_fn, donate_argnums=1)
     S = max_batch
