@@ -154,6 +154,11 @@ def test_eval_and_sample_on_init_from_then_train_and_export(folders, corpus, tmp
   config = _run_config(folder, corpus, sample__num_samples=1, sample__temperature=0.0)
   (text,) = trainer.run(config, workdir, "sample")
   assert text.startswith(config.sample.prompt) and len(text) > len(config.sample.prompt)
+  # An export bundle straight from the folder too (its tokenizer is the folder's).
+  config = _run_config(folder, corpus, serve__export_dir=str(tmp_path / "bundle"))
+  bundle = trainer.run(config, workdir, "export")
+  assert os.path.exists(os.path.join(bundle, "tokenizer", "tokenizer.json"))
+  assert not os.path.exists(workdir)
   # Fine-tune two steps, export, and transformers gives our logits for the trained weights.
   state = trainer.run(_run_config(folder, corpus), workdir)
   out = trainer.run(_run_config(folder, corpus), workdir, "export_hf")

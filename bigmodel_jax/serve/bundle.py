@@ -85,7 +85,9 @@ def export_textgen(task, variables, config, workdir: str, tmp: str) -> dict:
   )
   _write(os.path.join(tmp, "decode.jax"), exp.serialize())
   _write(os.path.join(tmp, "params.msgpack"), flax.serialization.msgpack_serialize(params))
-  shutil.copytree(os.path.join(workdir, "tokenizer"), os.path.join(tmp, "tokenizer"))
+  # The task's tokenizer, saved (not the workdir's folder copied): a model scored straight from
+  # init_from=hf:<dir> has never written one into its workdir.
+  task.tokenizer.save(os.path.join(tmp, "tokenizer"))
   meta = {
       "kind": "textgen",
       "name": config.experiment.split(":")[0],
