@@ -63,6 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.shared_vocab = True  # one tokenizer and embedding table for both sides
   c.data.max_source_len = 32  # tokens, EOS included
   c.data.max_target_len = 12
+  # Training rows hold several pairs each (segment ids keep them apart; validation, BLEU and
+  # decoding stay one pair per row), sources in rows of packed_source_len tokens and their
+  # targets in rows of packed_target_len (0 = data.max_source_len / max_target_len).
+  c.data.pack = False
+  c.data.packed_source_len = 64  # dates: ~4 sources of 14 tokens (EOS included) on average
+  c.data.packed_target_len = 48  # dates: 4 targets of 11 tokens
 
   c.model = models.default_config(*MODELS)
   c.model.vocab_multiple = 8  # pad embedding tables (259 byte ids + specials -> 264)
@@ -101,6 +107,8 @@ _BASE = {
     "data.eval_examples": 0,
     "data.max_source_len": 128,
     "data.max_target_len": 128,
+    "data.packed_source_len": 0,
+    "data.packed_target_len": 0,
     "model.num_encoder_layers": 6,
     "model.num_decoder_layers": 6,
     "model.num_heads": 8,
