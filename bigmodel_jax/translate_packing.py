@@ -22,12 +22,13 @@ class PackedPairs:
   (N, T)} PAD-filled (one pair per row); reads data.pack, data.packed_{source,target}_len."""
 
   def check_packing(self) -> None:
+    # .get: a translate config written before packing (a fork's own get_config) trains unpacked.
     d = self.config.data
-    self.pack = d.pack
-    if not isinstance(d.pack, bool):
-      raise UsageError(f"data.pack={d.pack!r} must be true or false")
+    self.pack = d.get("pack", False)
+    if not isinstance(self.pack, bool):
+      raise UsageError(f"data.pack={self.pack!r} must be true or false")
     for side in ("source", "target"):
-      width, longest = d[f"packed_{side}_len"], d[f"max_{side}_len"]
+      width, longest = d.get(f"packed_{side}_len", 0), d[f"max_{side}_len"]
       if width != 0 and width < longest:
         raise UsageError(
             f"data.packed_{side}_len={width} must be 0 (= data.max_{side}_len) or >= "
@@ -36,7 +37,10 @@ class PackedPairs:
 
   def packed_widths(self) -> tuple[int, int]:
     d = self.config.data
-    return d.packed_source_len or d.max_source_len, d.packed_target_len or d.max_target_len
+    return (
+        d.get("packed_source_len", 0) or d.max_source_len,
+        d.get("packed_target_len", 0) or d.max_target_len,
+    )
 
   @functools.lru_cache(maxsize=4)
   def packed_rows(self, split: str, pack: bool = True) -> dict[str, np.ndarray]:
