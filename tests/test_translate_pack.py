@@ -15,6 +15,7 @@ from bigmodel_jax import translate_packing
 from bigmodel_jax.data import packing
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.tasks import translate
+from bigmodel_jax.tools import padding_waste
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,6 +142,17 @@ def test_training_batches_are_packed_rows_and_throughput_counts_pairs(task):
   assert task.units_per_example > 3  # pairs a row, so examples_per_s counts pairs
   waste = task.padding_waste()
   assert waste["packed"] < 0.5 * waste["unpacked"]
+
+
+def test_the_padding_waste_command_counts_the_pairs_bytes(task):
+  """tools/padding_waste on translate:tiny against the texts' own byte lengths (+ EOS)."""
+  waste = padding_waste.padding_waste("translate:tiny", "validation")
+  sources, targets = task._texts["validation"]
+  real = sum(len(t.encode()) + 1 for t in list(sources) + list(targets))  # all fit tiny's rows
+  assert waste["unpacked"] == pytest.approx(1 - real / (len(sources) * (32 + 12)))
+  rows = task.packed_rows("validation")
+  assert waste["packed"] == pytest.approx(1 - real / (rows["inputs"].size + rows["targets"].size))
+  assert len(rows["inputs"]) < len(sources) / 3  # 64 + 48 token rows hold 3-4 pairs
 
 
 @pytest.mark.parametrize(
