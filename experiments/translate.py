@@ -4,6 +4,7 @@
   python run.py --experiment=translate --mode=eval     # loss, accuracy; test BLEU, exact match
   python run.py --experiment=translate --mode=translate --config.decode.input="Mar 3, '21"
   python run.py --experiment=translate --mode=translate --config.decode.input=new.csv
+  python run.py --experiment=translate --config.data.pack=true   # several pairs per training row
 
 Offline default: dates written 23 ways ("3rd of March 2021", "Mar 3, '21", "03/03/2021",
 "Wednesday, March 3, 2021", "2021.03.03", ...) -> ISO 8601 "2021-03-03", byte-level
@@ -12,6 +13,11 @@ of about 99.7% and BLEU about 99.9 after the default preset (1200 steps, a 2+2 x
 and a showcase of source / reference / hypothesis triples, with a few of the mistakes.
 Validation reports teacher-forced loss, token and sequence accuracy; the final eval decodes up to
 decode.eval_examples test sources with beam search (beam 4, length penalty 0.6).
+
+Packing (data.pack=true): training rows of 64 + 48 tokens hold 3.77 pairs (padding 43.1% ->
+15.6%). Default run, shared 2-core machine: validation loss at steps 400 / 1200 0.0136 / 0.0003
+packed against 0.0560 / 0.0014 unpacked, test exact match 100% against 99.7%, but 786 s against
+344 s wall and 396 against 438 pairs/s; so unpacked by default (README: "Sequence packing").
 
 Your own pairs: data.source=csv:<glob>, tsv:<glob> or jsonl:<glob>, columns data.source_column and
 data.target_column (names, keys, or 0-based positions with data.header=false). Held out:
@@ -63,6 +69,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.shared_vocab = True  # one tokenizer and embedding table for both sides
   c.data.max_source_len = 32  # tokens, EOS included
   c.data.max_target_len = 12
+  # Training rows hold several pairs each (segment ids keep them apart; validation, BLEU and
+  # decoding stay one pair per row), sources in rows of packed_source_len tokens and their
+  # targets in rows of packed_target_len (0 = data.max_source_len / max_target_len).
+  c.data.pack = False
+  c.data.packed_source_len = 64  # dates: ~4 sources of 14 tokens (EOS included) on average
+  c.data.packed_target_len = 48  # dates: 4 targets of 11 tokens
 
   c.model = models.default_config(*MODELS)
   c.model.vocab_multiple = 8  # pad embedding tables (259 byte ids + specials -> 264)
@@ -101,6 +113,8 @@ _BASE = {
     "data.eval_examples": 0,
     "data.max_source_len": 128,
     "data.max_target_len": 128,
+    "data.packed_source_len": 0,
+    "data.packed_target_len": 0,
     "model.num_encoder_layers": 6,
     "model.num_decoder_layers": 6,
     "model.num_heads": 8,

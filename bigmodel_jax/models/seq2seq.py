@@ -9,6 +9,12 @@ Each vocabulary is a tokenizer's V ids followed by three specials: PAD = V, BOS 
 EOS = V + 2 (so the model's vocabulary is V + 3; see `special_ids`). Padding (PAD in the source)
 is masked out of encoder self-attention and of cross-attention; decoder self-attention is causal.
 
+Packed rows (`src_segments` (B, S), `tgt_segments` (B, T) int32: 1, 2, ... per pair in the row, in
+the same order on both sides, 0 padding; see data/packing.py `streams`): positions restart at
+each pair's start, encoder self-attention stays within a source, decoder self-attention within a
+target (and causal), and a target token attends only to its own pair's source tokens, so a pair's
+logits are those it gets alone (tests/test_translate_pack.py).
+
 Parameter tree (names are kept stable: checkpoints depend on them):
 
   embed/embedding                         (vocab, embed)  shared vocabulary (rows padded to a
@@ -39,6 +45,7 @@ import numpy as np
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import layers
+from bigmodel_jax.models.gpt import packed_positions_and_mask
 
 NUM_SPECIAL = 3
 
@@ -68,10 +75,10 @@ def _layer_norm(cfg, name):
 
 
 def sinusoids(positions, dim: int):
-  """Fixed sin/cos position features (T,) -> (T, dim), as in "Attention is all you need"."""
+  """Fixed sin/cos position features (..., T) -> (..., T, dim) ("Attention is all you need")."""
   half = dim // 2
   freq = jnp.exp(-np.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
-  angles = positions.astype(jnp.float32)[:, None] * freq[None, :]  # (T, dim/2)
+  angles = positions.astype(jnp.float32)[..., None] * freq  # (..., T, dim/2)
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
@@ -95,7 +102,7 @@ class Attention(nn.Module):
         name=name,
     )
     q = dense("query")(x)  # (B, T, H, D)
-    causal = self.kind == "causal"
+    causal = self.kind == "causal" and mask is None  # packed rows pass causal same-pair masks
     if self.kind == "cross" and cfg.decode and self.has_variable("cache", "cross_key"):
       k, v = self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
     else:
@@ -159,9 +166,9 @@ class DecoderLayer(nn.Module):
   cfg: Settings
 
   @nn.compact
-  def __call__(self, x, encoded, src_mask, positions, *, train):  # x (B, T, C)
+  def __call__(self, x, encoded, src_mask, positions, self_mask, *, train):  # x (B, T, C)
     x = x + Attention(self.cfg, "causal", name="self_attn")(
-        _layer_norm(self.cfg, "ln_1")(x), None, None, positions, train=train
+        _layer_norm(self.cfg, "ln_1")(x), None, self_mask, positions, train=train
     )
     x = x + Attention(self.cfg, "cross", name="cross_attn")(
         _layer_norm(self.cfg, "ln_2")(x), encoded, src_mask, None, train=train
@@ -174,8 +181,9 @@ class Encoder(nn.Module):
   num_layers: int
 
   @nn.compact
-  def __call__(self, x, mask, *, train):  # x (B, S, C) embedded tokens; mask (B, 1, 1, S)
-    x = x + sinusoids(jnp.arange(x.shape[1]), self.cfg.embed_dim)[None].astype(x.dtype)
+  def __call__(self, x, mask, positions, *, train):
+    # x (B, S, C) embedded tokens; mask (B, 1, 1|S, S); positions (S,) or packed (B, S)
+    x = x + sinusoids(positions, self.cfg.embed_dim).astype(x.dtype)
     x = nn.Dropout(self.cfg.dropout, deterministic=not train)(x)
     for i in range(self.num_layers):
       x = EncoderLayer(self.cfg, name=f"layer_{i}")(x, mask, train=train)
@@ -187,18 +195,22 @@ class Decoder(nn.Module):
   num_layers: int
 
   @nn.compact
-  def __call__(self, x, encoded, src_mask, *, train):  # x (B, T, C) embedded tokens
-    positions = jnp.arange(x.shape[1], dtype=jnp.int32)
+  def __call__(self, x, encoded, src_mask, *, train, packed=None):
+    # x (B, T, C) embedded tokens; src_mask (B, 1, 1|T, S); packed: (positions (B, T), causal
+    # same-pair self-attention mask (B, 1, T, T)) of packed rows
+    positions, self_mask = packed or (jnp.arange(x.shape[1], dtype=jnp.int32), None)
     if self.cfg.decode:  # this call's positions: cache_index .. cache_index + T - 1
       initialized = self.has_variable("cache", "cache_index")
       index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
       if initialized:
         positions = positions + index.value
         index.value = index.value + x.shape[1]
-    x = x + sinusoids(positions, self.cfg.embed_dim)[None].astype(x.dtype)
+    x = x + sinusoids(positions, self.cfg.embed_dim).astype(x.dtype)
     x = nn.Dropout(self.cfg.dropout, deterministic=not train)(x)
     for i in range(self.num_layers):
-      x = DecoderLayer(self.cfg, name=f"layer_{i}")(x, encoded, src_mask, positions, train=train)
+      x = DecoderLayer(self.cfg, name=f"layer_{i}")(
+          x, encoded, src_mask, positions, self_mask, train=train
+      )
     return _layer_norm(self.cfg, "ln_f")(x)  # (B, T, C)
 
 
@@ -259,22 +271,37 @@ class Seq2Seq(nn.Module):
   def _embeddings(self):
     return (self.embed, self.embed) if self.share_embeddings else (self.src_embed, self.tgt_embed)
 
-  def encode(self, src, *, train: bool = False):
+  def encode(self, src, *, train: bool = False, src_segments=None):
+    x = self._embeddings()[0](src)  # (B, S, C)
+    if src_segments is not None:  # packed: a token sees its own source (padding sees padding)
+      positions = packed_positions_and_mask(src_segments)[0]  # (B, S)
+      same = src_segments[:, :, None] == src_segments[:, None, :]  # (B, S, S)
+      return self.encoder(x, same[:, None], positions, train=train), src_segments > 0
     mask = src != self.src_pad  # (B, S)
-    encoded = self.encoder(self._embeddings()[0](src), mask[:, None, None, :], train=train)
+    encoded = self.encoder(x, mask[:, None, None, :], jnp.arange(src.shape[1]), train=train)
     return encoded, mask  # (B, S, C), (B, S)
 
-  def run_decoder(self, tgt_in, encoded, src_mask, *, train: bool = False):
+  def run_decoder(self, tgt_in, encoded, src_mask, *, train: bool = False, segments=None):
+    """segments: packed rows' (src_segments (B, S), tgt_segments (B, T)), else None."""
     table = self._embeddings()[1]
-    h = self.decoder(table(tgt_in), encoded, src_mask[:, None, None, :], train=train)
+    packed, src_mask = None, src_mask[:, None, None, :]  # (B, 1, 1, S)
+    if segments is not None:
+      src_seg, tgt_seg = segments
+      packed = packed_positions_and_mask(tgt_seg)
+      # A target token sees its own pair's source; target padding sees all of it (a softmax
+      # over nothing is undefined, and padding's outputs are never read).
+      src_mask = (tgt_seg[:, :, None] == src_seg[:, None, :]) | (tgt_seg == 0)[:, :, None]
+      src_mask = src_mask[:, None]  # (B, 1, T, S)
+    h = self.decoder(table(tgt_in), encoded, src_mask, train=train, packed=packed)
     # Tied output head in float32, scaled like the embeddings' unit-variance init; the padding
     # rows of the table are not part of the vocabulary.
     logits = table.attend(h.astype(jnp.float32)).astype(jnp.float32) / np.sqrt(self.embed_dim)
     return logits[..., : self.tgt_vocab_size]
 
-  def __call__(self, src, tgt_in, *, train: bool = False):
-    encoded, mask = self.encode(src, train=train)
-    return self.run_decoder(tgt_in, encoded, mask, train=train)
+  def __call__(self, src, tgt_in, *, train: bool = False, src_segments=None, tgt_segments=None):
+    encoded, mask = self.encode(src, train=train, src_segments=src_segments)
+    segments = None if src_segments is None else (src_segments, tgt_segments)
+    return self.run_decoder(tgt_in, encoded, mask, train=train, segments=segments)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -8,8 +8,10 @@ and saved under <workdir>/tokenizer; one for both sides with data.shared_vocab, 
 tokenizer/source and tokenizer/target) gives ids 0..V-1, followed by three specials: PAD = V,
 BOS = V + 1, EOS = V + 2 (`models.seq2seq.special_ids`). Batches are {"inputs": (B, S) source
 + EOS, "targets": (B, T) target + EOS}, PAD-filled; the decoder reads BOS + targets[:, :-1]
-(teacher forcing). Over-long training pairs are dropped; validation/test pairs are truncated
-(BLEU and exact match still compare against the full reference text); each split logs how many.
+(teacher forcing). With data.pack, training rows hold several pairs each, with segment ids
+(`translate_packing`); everything else reads one pair per row. Over-long training pairs are
+dropped; validation/test pairs are truncated (BLEU and exact match still compare against the full
+reference text); each split logs how many.
 A `decode.input` longer than data.max_source_len warns with both lengths and is cut (or, with
 decode.on_long_input=error, refused).
 
@@ -27,7 +29,7 @@ import numpy as np
 import optax
 import sacrebleu
 
-from bigmodel_jax import batch_translate, beam_search, models
+from bigmodel_jax import batch_translate, beam_search, models, translate_packing
 from bigmodel_jax.data import tokenizers, too_long, translation_pairs
 from bigmodel_jax.errors import RunError, UsageError
 from bigmodel_jax.models import seq2seq
@@ -36,8 +38,9 @@ from bigmodel_jax.tasks import base
 TOKENIZER_DIR = "tokenizer"
 
 
-class Task(base.ArrayTask):
-  """Batches are {"inputs": int32 (B, S), "targets": int32 (B, T)}; loss is mean token NLL."""
+class Task(translate_packing.PackedPairs, base.ArrayTask):
+  """Batches are {"inputs": int32 (B, S), "targets": int32 (B, T)}; loss is mean token NLL.
+  Packed training batches add {"src_segments": (B, S), "tgt_segments": (B, T)} int32."""
 
   eval_split = "validation"
 
@@ -47,6 +50,7 @@ class Task(base.ArrayTask):
   def __init__(self, config):
     super().__init__(config)
     self._validate(config)
+    self.check_packing()
     self._source = translation_pairs.open_source(config.data)
     self.modes = {"translate": self.translate}
     self.src_tok = self.tgt_tok = None
@@ -169,6 +173,8 @@ class Task(base.ArrayTask):
   # --- model and loss -----------------------------------------------------------------------
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    if self.pack:
+      return self.packed_spec(batch_size)
     d = self.config.data
     return {
         "inputs": jax.ShapeDtypeStruct((batch_size, d.max_source_len), np.int32),
@@ -184,8 +190,16 @@ class Task(base.ArrayTask):
     src, tgt = batch["inputs"], batch["targets"]  # (B, S), (B, T)
     pad, bos, _ = self.model.tgt_specials
     tgt_in = jnp.concatenate([jnp.full_like(tgt[:, :1], bos), tgt[:, :-1]], axis=1)
+    segments = {k: batch[k] for k in translate_packing.SEGMENT_KEYS if k in batch}
+    if segments:  # packed rows: every pair's decoder input starts with BOS
+      tgt_in = jnp.where(translate_packing.segment_starts(segments["tgt_segments"]), bos, tgt_in)
     logits = self.model.apply(
-        {"params": params, **model_state}, src, tgt_in, train=train, rngs={"dropout": rng}
+        {"params": params, **model_state},
+        src,
+        tgt_in,
+        train=train,
+        rngs={"dropout": rng},
+        **segments,
     )  # (B, T, V) float32
     rows = batch.get("weight", jnp.ones(src.shape[0], jnp.float32))  # (B,)
     mask = (tgt != pad) & (rows[:, None] > 0)  # (B, T)
@@ -197,11 +211,15 @@ class Task(base.ArrayTask):
       objective = jnp.where(mask, optax.softmax_cross_entropy(logits, labels), 0.0)
     count = mask.sum().astype(jnp.float32)
     correct = (logits.argmax(-1) == tgt) & mask
-    exact = jnp.all(correct | ~mask, axis=1) & (rows > 0)
+    if segments:  # each pair once, as unpacked
+      exact, pairs = translate_packing.exact_pairs(correct, mask, segments["tgt_segments"])
+    else:
+      exact = (jnp.all(correct | ~mask, axis=1) & (rows > 0)).sum().astype(jnp.float32)
+      pairs = rows.sum()
     metrics = {
         "loss": (nll.sum(), count),
         "accuracy": (correct.sum().astype(jnp.float32), count),
-        "sequence_accuracy": (exact.sum().astype(jnp.float32), rows.sum()),
+        "sequence_accuracy": (exact, pairs),
     }
     return objective.sum() / jnp.maximum(count, 1.0), (metrics, model_state)
 
