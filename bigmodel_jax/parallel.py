@@ -23,6 +23,26 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXIS = "batch"  # pmap's axis name, for lax.pmean/psum inside the train step
 
 
+# XLA:CPU ends the process (SIGABRT: "Termination timeout for `all reduce ...` exceeded") when a
+# device's thread has waited at a collective longer than its terminate timeout (40 s by default
+# here) for the other devices to arrive. CPU devices share the cores, so on a host busy with other
+# jobs one device can lag that long with nothing wrong: CPU runs and the tests wait 30 minutes
+# instead (a real hang still ends).
+CPU_COLLECTIVE_TIMEOUT_S = 1800
+_CPU_COLLECTIVE_FLAGS = (
+    "xla_cpu_collective_call_terminate_timeout_seconds",
+    "xla_cpu_collective_timeout_seconds",
+)
+
+
+def patient_cpu_collectives() -> None:
+  """Sets XLA_FLAGS' XLA:CPU collective timeouts (those not set already) to
+  CPU_COLLECTIVE_TIMEOUT_S. Only has an effect before JAX's CPU backend starts."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  extra = [f"--{f}={CPU_COLLECTIVE_TIMEOUT_S}" for f in _CPU_COLLECTIVE_FLAGS if f not in flags]
+  os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+
+
 def initialize_distributed(cfg) -> None:
   """Starts JAX's multi-process runtime when config.distributed asks for it.
 

@@ -13,10 +13,12 @@ from bigmodel_jax import parallel
 
 
 def initialize(config) -> None:
-  """Multi-process runtime, the CPU device split, the persistent compile cache and who logs.
+  """CPU collective timeouts, the multi-process runtime, the CPU device split, the persistent
+  compile cache and who logs.
 
-  Must run before anything touches a device: the first two only work before JAX's backends start.
+  Must run before anything touches a device: the first three only work before JAX's backends start.
   """
+  parallel.patient_cpu_collectives()
   parallel.initialize_distributed(config.distributed)
   parallel.configure_cpu_devices(config)
   if config.compile_cache_dir:

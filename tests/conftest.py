@@ -12,6 +12,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from bigmodel_jax import parallel  # noqa: E402
+
+# Eight devices on two cores, beside the other xdist worker and the tests' subprocesses: a device
+# can lag its pmap all-reduce by more than XLA:CPU's 40 s, which aborts the worker (the likely
+# cause of the worker one CI run lost in tests/test_translate.py's training). Subprocesses
+# inherit the flags.
+parallel.patient_cpu_collectives()
+
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 # Tests compile many small programs; optimising them costs more than it saves.

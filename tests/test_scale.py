@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from bigmodel_jax import trainer
+from bigmodel_jax import parallel, trainer
 from tests.helpers import read_metrics, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +136,29 @@ print(jax.device_count())
       [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
   ).stdout
   assert out.split()[-1] == "3"
+
+
+def test_cpu_collective_timeouts_reach_xla_and_keep_the_users_own(monkeypatch):
+  """XLA:CPU aborts a process whose device waits at a collective past its terminate timeout (40 s
+  by default; seen on a loaded 2-core host): parallel sets it to 30 min. XLA refuses unknown
+  flags at start, so a pmap all-reduce in a fresh process checks the names."""
+  code = """
+from bigmodel_jax import parallel
+parallel.patient_cpu_collectives()
+import os, jax
+print(os.environ["XLA_FLAGS"])
+print(jax.pmap(lambda x: jax.lax.psum(x, "i"), axis_name="i")(jax.numpy.ones(8))[0])
+"""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+  ).stdout.split()
+  assert out[-1] == "8.0" and "--xla_cpu_collective_call_terminate_timeout_seconds=1800" in out
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_collective_timeout_seconds=5")
+  parallel.patient_cpu_collectives()
+  flags = os.environ["XLA_FLAGS"].split()
+  assert "--xla_cpu_collective_timeout_seconds=5" in flags
+  assert "--xla_cpu_collective_call_terminate_timeout_seconds=1800" in flags and len(flags) == 2
 
 
 @pytest.mark.parametrize(
