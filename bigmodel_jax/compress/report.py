@@ -3,9 +3,9 @@
 
 Variants (VARIANTS, chosen by config.compress.variants): int8 (post-training weight quantization,
 quantize.py), pruned ones (prune.py), each a brief fine-tune of the run, and distill, a smaller
-model trained from scratch against the run's soft targets (distill_variant.py). For each row the table
-gives the checkpoint's state size on disk, the parameter count and how many are nonzero, the
-eval metrics on the whole validation split, and CPU speed of that evaluation pass (after a
+model trained from scratch against the run's soft targets (distill_variant.py). For each row the
+table gives the checkpoint's state size on disk, the parameter count and how many are nonzero,
+the eval metrics on the whole validation split, and CPU speed of that evaluation pass (after a
 compile-and-warm-up pass): seconds per batch and examples per second. It prints the table and
 writes it to `<workdir>/compressed/report.json`.
 """
