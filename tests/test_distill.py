@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from bigmodel_jax import parallel, trainer
-from bigmodel_jax.compress import distill
+from bigmodel_jax.compress import distill, quantize
 from bigmodel_jax.errors import UsageError
 from tests.helpers import tiny_config
 
@@ -220,3 +220,46 @@ def test_bad_alpha_exits_2_with_one_line(tmp_path):
   assert result.returncode == 2, result.stderr[-1000:]
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "distill.alpha=-0.1 must be in [0, 1]" in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def compressed(runs):
+  """--mode=compress on the teacher: int8, 2:4-pruned (4 fine-tune steps) and a distilled
+  student (2 steps)."""
+  config = tiny_config(
+      runs["data"],
+      "imagecls:tiny",
+      compress__variants=("int8", "prune_2of4", "distill"),
+      compress__finetune_steps=4,
+      compress__distill_steps=2,
+  )
+  rows = _run(config, runs["teacher"], "compress")
+  return config, {r["variant"]: r for r in rows}
+
+
+def test_distill_variant_is_a_smaller_workdir_that_evaluates_with_the_plain_command(compressed):
+  config, rows = compressed
+  row = rows["distill"]
+  assert row["parameters"] < rows["original"]["parameters"] / 2  # half the widths: ~1/4
+  with open(os.path.join(row["workdir"], distill.MARKER)) as f:
+    assert json.load(f)["overrides"]["model.widths"] == [4, 8]  # imagecls:tiny's (8, 16) halved
+  values = _run(config, row["workdir"], "eval")  # the experiment's own config, no overrides
+  assert values["accuracy"] == pytest.approx(row["accuracy"])
+
+
+@pytest.mark.parametrize("variant", ["int8", "prune_2of4"])
+def test_quantized_and_pruned_runs_can_teach(runs, compressed, variant):
+  config, rows = compressed
+  teacher = distill.Teacher(rows[variant]["workdir"], config)
+  student = trainer.tasks.get(config.task)(config)
+  student.setup(runs["teacher"], create=False)
+  kernel = teacher.load(student)["params"]["hidden"]["kernel"]  # the plain float kernel
+  assert kernel.dtype == np.float32
+  if variant == "prune_2of4":  # 2 of every 4 input-side weights are zero
+    assert (kernel.reshape(-1, 4, kernel.shape[-1]) != 0).sum(1).max() <= 2
+  else:  # the float teacher's kernel through int8 and back, exactly
+    float_kernel = distill.Teacher(runs["teacher"], config).load(student)["params"]["hidden"]
+    np.testing.assert_array_equal(
+        kernel, quantize.dequantize(quantize.quantize({"k": float_kernel["kernel"]}))["k"]
+    )
+    assert not np.array_equal(kernel, float_kernel["kernel"])
