@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from bigmodel_jax import parallel, trainer
-from bigmodel_jax.compress import distill, quantize
+from bigmodel_jax.compress import distill, distill_variant, quantize
 from bigmodel_jax.errors import UsageError
 from tests.helpers import tiny_config
 
@@ -263,3 +263,25 @@ def test_quantized_and_pruned_runs_can_teach(runs, compressed, variant):
         kernel, quantize.dequantize(quantize.quantize({"k": float_kernel["kernel"]}))["k"]
     )
     assert not np.array_equal(kernel, float_kernel["kernel"])
+
+
+@pytest.mark.parametrize(
+    "student, match",
+    [
+        (("model.num_layers",), "'model.num_layers' is not key=value"),
+        (("model.layers=2",), "compress.student: --config.model.layers: unknown config key"),
+        (("model.num_layers=two",), "expected int"),
+    ],
+)
+def test_bad_student_overrides_are_one_line(student, match):
+  config = tiny_config("/nonexistent", "textgen:tiny", compress__student=student)
+  with pytest.raises(UsageError, match=re.escape(match)):
+    distill_variant.student_overrides(config)
+
+
+def test_default_student_halves_layers_and_widths():
+  config = tiny_config("/nonexistent", "textgen:tiny")  # 2 layers of width 32, 2 heads
+  assert distill_variant.student_overrides(config) == {
+      "model.num_layers": 1,
+      "model.embed_dim": 16,
+  }

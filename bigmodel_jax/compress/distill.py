@@ -118,11 +118,7 @@ def saved_config(path: str, what: str) -> ml_collections.ConfigDict:
       node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
     if node is not KeyError and key != "experiment":
       flat[key] = node
-  with config.ignore_type():
-    for key, value in _typed(config, flat).items():
-      *parents, last = key.split(".")
-      functools.reduce(lambda c, p: c[p], parents, config)[last] = value
-  return config
+  return config_lib.set_values(config, _typed(config, flat), source=f"{what}'s config.json")
 
 
 class Teacher:

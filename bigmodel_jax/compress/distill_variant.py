@@ -44,7 +44,10 @@ def student_overrides(config) -> dict:
             f"compress.student={items!r}"
         )
       pairs[key.strip()] = text.strip()
-    probe = config_lib.apply_overrides(config.copy_and_resolve_references(), pairs)
+    try:
+      probe = config_lib.apply_overrides(config.copy_and_resolve_references(), pairs)
+    except UsageError as e:
+      raise UsageError(f"compress.student: {e}") from None
     return {key: _get(probe, key) for key in pairs}
   model, out = config.model, {}
   half = lambda n: max(1, n // 2)  # noqa: E731
