@@ -128,6 +128,16 @@ def test_teacher_is_bit_identical_after_training_and_not_in_the_checkpoint(runs,
   assert n_saved == len(jax.tree.leaves(state.params))
 
 
+def test_distilled_run_resumes_with_its_teacher_on_a_mesh(runs):
+  config, workdir, _ = runs["mesh"]
+  config = config.copy_and_resolve_references()
+  config.train.steps = 3  # one more step from the checkpoint at 2, which holds no teacher
+  state = _run(config, workdir)
+  assert int(state.step) == 3
+  _, teacher = _teacher(runs, config)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state.frozen, teacher)
+
+
 def test_distilled_student_is_closer_to_the_teacher_than_a_hard_label_one(runs):
   config = runs["hard"][0]
   task, teacher = _teacher(runs, config)
