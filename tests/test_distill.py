@@ -101,10 +101,11 @@ def test_loss_mixes_kl_and_hard_loss_and_alpha_zero_is_the_plain_task(runs):
   jax.tree.map(np.testing.assert_array_equal, zero_grads, plain_grads)
 
   (mixed, _), _ = loss(0.3, 3.0)
-  student = task.inner.loss_and_logits(params, variables, batch, rng, True)[2]
-  teacher_logits = task.teacher.task.loss_and_logits(
-      teacher["params"], {k: v for k, v in teacher.items() if k != "params"}, batch, rng, False
-  )[2]
+  student = jax.jit(lambda p: task.inner.loss_and_logits(p, variables, batch, rng, True)[2])(params)
+  teacher_state = {k: v for k, v in teacher.items() if k != "params"}
+  teacher_logits = jax.jit(
+      lambda p: task.teacher.task.loss_and_logits(p, teacher_state, batch, rng, False)[2]
+  )(teacher["params"])
   log_p = torch.log_softmax(torch.from_numpy(np.array(teacher_logits)) / 3.0, -1)
   log_q = torch.log_softmax(torch.from_numpy(np.array(student)) / 3.0, -1)
   kl = torch.nn.functional.kl_div(log_q, log_p, reduction="batchmean", log_target=True).item()
