@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bigmodel_jax import encoder_transfer, json_files
+from bigmodel_jax import steps as steps_lib
 from bigmodel_jax.errors import RunError
 
 DIRECTORY = "checkpoints"
@@ -101,6 +102,7 @@ class Checkpointer:
     Refuses to start one that cannot fit on the disk, and turns a failed earlier async save into
     a one-line RunError: the newest committed checkpoint stays the latest.
     """
+    state = _saved(state)
     need = sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape)) for x in jax.tree.leaves(state))
     free = shutil.disk_usage(self.directory).free
     if need > free:
@@ -161,6 +163,7 @@ class Checkpointer:
     written for another experiment, model shape or tokenizer is an error naming the differences.
     data_iterator None restores the state only (eval, sampling).
     """
+    abstract_state = _saved(abstract_state)
     steps = sorted(self._manager.all_steps(), reverse=True)
     for step in steps:
       path = os.path.join(self.directory, str(step))
@@ -224,6 +227,12 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._write_manifests()
       self._manager.close()
+
+
+def _saved(state):
+  """What a checkpoint holds of a train state: a steps.FrozenState's frozen arrays (a
+  distillation teacher) are left out; each run restores them from their own workdir."""
+  return state.saved() if isinstance(state, steps_lib.FrozenState) else state
 
 
 def file_fingerprint(path: str) -> dict:

@@ -153,8 +153,24 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   # --mode=compress (bigmodel_jax/compress/report.py): variants written under
   # <workdir>/compressed/<variant>/ and measured next to the original.
   c.compress = ml_collections.ConfigDict()
-  c.compress.variants = ("int8", "prune_50", "prune_75", "prune_90", "prune_2of4")
+  c.compress.variants = ("int8", "prune_50", "prune_75", "prune_90", "prune_2of4", "distill")
   c.compress.finetune_steps = 100  # each pruned variant's fine-tune from the trained model
+  # The distill variant's student: dotted overrides of this run's config, e.g.
+  # ("model.num_layers=2", "model.embed_dim=64"); () -> half the model's layers and widths
+  # (compress/report.py: student_overrides).
+  c.compress.student = ()
+  # The student's training steps from scratch against the trained model; 0 -> train.steps, the
+  # budget the teacher itself trained with.
+  c.compress.distill_steps = 0
+
+  # Knowledge distillation (bigmodel_jax/compress/distill.py; Hinton et al. 2015): this run's
+  # model (the student) also learns the soft targets of another trained run of the same
+  # experiment (the teacher). Loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the
+  # task's own loss, where _T is the softmax at temperature T.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""  # the teacher's workdir (its latest checkpoint); "" -> off
+  c.distill.temperature = 2.0  # T > 0; above 1 softens both distributions (Hinton et al.)
+  c.distill.alpha = 0.5  # in [0, 1]: the KL term's weight; 0 -> the plain task loss
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 250

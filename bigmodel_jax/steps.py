@@ -4,6 +4,8 @@ Nothing here touches devices, files or the host: `bigmodel_jax.parallel` wraps t
 jit, the trainer loops over them, and `--mode=plan` and the benchmark compile the same functions.
 """
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -20,12 +22,31 @@ class TrainState:
   model_state: dict  # non-parameter collections, e.g. BatchNorm statistics
 
 
+FROZEN = "frozen"  # the init_variables collection that becomes FrozenState.frozen
+
+
+@flax.struct.dataclass
+class FrozenState(TrainState):
+  """A TrainState that also carries arrays every step reads but nothing trains: a distillation
+  teacher's variables (compress/distill.py). They are an argument of the compiled step (placed
+  and sharded like the rest of the state, never baked in as constants), outside `params` (so no
+  gradient, no optimizer moments) and outside checkpoints (`saved()`): each run restores them
+  from the teacher's own workdir."""
+
+  frozen: dict
+
+  def saved(self) -> TrainState:
+    return TrainState(self.step, self.params, self.opt_state, self.model_state)
+
+
 def init_state(rng, *, task, tx) -> TrainState:
   variables = dict(task.init_variables(rng))
   params = variables.pop("params")
-  return TrainState(
+  frozen = variables.pop(FROZEN, None)
+  fields = dict(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=variables
   )
+  return TrainState(**fields) if frozen is None else FrozenState(**fields, frozen=frozen)
 
 
 def train_step(
@@ -50,7 +71,10 @@ def train_step(
   rng = jax.random.fold_in(rng, state.step)
   if axis_name:  # a different dropout mask on each pmap device
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  grad_fn = jax.grad(task.loss, has_aux=True)
+  loss_fn = task.loss
+  if isinstance(state, FrozenState):  # an input of the loss; grad is taken of params only
+    loss_fn = functools.partial(task.loss, frozen=state.frozen)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def micro_step(carry, xs):
     grads, model_state = carry

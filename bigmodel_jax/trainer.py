@@ -32,7 +32,7 @@ from bigmodel_jax import (
     tasks,
 )
 from bigmodel_jax import metrics as metrics_lib
-from bigmodel_jax.compress import prune, quantize
+from bigmodel_jax.compress import distill, prune, quantize
 from bigmodel_jax.compress import report as compress_report
 from bigmodel_jax.errors import RunError, UsageError
 
@@ -44,8 +44,10 @@ def run(config, workdir: str, mode: str = "train", **test_hooks):
   test_hooks (tests only): stop_after=N stops training at step N as if interrupted;
   poison_steps=(N, ...) makes those steps' gradients NaN.
   """
+  config = distill.with_saved(config, workdir)  # a distilled student's model is its own
   task = lora.wrap(tasks.get(config.task)(config), config)  # adapters when model.lora asks
   task = quantize.wrap(task, workdir)  # int8 kernels when the workdir holds a quantized checkpoint
+  task = distill.wrap(task, config, train=mode == "train")  # a teacher when distill.teacher is set
   valid = ["train", "eval", "plan", "compress", *task.modes, *serve.MODES]
   if mode not in valid:
     raise UsageError(
@@ -308,13 +310,18 @@ def _restore_or_init(config, strategy, ckpt, init_fn, init_rng, data, tx, task):
   # Restore order: (1) the latest valid checkpoint in this workdir (resume: state, data position
   # and all); (2) config.init_from, another run's parameters or a Hugging Face folder's (hf:<dir>)
   # (fine-tuning; fresh optimizer, step 0); (3) a fresh init.
+  # A distillation run's teacher is in no checkpoint: distill.attach adds it on every path.
   restored = ckpt.restore_latest(strategy.abstract(init_fn, init_rng), data, config)
   if restored is not None:
     logging.info("Resumed from %s/%d", ckpt.directory, restored[1])
-    return strategy.place(restored[0]), restored[1]
+    return strategy.place(distill.attach(restored[0], task)), restored[1]
   if config.init_from:
-    return strategy.place(_from_init_from(config, init_fn, init_rng, tx, task)), 0
-  return strategy.init_state(init_fn, init_rng), 0
+    state = _from_init_from(config, init_fn, init_rng, tx, task)
+    return strategy.place(distill.attach(state, task)), 0
+  state = strategy.init_state(init_fn, init_rng)
+  if isinstance(task, distill.DistillTask):  # the teacher's values replace its fresh init
+    state = strategy.place(distill.attach(strategy.to_host_layout(state), task))
+  return state, 0
 
 
 def _from_init_from(config, init_fn, init_rng, tx, task) -> steps.TrainState:

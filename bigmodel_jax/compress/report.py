@@ -2,9 +2,10 @@
 `<workdir>/compressed/<variant>/`, and one table measuring them next to the original.
 
 Variants (VARIANTS, chosen by config.compress.variants): int8 (post-training weight quantization,
-quantize.py) and pruned ones (prune.py), each a brief fine-tune of the run. For each row the table
-gives the checkpoint's state size on disk, the parameter count and how many are nonzero, the
-eval metrics on the whole validation split, and CPU speed of that evaluation pass (after a
+quantize.py), pruned ones (prune.py), each a brief fine-tune of the run, and distill, a smaller
+model trained from scratch against the run's soft targets (distill_variant.py). For each row the
+table gives the checkpoint's state size on disk, the parameter count and how many are nonzero,
+the eval metrics on the whole validation split, and CPU speed of that evaluation pass (after a
 compile-and-warm-up pass): seconds per batch and examples per second. It prints the table and
 writes it to `<workdir>/compressed/report.json`.
 """
@@ -15,10 +16,11 @@ import os
 import shutil
 import time
 
+from absl import logging
 import jax
 
 from bigmodel_jax import checkpoint, steps
-from bigmodel_jax.compress import quantize
+from bigmodel_jax.compress import distill, distill_variant, quantize
 from bigmodel_jax.errors import RunError, UsageError
 
 FOLDER = "compressed"
@@ -27,13 +29,15 @@ FOLDER = "compressed"
 _NOT_COPIED = (checkpoint.DIRECTORY, "best_checkpoint", FOLDER, "tensorboard", "metrics.jsonl")
 
 
-# Variant name -> the prune section of its brief fine-tune (None: int8 quantization).
+# Variant name -> the prune section of its brief fine-tune (None: int8 quantization, or a
+# smaller student distilled from the run, distill_variant.py).
 VARIANTS = {
     "int8": None,
     "prune_50": dict(target=0.5, pattern="unstructured"),
     "prune_75": dict(target=0.75, pattern="unstructured"),
     "prune_90": dict(target=0.9, pattern="unstructured"),
     "prune_2of4": dict(target=0.0, pattern="2:4"),
+    "distill": None,
 }
 
 
@@ -47,6 +51,10 @@ def validate(cfg) -> None:
     )
   if cfg.finetune_steps < 2:
     raise UsageError(f"compress.finetune_steps={cfg.finetune_steps} must be >= 2")
+  if cfg.distill_steps < 0 or cfg.distill_steps == 1:
+    raise UsageError(
+        f"compress.distill_steps={cfg.distill_steps} must be >= 2 (0: the run's train.steps)"
+    )
 
 
 def finetune_config(config, workdir: str, name: str):
@@ -167,10 +175,17 @@ def run(config, workdir: str, task, strategy, state, step: int, evaluator_cls) -
   if jax.process_count() > 1:
     raise RunError("--mode=compress runs on one process; run it without jax.distributed")
   validate(config.compress)
+  if "distill" in config.compress.variants:
+    distill_variant.student_overrides(config)  # a bad compress.student fails before any work
   rows = [measure("original", evaluator_cls, task, strategy, config, state, workdir, step)]
   for name in config.compress.variants:
     if name == "int8":
       rows.append(_int8_row(config, workdir, task, strategy, state, step, evaluator_cls))
+    elif name == "distill":
+      if not distill.distillable(task):
+        logging.warning("compress: no distill variant; task %s cannot be distilled", config.task)
+        continue
+      rows.append(distill_variant.row(config, workdir, evaluator_cls))
     else:
       out, vstate = write_pruned(config, workdir, name)
       vconfig = finetune_config(config, workdir, name)

@@ -78,6 +78,19 @@ class Task(abc.ABC):
   ) -> tuple[jax.Array, tuple[Metrics, dict]]:
     """-> (scalar loss, (metrics as {name: (sum, count)}, new model_state)); pure."""
 
+  def loss_and_logits(
+      self, params, model_state, batch: Batch, rng, train: bool
+  ) -> tuple[jax.Array, tuple[Metrics, dict], jax.Array]:
+    """-> (`loss`'s scalar, `loss`'s (metrics, model_state), the logits it came from (..., K)),
+    K = len(output_names()) (no padding rows): what distillation (compress/distill.py) needs. A
+    task can be distilled when the class that defines its `loss` defines this too."""
+    raise NotImplementedError
+
+  def output_names(self) -> list[str]:
+    """What each of the K logits means (class names, decoded tokens), after setup: a teacher and
+    its student must agree on it."""
+    raise NotImplementedError
+
   def summarize(self, values: dict[str, float]) -> dict[str, float]:
     """Host-side derived metrics (e.g. perplexity from loss)."""
     return values
@@ -188,6 +201,12 @@ class WrappedTask(Task):
 
   def loss(self, params, model_state, batch, rng, train):
     return self.inner.loss(self.plain_params(params), model_state, batch, rng, train)
+
+  def loss_and_logits(self, params, model_state, batch, rng, train):
+    return self.inner.loss_and_logits(self.plain_params(params), model_state, batch, rng, train)
+
+  def output_names(self):
+    return self.inner.output_names()
 
   def summarize(self, values):
     return self.inner.summarize(values)

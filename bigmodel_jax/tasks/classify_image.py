@@ -197,6 +197,9 @@ class Task(base.ArrayTask):
     return self.model.init({"params": rng, "dropout": rng}, image, train=False)
 
   def loss(self, params, model_state, batch, rng, train: bool):
+    return self.loss_and_logits(params, model_state, batch, rng, train)[:2]
+
+  def loss_and_logits(self, params, model_state, batch, rng, train: bool):
     variables = {"params": params, **model_state}
     x = self._normalize(batch["image"])
     if train and model_state:  # BatchNorm: batch statistics, and new running averages
@@ -208,7 +211,10 @@ class Task(base.ArrayTask):
       frozen = {"frozen": True} if self.config.linear_probe else {}
       logits = self.model.apply(variables, x, train=train, rngs={"dropout": rng}, **frozen)
     loss, metrics = classification.softmax_loss(logits, batch)
-    return loss, (metrics, model_state)
+    return loss, (metrics, model_state), logits  # logits (B, classes)
+
+  def output_names(self) -> list[str]:
+    return list(self.info.class_names)
 
   def probabilities(self, variables, image: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, C) -> (N, classes) class probabilities, in batches on the host's device."""

@@ -56,6 +56,7 @@ class Task(base.Task):
     # The model is built now (with the configured vocabulary) so that shape errors come early.
     self.model = models.make(config.model, ("gpt",), vocab_size=self._vocab_size())
     self._flops = (None, 0.0)  # (the model they were counted for, training FLOPs per token)
+    self._names = (None, [])  # (the tokenizer they were decoded with, output_names())
 
   @property
   def flops_per_unit(self) -> float:
@@ -165,14 +166,25 @@ class Task(base.Task):
     return self.model.init({"params": rng}, tokens, train=False)
 
   def loss(self, params, model_state, batch, rng, train: bool):
+    return self.loss_and_logits(params, model_state, batch, rng, train)[:2]
+
+  def loss_and_logits(self, params, model_state, batch, rng, train: bool):
     logits = self.model.apply(
         {"params": params, **model_state}, batch["inputs"], train=train, rngs={"dropout": rng}
-    )  # (B, T, V) float32
+    )  # (B, T, V) float32, V padded to model.vocab_multiple
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     count = np.float32(token_loss.size)
     correct = (logits.argmax(-1) == batch["targets"]).sum()
     metrics = {"loss": (token_loss.sum(), count), "accuracy": (correct.astype(np.float32), count)}
-    return token_loss.mean(), (metrics, model_state)
+    # The padding rows of the vocabulary are no tokens: distillation compares the real ones.
+    return token_loss.mean(), (metrics, model_state), logits[..., : self._vocab_size()]
+
+  def output_names(self) -> list[str]:
+    """Each token of the vocabulary, decoded (cached: a 50k vocabulary takes a moment)."""
+    if self._names[0] is not self.tokenizer:
+      n = self.tokenizer.vocab_size
+      self._names = (self.tokenizer, [self.tokenizer.decode([i]) for i in range(n)])
+    return self._names[1]
 
   def summarize(self, values: dict[str, float]) -> dict[str, float]:
     if "loss" in values:
