@@ -10,6 +10,8 @@ Prints a table and writes JSON with:
   scaling     tokens/s and step time as batch, context, width and depth double
 Compare numbers as ratios within one run: a shared machine varies +-15% between runs.
 
+  profile     where a train step's time goes, per kind of HLO op (profiling.op_table; not in
+              the default sections)
   torch       ours vs a compiled PyTorch reference of the same model and recipe
               (bench_torch.py), in alternating chunks of steps; skipped when torch is missing
 
@@ -35,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigmodel_jax import checkpoint, generate, metrics, optim, parallel, steps
+from bigmodel_jax import checkpoint, generate, metrics, optim, parallel, profiling, steps
 from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.tasks import lm
@@ -159,6 +161,25 @@ def bench_train(name: str, peak: float, overrides: dict[str, str]) -> dict:
       "mfu": t.task.flops_per_unit * tokens_per_s / (peak * t.strategy.num_devices),
       "model_flops_per_s": t.task.flops_per_unit * tokens_per_s,
   }
+
+
+def bench_profile(name: str, overrides: dict[str, str], top: int = 12) -> list[dict]:
+  """A jax.profiler trace of `--chunk` train steps, summed by kind of op of the optimised HLO."""
+  config = preset_config(name, overrides)
+  t = Trainable(config, vocab_of(name))
+  t.compile_seconds()
+  hlo = t.step_fn.lower(t.state, t.batch, jax.random.key(1)).compile().as_text()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    t.chunk_seconds(_CHUNK.value)
+    jax.profiler.stop_trace()
+    rows = profiling.op_table(trace_dir, hlo, _CHUNK.value)
+  print(f"profile of {name} ({t.strategy.num_devices} devices, ms per step summed over threads):")
+  for r in rows[:top]:
+    print(f"{r['ms_per_step']:10.1f} ms {r['share']:6.1%}  {r['op']}")
+  dots = sum(r["share"] for r in rows if r["op"].startswith("dot "))
+  print(f"{'':10}    {dots:6.1%}  all dots", flush=True)
+  return rows
 
 
 def bench_torch(name: str, overrides: dict[str, str]) -> dict:
@@ -404,6 +425,8 @@ def run_benchmarks(overrides: dict[str, str]) -> None:
           f"{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}",
           flush=True,
       )
+  if "profile" in sections:
+    results["profile"] = {name: bench_profile(name, overrides) for name in _PRESETS.value}
   if "torch" in sections:
     side_by_side = torch_table(_PRESETS.value, overrides)
     if side_by_side is not None:
