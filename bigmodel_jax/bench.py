@@ -50,6 +50,12 @@ _SECTIONS = flags.DEFINE_list(
 )
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed chunks per measurement (median taken).")
 _CHUNK = flags.DEFINE_integer("chunk", 10, "Steps per timed chunk.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads",
+    0,
+    "Threads of the PyTorch reference (torch.set_num_threads); 0 keeps torch's default (one per "
+    "core). On a busy machine 1 can be faster: its OpenMP threads spin while they wait.",
+)
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
 
 
@@ -192,7 +198,9 @@ def bench_torch(name: str, overrides: dict[str, str]) -> dict:
   why = reference.supported(ours.task.model)
   if why:
     raise UsageError(f"--sections=torch cannot mirror preset {name!r}: {why}")
-  host_batch = jax.tree.map(np.asarray, _host_batch(config, vocab_of(name)))
+  host_batch = _host_batch(config, vocab_of(name))
+  if _TORCH_THREADS.value > 0:
+    reference.torch.set_num_threads(_TORCH_THREADS.value)
   torch_tx = reference.Trainer(ours.task.model, config.train, vocab_of(name), host_batch)
   start = time.perf_counter()
   torch_tx.step()  # torch.compile traces and compiles here
@@ -211,6 +219,7 @@ def bench_torch(name: str, overrides: dict[str, str]) -> dict:
       "ratio": statistics.median(r["pair_ratios"]),
       "ratio_min": min(r["pair_ratios"]),
       "ratio_max": max(r["pair_ratios"]),
+      "torch_threads": reference.torch.get_num_threads(),
       "ours_compile_s": ours_compile_s,
       "torch_compile_s": torch_compile_s,
       "load_average": os.getloadavg()[0],
@@ -224,14 +233,15 @@ def torch_table(names: list[str], overrides: dict[str, str]) -> list[dict] | Non
     return None
   print(
       f"{'vs torch':<12}{'ours tok/s':>12}{'torch tok/s':>12}{'ratio':>8}{'(min-max)':>14}"
-      f"{'load':>6}"
+      f"{'load':>6}{'torch threads':>15}"
   )
   rows = []
   for name in names:
     rows.append(r := bench_torch(name, overrides))
     print(
         f"{name:<12}{r['ours_tokens_per_s']:>12,.0f}{r['torch_tokens_per_s']:>12,.0f}"
-        f"{r['ratio']:>7.2f}x{r['ratio_min']:>8.2f}-{r['ratio_max']:.2f}{r['load_average']:>6.1f}",
+        f"{r['ratio']:>7.2f}x{r['ratio_min']:>8.2f}-{r['ratio_max']:.2f}{r['load_average']:>6.1f}"
+        f"{r['torch_threads']:>15}",
         flush=True,
     )
   return rows
