@@ -189,8 +189,7 @@ def bench_profile(name: str, overrides: dict[str, str], top: int = 12) -> list[d
 
 
 def bench_torch(name: str, overrides: dict[str, str]) -> dict:
-  """Ours and the PyTorch reference (same shape, init scale, AdamW, clipping, dtype), alternating
-  chunks of steps; ratio = our tokens/s over torch's, median of the per-pair ratios."""
+  """Ours and the PyTorch reference of the same preset in alternating chunks (bench_torch.py)."""
   from bigmodel_jax import bench_torch as reference  # torch is only a dev requirement
 
   config = preset_config(name, overrides)
@@ -198,32 +197,9 @@ def bench_torch(name: str, overrides: dict[str, str]) -> dict:
   why = reference.supported(ours.task.model)
   if why:
     raise UsageError(f"--sections=torch cannot mirror preset {name!r}: {why}")
-  host_batch = _host_batch(config, vocab_of(name))
-  if _TORCH_THREADS.value > 0:
-    reference.torch.set_num_threads(_TORCH_THREADS.value)
-  torch_tx = reference.Trainer(ours.task.model, config.train, vocab_of(name), host_batch)
-  start = time.perf_counter()
-  torch_tx.step()  # torch.compile traces and compiles here
-  torch_compile_s = time.perf_counter() - start
-  ours_compile_s = ours.compile_seconds()
-  # Chunks of about half a second (at most --chunk steps): fewer steps for the big shapes.
-  chunk = max(1, min(_CHUNK.value, round(0.5 / ours.chunk_seconds(1))))
-  r = reference.side_by_side(ours, torch_tx, _REPEATS.value, chunk)
-  tokens = ours.tokens_per_step
-  return {
-      "preset": name,
-      "tokens_per_step": tokens,
-      "chunk": chunk,
-      "ours_tokens_per_s": tokens / r["ours_step_s"],
-      "torch_tokens_per_s": tokens / r["torch_step_s"],
-      "ratio": statistics.median(r["pair_ratios"]),
-      "ratio_min": min(r["pair_ratios"]),
-      "ratio_max": max(r["pair_ratios"]),
-      "torch_threads": reference.torch.get_num_threads(),
-      "ours_compile_s": ours_compile_s,
-      "torch_compile_s": torch_compile_s,
-      "load_average": os.getloadavg()[0],
-  }
+  batch = _host_batch(config, vocab_of(name))
+  r = reference.compare(ours, batch, _REPEATS.value, _CHUNK.value, _TORCH_THREADS.value)
+  return {"preset": name, **r, "load_average": os.getloadavg()[0]}
 
 
 def torch_table(names: list[str], overrides: dict[str, str]) -> list[dict] | None:

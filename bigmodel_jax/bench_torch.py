@@ -168,22 +168,40 @@ def param_count(trainer: Trainer) -> int:
   return sum(p.numel() for p in trainer.net.parameters())
 
 
-def side_by_side(ours, reference: Trainer, repeats: int, chunk: int) -> dict:
-  """Seconds per step of `ours` (bench.Trainable) and `reference`, timed in alternating chunks of
-  `chunk` steps (ours, torch, ours, ...; one warm-up chunk each first), so that a shared machine's
-  load changes hit both alike. Returns the medians and the median of the per-pair ratios."""
+def compare(ours, batch: dict, repeats: int, max_chunk: int, threads: int = 0) -> dict:
+  """Tokens/s of `ours` (a bench.Trainable, not yet compiled) and of this reference of its model
+  and config.train on the same host `batch`, timed in alternating chunks (ours, torch, ours, ...;
+  one warm-up pair first) so that a shared machine's load changes hit both alike. A chunk is about
+  half a second of our steps (at most `max_chunk`). `threads` > 0: torch.set_num_threads.
+  ratio: the median over the pairs of our tokens/s over torch's."""
+  if threads > 0:
+    torch.set_num_threads(threads)
+  reference = Trainer(ours.task.model, ours.config.train, ours.vocab, batch)
+  start = time.perf_counter()
+  reference.step()  # torch.compile traces and compiles here
+  torch_compile_s = time.perf_counter() - start
+  ours_compile_s = ours.compile_seconds()
+  chunk = max(1, min(max_chunk, round(0.5 / ours.chunk_seconds(1))))
   ours_s, torch_s = [], []
   for i in range(repeats + 1):
     a = ours.chunk_seconds(chunk)
     start = time.perf_counter()
     for _ in range(chunk):
       reference.step()
-    b = (time.perf_counter() - start) / chunk
     if i:  # the first pair is warm-up
       ours_s.append(a)
-      torch_s.append(b)
+      torch_s.append((time.perf_counter() - start) / chunk)
+  ratios = [t / o for o, t in zip(ours_s, torch_s)]
+  tokens = ours.tokens_per_step
   return {
-      "ours_step_s": statistics.median(ours_s),
-      "torch_step_s": statistics.median(torch_s),
-      "pair_ratios": [t / o for o, t in zip(ours_s, torch_s)],
+      "tokens_per_step": tokens,
+      "chunk": chunk,
+      "ours_tokens_per_s": tokens / statistics.median(ours_s),
+      "torch_tokens_per_s": tokens / statistics.median(torch_s),
+      "ratio": statistics.median(ratios),
+      "ratio_min": min(ratios),
+      "ratio_max": max(ratios),
+      "torch_threads": torch.get_num_threads(),
+      "ours_compile_s": ours_compile_s,
+      "torch_compile_s": torch_compile_s,
   }
