@@ -10,12 +10,20 @@ Prints a table and writes JSON with:
   scaling     tokens/s and step time as batch, context, width and depth double
 Compare numbers as ratios within one run: a shared machine varies +-15% between runs.
 
-Presets are textgen's (`default`, `tiny`, `gpt2_124m`, ...) plus `baby`: the "baby GPT" shape
-(4 layers, 4 heads, width 128, context 64, batch 12, f32, no biases, vocabulary 65) that the
-PyTorch reference is measured at.
+  profile     where a train step's time goes, per kind of HLO op (profiling.op_table; not in
+              the default sections)
+  torch       ours vs a compiled PyTorch reference of the same model and recipe
+              (bench_torch.py), in alternating chunks of steps; skipped when torch is missing
+
+Presets are textgen's (`default`, `tiny`, `gpt2_124m`, ...) plus three shapes (f32, no biases,
+vocabulary 65 as in character-level Shakespeare; SHAPES below):
+  baby        4 layers x width 128 (4 heads), context 64, batch 12: the "baby GPT"
+  mid         6 x 384 (6 heads), context 256, batch 8
+  gpt2_small  12 x 768 (12 heads), context 256, batch 4: GPT-2 small's body at a CPU-sized batch
 """
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -29,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigmodel_jax import checkpoint, generate, metrics, optim, parallel, steps
+from bigmodel_jax import checkpoint, generate, metrics, optim, parallel, profiling, steps
 from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.tasks import lm
@@ -37,29 +45,51 @@ from bigmodel_jax.tasks import lm
 _PRESETS = flags.DEFINE_list("presets", ["baby", "default"], "textgen presets to time.")
 _SECTIONS = flags.DEFINE_list(
     "sections",
-    ["matmul", "train", "pipeline", "checkpoint", "generate", "scaling"],
+    ["matmul", "train", "torch", "pipeline", "checkpoint", "generate", "scaling"],
     "Which benchmarks to run.",
 )
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed chunks per measurement (median taken).")
 _CHUNK = flags.DEFINE_integer("chunk", 10, "Steps per timed chunk.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads",
+    0,
+    "Threads of the PyTorch reference (torch.set_num_threads); 0 keeps torch's default (one per "
+    "core). On a busy machine 1 can be faster: its OpenMP threads spin while they wait.",
+)
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
 
-BABY = {
-    "model.num_layers": 4,
-    "model.num_heads": 4,
-    "model.embed_dim": 128,
-    "model.block_size": 64,
-    "model.use_bias": False,
-    "train.batch_size": 12,
-    "model.vocab_multiple": 1,
+
+def _shape(layers: int, width: int, context: int, batch: int) -> dict:
+  return {
+      "model.num_layers": layers,
+      "model.num_heads": width // 64 if width > 128 else 4,  # 64-wide heads, as GPT-2's
+      "model.embed_dim": width,
+      "model.block_size": context,
+      "model.use_bias": False,
+      "train.batch_size": batch,
+      "model.vocab_multiple": 1,
+  }
+
+
+SHAPES = {
+    "baby": _shape(4, 128, 64, 12),
+    "mid": _shape(6, 384, 256, 8),
+    "gpt2_small": _shape(12, 768, 256, 4),
 }
-BABY_VOCAB = 65
+SHAPE_VOCAB = 65
+MISSING_TORCH = (
+    "torch: skipped, the PyTorch reference needs torch (pip install -r requirements-dev.txt)"
+)
 
 
 def preset_config(name: str, overrides: dict[str, str]):
-  """textgen's preset `name` (or the baby shape) with the command line's --config.* overrides."""
-  spec = "textgen" if name in ("default", "baby") else f"textgen:{name}"
-  return config_lib.from_command_line(spec, overrides, BABY if name == "baby" else None)
+  """textgen's preset `name` (or one of SHAPES) with the command line's --config.* overrides."""
+  spec = "textgen" if name == "default" or name in SHAPES else f"textgen:{name}"
+  return config_lib.from_command_line(spec, overrides, SHAPES.get(name))
+
+
+def vocab_of(name: str) -> int:
+  return SHAPE_VOCAB if name in SHAPES else 256
 
 
 class Trainable:
@@ -85,14 +115,7 @@ class Trainable:
         )
     )
     self.tokens_per_step = config.train.batch_size * config.model.block_size
-    rng = np.random.default_rng(0)
-    shape = (config.train.batch_size, config.model.block_size)
-    self.batch = self.strategy.put_batch(
-        {
-            "inputs": rng.integers(0, vocab_size, shape, dtype=np.int32),
-            "targets": rng.integers(0, vocab_size, shape, dtype=np.int32),
-        }
-    )
+    self.batch = self.strategy.put_batch(_host_batch(config, vocab_size))
 
   def compile_seconds(self) -> float:
     start = time.perf_counter()
@@ -100,15 +123,17 @@ class Trainable:
     jax.block_until_ready((self.state, m))
     return time.perf_counter() - start
 
+  def chunk_seconds(self, chunk: int) -> float:
+    """Seconds per step over `chunk` back-to-back steps (one sync at the end)."""
+    start = time.perf_counter()
+    for _ in range(chunk):
+      self.state, m = self.step_fn(self.state, self.batch, jax.random.key(1))
+    jax.block_until_ready((self.state, m))
+    return (time.perf_counter() - start) / chunk
+
   def seconds_per_step(self, repeats: int, chunk: int) -> float:
-    """Median over `repeats` chunks of `chunk` back-to-back steps (one sync per chunk)."""
-    times = []
-    for _ in range(repeats + 1):  # the first chunk is warm-up
-      start = time.perf_counter()
-      for _ in range(chunk):
-        self.state, m = self.step_fn(self.state, self.batch, jax.random.key(1))
-      jax.block_until_ready((self.state, m))
-      times.append((time.perf_counter() - start) / chunk)
+    """Median over `repeats` chunks of `chunk` steps, after one warm-up chunk."""
+    times = [self.chunk_seconds(chunk) for _ in range(repeats + 1)]
     return statistics.median(times[1:])
 
 
@@ -129,7 +154,7 @@ def bench_matmul() -> dict:
 
 def bench_train(name: str, peak: float, overrides: dict[str, str]) -> dict:
   config = preset_config(name, overrides)
-  t = Trainable(config, BABY_VOCAB if name == "baby" else 256)
+  t = Trainable(config, vocab_of(name))
   compile_s = t.compile_seconds()
   per_step = t.seconds_per_step(_REPEATS.value, _CHUNK.value)
   tokens_per_s = t.tokens_per_step / per_step
@@ -142,6 +167,67 @@ def bench_train(name: str, peak: float, overrides: dict[str, str]) -> dict:
       "mfu": t.task.flops_per_unit * tokens_per_s / (peak * t.strategy.num_devices),
       "model_flops_per_s": t.task.flops_per_unit * tokens_per_s,
   }
+
+
+def bench_profile(name: str, overrides: dict[str, str], top: int = 12) -> list[dict]:
+  """A jax.profiler trace of `--chunk` train steps, summed by kind of op of the optimised HLO."""
+  config = preset_config(name, overrides)
+  t = Trainable(config, vocab_of(name))
+  t.compile_seconds()
+  hlo = t.step_fn.lower(t.state, t.batch, jax.random.key(1)).compile().as_text()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    t.chunk_seconds(_CHUNK.value)
+    jax.profiler.stop_trace()
+    rows = profiling.op_table(trace_dir, hlo, _CHUNK.value)
+  print(f"profile of {name} ({t.strategy.num_devices} devices, ms per step summed over threads):")
+  for r in rows[:top]:
+    print(f"{r['ms_per_step']:10.1f} ms {r['share']:6.1%}  {r['op']}")
+  dots = sum(r["share"] for r in rows if r["op"].startswith("dot "))
+  print(f"{'':10}    {dots:6.1%}  all dots", flush=True)
+  return rows
+
+
+def bench_torch(name: str, overrides: dict[str, str]) -> dict:
+  """Ours and the PyTorch reference of the same preset in alternating chunks (bench_torch.py)."""
+  from bigmodel_jax import bench_torch as reference  # torch is only a dev requirement
+
+  config = preset_config(name, overrides)
+  ours = Trainable(config, vocab_of(name))
+  why = reference.supported(ours.task.model)
+  if why:
+    raise UsageError(f"--sections=torch cannot mirror preset {name!r}: {why}")
+  batch = _host_batch(config, vocab_of(name))
+  r = reference.compare(ours, batch, _REPEATS.value, _CHUNK.value, _TORCH_THREADS.value)
+  return {"preset": name, **r, "load_average": os.getloadavg()[0]}
+
+
+def torch_table(names: list[str], overrides: dict[str, str]) -> list[dict] | None:
+  """bench_torch for each preset, printed as a table; None (and a one-line note) without torch."""
+  if importlib.util.find_spec("torch") is None:
+    print(MISSING_TORCH, flush=True)
+    return None
+  print(
+      f"{'vs torch':<12}{'ours tok/s':>12}{'torch tok/s':>12}{'ratio':>8}{'(min-max)':>14}"
+      f"{'load':>6}{'torch threads':>15}"
+  )
+  rows = []
+  for name in names:
+    rows.append(r := bench_torch(name, overrides))
+    print(
+        f"{name:<12}{r['ours_tokens_per_s']:>12,.0f}{r['torch_tokens_per_s']:>12,.0f}"
+        f"{r['ratio']:>7.2f}x{r['ratio_min']:>8.2f}-{r['ratio_max']:.2f}{r['load_average']:>6.1f}"
+        f"{r['torch_threads']:>15}",
+        flush=True,
+    )
+  return rows
+
+
+def _host_batch(config, vocab: int) -> dict:
+  """The same synthetic batch Trainable puts on its devices, on the host."""
+  rng = np.random.default_rng(0)
+  shape = (config.train.batch_size, config.model.block_size)
+  return {k: rng.integers(0, vocab, shape, dtype=np.int32) for k in ("inputs", "targets")}
 
 
 def bench_pipeline(train_step_per_s: float, overrides: dict[str, str]) -> dict:
@@ -325,6 +411,12 @@ def run_benchmarks(overrides: dict[str, str]) -> None:
           f"{r['tokens_per_s']:>12,.0f}{r['mfu']:>8.1%}",
           flush=True,
       )
+  if "profile" in sections:
+    results["profile"] = {name: bench_profile(name, overrides) for name in _PRESETS.value}
+  if "torch" in sections:
+    side_by_side = torch_table(_PRESETS.value, overrides)
+    if side_by_side is not None:
+      results["torch"] = side_by_side
   if "pipeline" in sections:
     default = next((r for r in results.get("train", []) if r["preset"] == "default"), None)
     steps_per_s = (

@@ -1,0 +1,123 @@
+"""bench.py's PyTorch reference (bench_torch.py) against our GPT: same parameter count, and from
+our init weights the same loss before and after one AdamW update; and profiling.op_table. No
+timings."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigmodel_jax import bench, optim, profiling, steps
+from bigmodel_jax import config as config_lib
+from bigmodel_jax.models import gpt
+from bigmodel_jax.tasks import lm
+
+try:
+  from bigmodel_jax import bench_torch
+except ImportError:  # torch is a dev requirement
+  bench_torch = None
+needs_torch = pytest.mark.skipif(bench_torch is None, reason="torch is not installed")
+
+VOCAB = 65
+
+
+def _config(use_bias: bool):
+  c = config_lib.load_experiment("textgen:tiny")
+  config_lib.set_values(
+      c,
+      {
+          "model.use_bias": use_bias,
+          "model.vocab_multiple": 1,
+          "model.num_layers": 2,
+          "model.num_heads": 2,
+          "model.embed_dim": 32,
+          "model.block_size": 16,
+          "train.batch_size": 4,
+          "train.schedule": "constant",
+          "train.warmup_steps": 0,
+          "train.learning_rate": 3e-3,
+          "train.grad_clip": 0.05,  # small enough that clipping changes the update
+          "train.weight_decay": 5.0,  # large enough that a wrong decay mask moves the loss
+      },
+      "test",
+  )
+  return c
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["no_bias", "bias"])
+def pair(request):
+  """(our state after init and after one step, our losses, the torch trainer from our init)."""
+  config = _config(request.param)
+  task = lm.Task(config)
+  task.model = task.model.clone(vocab_size=VOCAB)
+  tx, schedule = optim.make_optimizer(config.train)
+  state = steps.init_state(jax.random.key(0), task=task, tx=tx)
+  batch = bench._host_batch(config, VOCAB)
+  params0 = nn.meta.unbox(state.params)
+  ref = bench_torch.Trainer(task.model, config.train, VOCAB, batch, schedule, compile=False)
+  ref.load_params(params0)
+  step = jax.jit(
+      functools.partial(
+          steps.train_step, task=task, tx=tx, schedule=schedule, accum=1, axis_name=None
+      )
+  )
+  losses = []
+  for _ in range(2):
+    state, (m, _) = step(state, batch, jax.random.key(1))
+    losses.append(float(m["loss"][0] / m["loss"][1]))
+  return task, params0, losses, ref
+
+
+@needs_torch
+def test_reference_has_our_parameter_count(pair):
+  task, params0, _, ref = pair
+  assert bench_torch.param_count(ref) == gpt.param_count(params0)
+
+
+@needs_torch
+def test_reference_init_has_our_scale():
+  """Without copied weights: torch's own init draws with our standard deviations."""
+  config = config_lib.load_experiment("textgen")  # 4 x 128: enough weights for a tight estimate
+  model = lm.Task(config).model.clone(vocab_size=VOCAB)
+  batch = bench._host_batch(config, VOCAB)
+  block = bench_torch.Trainer(model, config.train, VOCAB, batch, compile=False).net.h[0]
+  residual = 0.02 / np.sqrt(2 * config.model.num_layers)
+  for weight, std in ((block.qkv, 0.02), (block.fc, 0.02), (block.proj, residual)):
+    assert float(weight.weight.detach().std()) == pytest.approx(std, rel=0.05)
+
+
+@needs_torch
+def test_same_loss_before_and_after_one_update(pair):
+  """Step 1's loss checks the forward pass; step 2's, AdamW, weight decay and clipping."""
+  _, _, losses, ref = pair
+  torch_losses = [ref.step(), ref.step()]
+  np.testing.assert_allclose(torch_losses, losses, rtol=2e-5)
+  assert losses[1] < losses[0]  # the update did something
+
+
+def test_without_torch_the_side_by_side_is_skipped_with_one_line(monkeypatch, capsys):
+  real = bench.importlib.util.find_spec
+  monkeypatch.setattr(
+      bench.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name)
+  )
+  assert bench.torch_table(["baby"], {}) is None
+  assert capsys.readouterr().out == bench.MISSING_TORCH + "\n"
+
+
+def test_op_table_puts_a_traced_dot_under_its_shapes(tmp_path):
+  f = jax.jit(lambda x, w: jnp.tanh(x @ w).sum(axis=0))
+  x, w = jnp.ones((256, 128)), jnp.ones((128, 192))
+  hlo = f.lower(x, w).compile().as_text()
+  f(x, w).block_until_ready()
+  jax.profiler.start_trace(str(tmp_path))
+  for _ in range(3):
+    f(x, w).block_until_ready()
+  jax.profiler.stop_trace()
+  rows = profiling.op_table(str(tmp_path), hlo, steps=3)
+  ops = [r["op"] for r in rows]
+  assert "dot f32[256,192] <- f32[256,128] x f32[128,192]" in ops
+  assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+  assert all(r["ms_per_step"] > 0 for r in rows)
