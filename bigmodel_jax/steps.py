@@ -116,10 +116,11 @@ def train_step(
   def apply(_):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     update_norm = optax.tree.norm(updates).astype(jnp.float32)
+    params = optax.apply_updates(state.params, updates)
     commit = lambda _: (
-        optax.apply_updates(state.params, updates),
+        params,
         opt_state,
-        model_state,
+        task.after_update(params, model_state),
         update_norm,
         jnp.array(True),
     )

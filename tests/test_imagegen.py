@@ -8,15 +8,17 @@ import os
 import subprocess
 import sys
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
 from bigmodel_jax import config as config_lib
-from bigmodel_jax import flow_matching, image_quality, trainer
+from bigmodel_jax import flow_matching, image_quality, steps, trainer
 from bigmodel_jax.data import images
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import unet
@@ -88,6 +90,30 @@ def test_ema_is_saved_and_resumed_exactly_and_counts_every_step(trained):
   assert step == 30 and float(ema["count"]) == 30.0  # the resumed run carried it on
   p, e = state.params["stem"]["kernel"], ema["params"]["stem"]["kernel"]
   assert p.shape == e.shape and not np.allclose(p, e)  # a lagging average, not a copy
+
+
+def test_ema_moves_once_per_step_towards_the_updated_weights_with_grad_accum(tmp_path):
+  """With 2 micro-batches the loss runs twice, the EMA once, from the parameters after the
+  update (Task.after_update)."""
+  config = _config(train__grad_accum_steps=2)
+  task = generate_image.Task(config)
+  task.setup(str(tmp_path), create=True)
+  tx = optax.adam(1e-2)
+  state = steps.init_state(jax.random.key(0), task=task, tx=tx)
+  state = jax.tree.map(
+      lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+      state,
+      is_leaf=lambda x: isinstance(x, nn.Partitioned),
+  )
+  batch = next(task.train_iterator(8, 0, 0, 1))
+  step = functools.partial(
+      steps.train_step, task=task, tx=tx, schedule=lambda _: 1e-2, accum=2, axis_name=None
+  )
+  new, _ = jax.jit(step)(state, batch, jax.random.key(1))
+  expected = flow_matching.ema_update(state.model_state["ema"], new.params, config.flow.ema_decay)
+  assert float(new.model_state["ema"]["count"]) == 1.0
+  for a, b in zip(jax.tree.leaves(new.model_state["ema"]), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_ema_update_matches_its_formula():

@@ -91,6 +91,13 @@ class Task(abc.ABC):
     its student must agree on it."""
     raise NotImplementedError
 
+  def after_update(self, params, model_state: dict) -> dict:
+    """model_state once an update is applied, from the new `params` (e.g. an EMA of the
+    weights); pure. Runs once per optimizer step, whatever train.grad_accum_steps (the loss runs
+    once per micro-batch)."""
+    del params
+    return model_state
+
   def summarize(self, values: dict[str, float]) -> dict[str, float]:
     """Host-side derived metrics (e.g. perplexity from loss)."""
     return values
@@ -207,6 +214,9 @@ class WrappedTask(Task):
 
   def output_names(self):
     return self.inner.output_names()
+
+  def after_update(self, params, model_state):
+    return self.inner.after_update(self.plain_params(params), model_state)
 
   def summarize(self, values):
     return self.inner.summarize(values)

@@ -156,11 +156,12 @@ class Task(base.ArrayTask):
     per_example = ((v - target) ** 2).mean(axis=(1, 2, 3))  # (B,)
     w = batch["weight"] if "weight" in batch else jnp.ones((b,), jnp.float32)
     total, count = (per_example * w).sum(), w.sum()
-    if train:
-      model_state = {
-          "ema": flow_matching.ema_update(model_state["ema"], params, self.config.flow.ema_decay)
-      }
     return total / jnp.maximum(count, 1.0), ({"loss": (total, count)}, model_state)
+
+  def after_update(self, params, model_state):
+    """The EMA moves once per optimizer step, towards the updated weights."""
+    ema = flow_matching.ema_update(model_state["ema"], params, self.config.flow.ema_decay)
+    return {**model_state, "ema": ema}
 
   # --- generation ---------------------------------------------------------------------------
 
