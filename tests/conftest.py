@@ -15,9 +15,9 @@ if REPO not in sys.path:
 from bigmodel_jax import parallel  # noqa: E402
 
 # Eight devices on two cores, beside the other xdist worker and the tests' subprocesses: a device
-# can lag its pmap all-reduce by more than XLA:CPU's 40 s, which aborts the worker (the likely
-# cause of the worker one CI run lost in tests/test_translate.py's training). Subprocesses
-# inherit the flags.
+# can lag its pmap all-reduce by more than XLA:CPU's 40 s, which aborts the worker (seen in a
+# training run on an overloaded machine). Subprocesses inherit the flags. (pytest.ini reruns a
+# test whose worker dies of another native crash.)
 parallel.patient_cpu_collectives()
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
