@@ -7,6 +7,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# glibc writes why it aborts (e.g. "double free or corruption") to /dev/tty unless this is set, so
+# a worker that dies of it would leave no reason in the log (pytest.ini: the crashes seen so far).
+os.environ.setdefault("LIBC_FATAL_STDERR_", "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
