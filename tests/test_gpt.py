@@ -1,6 +1,7 @@
 """GPT model: shapes, parameter counts (tiny; huge by shape only), axis names, causality, dtypes."""
 
 import functools
+import re
 
 from flax import linen as nn
 import jax
@@ -287,3 +288,42 @@ def test_flat_dot_general_matches_lax(features):
       jax.grad(f(jax.lax.dot_general), argnums=(0, 1))(x, kernel),
   ):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _dot_operand_types(compiled_hlo: str) -> list[tuple[str, str]]:
+  """(lhs, rhs) element types of every dot in optimised HLO text."""
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", compiled_hlo))
+  return [
+      (types[lhs], types[rhs])
+      for lhs, rhs in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", compiled_hlo)
+  ]
+
+
+@pytest.mark.parametrize("features", [6, 40])  # weight gradient as (g^T x)^T; as x^T g
+def test_flat_dot_general_bf16_keeps_bf16_matmuls_on_cpu(features):
+  """bf16 Dense layers: forward and both gradients accumulate in float32 and round once, and on
+  CPU every matmul of the step reaches XLA with bf16 operands (XLA:CPU sends a transposed or
+  column-major bf16 operand back to a float32 matmul at half the speed)."""
+  from bigmodel_jax.models import layers
+
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(64, 16)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(16, features)), jnp.bfloat16)
+  dims = (((1,), (0,)), ((), ()))
+  f = lambda x, w: (layers.flat_dot_general(x, w, dims).astype(jnp.float32) ** 2).sum()  # noqa: E731
+  y = layers.flat_dot_general(x, kernel, dims)
+  assert y.dtype == jnp.bfloat16
+  exact = np.asarray(x, np.float32) @ np.asarray(kernel, np.float32)
+  np.testing.assert_allclose(np.asarray(y, np.float32), exact, rtol=1e-2, atol=1e-2)
+  dx, dw = jax.grad(f, argnums=(0, 1))(x, kernel)
+  g = 2 * np.asarray(y, np.float32)
+  np.testing.assert_allclose(
+      np.asarray(dx, np.float32), g @ np.asarray(kernel, np.float32).T, rtol=2e-2, atol=0.5
+  )
+  np.testing.assert_allclose(
+      np.asarray(dw, np.float32), np.asarray(x, np.float32).T @ g, rtol=2e-2, atol=0.5
+  )
+  if jax.default_backend() == "cpu":
+    hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+    operand_types = _dot_operand_types(hlo)
+    assert len(operand_types) == 3 and set(operand_types) == {("bf16", "bf16")}, operand_types
