@@ -5,7 +5,8 @@ of the same model and recipe as ours at a given config: learned positions, tied 
 pre-LayerNorm (eps model.norm_eps), tanh GELU, biases as model.use_bias, N(0, 0.02) weights with
 the residual projections at 0.02 / sqrt(2 * num_layers), AdamW (train.b1, b2, weight_decay on the
 matrices only, as train.no_decay's default leaves it), global-norm clipping at train.grad_clip,
-our learning-rate schedule, and bfloat16 autocast when model.dtype is bfloat16.
+our learning-rate schedule, and bfloat16 autocast when model.dtype or model.matmul_dtype is
+bfloat16.
 
 torch is a requirements-dev dependency: bench.py imports this module only when torch is
 installed. `load_params` copies one of our GPT's parameter trees in, so tests can check that both
@@ -91,7 +92,9 @@ class Trainer:
     schedule: step -> learning rate (ours); None keeps train.learning_rate."""
     torch.manual_seed(0)
     self.net = GPT(model, vocab)
-    self.autocast = np.dtype(model.dtype).name == "bfloat16"  # ours: bf16 compute, f32 weights
+    # Ours: bf16 compute (model.dtype) or bf16 matmul operands (model.matmul_dtype), f32 weights.
+    dtypes = (model.dtype, model.matmul_dtype or model.dtype)
+    self.autocast = "bfloat16" in [np.dtype(d).name for d in dtypes]
     # Decay the matrices but not the embeddings, norms and biases (train.no_decay's default).
     named = list(self.net.named_parameters())
     decays = lambda n, p: p.ndim == 2 and n not in ("wte.weight", "wpe.weight")  # noqa: E731

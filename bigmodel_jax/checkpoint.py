@@ -30,7 +30,7 @@ DIRECTORY = "checkpoints"
 MANIFEST = "manifest.bigmodel.json"
 ITEMS = ("state", "data", "config")
 # Model settings that change how a model runs, not the parameters a checkpoint holds.
-RUNTIME_MODEL_KEYS = ("dropout", "dtype", "attention_impl", "remat", "kv_cache")
+RUNTIME_MODEL_KEYS = ("dropout", "dtype", "matmul_dtype", "attention_impl", "remat", "kv_cache")
 
 
 def best_mode(metric: str) -> str:

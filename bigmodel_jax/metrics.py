@@ -37,10 +37,11 @@ def reduce(metrics: dict[str, tuple]) -> dict[str, float]:
   return {k: float(np.sum(s)) / max(float(np.sum(n)), 1e-12) for k, (s, n) in metrics.items()}
 
 
-def measure_matmul_flops(n: int = 1024, repeats: int = 20) -> float:
-  """FLOP/s of a jitted f32 n x n matmul on the default device (the best of `repeats`)."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
+def measure_matmul_flops(n: int = 1024, repeats: int = 20, dtype: str = "float32") -> float:
+  """FLOP/s of a jitted n x n matmul on the default device (the best of `repeats`), operands in
+  `dtype` and, when that is 16-bit, float32 accumulation (as the models' matmuls)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
   f(a).block_until_ready()
   best = math.inf
   for _ in range(repeats):
@@ -59,8 +60,16 @@ def data_sheet_peak(kind: str) -> tuple[str, float, str] | None:
   return (key, *PEAK_FLOPS[key])
 
 
-def peak_flops_per_device() -> tuple[float, str]:
-  """(peak FLOP/s of one device, where the number came from and its dtype) for MFU."""
+def matmul_dtype(config) -> str:
+  """The dtype of a run's matmul operands: model.matmul_dtype, else model.dtype, else float32."""
+  model = config.get("model", {})
+  return model.get("matmul_dtype") or model.get("dtype") or "float32"
+
+
+def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
+  """(peak FLOP/s of one device, where the number came from and its dtype) for MFU. Data-sheet
+  peaks are the accelerators' bf16 ones; a measured peak is of `dtype` matmuls (on CPUs with
+  AVX512-BF16, bf16 runs at twice the float32 peak)."""
   device = jax.devices()[0]
   kind = device.device_kind
   found = data_sheet_peak(kind)
@@ -70,11 +79,11 @@ def peak_flops_per_device() -> tuple[float, str]:
     return flops, f"data-sheet {what} peak for {kind!r}{entry}"
   if device.platform == "cpu":
     n = jax.local_device_count()
-    return measure_matmul_flops() / max(n, 1), (
-        f"measured f32 1024x1024 matmul on the CPU, shared by {n} device(s)"
+    return measure_matmul_flops(dtype=dtype) / max(n, 1), (
+        f"measured {dtype} 1024x1024 matmul on the CPU, shared by {n} device(s)"
     )
-  flops = measure_matmul_flops(4096)
-  return flops, f"measured f32 4096x4096 matmul on unknown device kind {kind!r}"
+  flops = measure_matmul_flops(4096, dtype=dtype)
+  return flops, f"measured {dtype} 4096x4096 matmul on unknown device kind {kind!r}"
 
 
 class MetricWriter:

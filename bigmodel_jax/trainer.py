@@ -201,7 +201,7 @@ def _train_and_evaluate(
   host_params = strategy.to_host_layout(state).params
   n_params = sum(x.size for x in jax.tree.leaves(host_params))
   n_train = optim.trainable_count(host_params, config.train, lora.enabled(config))
-  peak, peak_source = metrics_lib.peak_flops_per_device()
+  peak, peak_source = metrics_lib.peak_flops_per_device(metrics_lib.matmul_dtype(config))
   logging.info(
       "Model: %s parameters (%s trainable); %s strategy on %d device(s); MFU peak %.3g FLOP/s "
       "per device (%s)",

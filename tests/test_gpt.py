@@ -246,6 +246,7 @@ def test_make_builds_the_configured_model():
         (dict(block_size=None), "model.block_size=None must be a positive integer"),
         (dict(embed_dim=6, num_heads=2, positions="rotary"), "even head size"),
         (dict(dropout=1.0), "model.dropout"),
+        (dict(matmul_dtype="bf16"), "model.matmul_dtype='bf16' is unknown; valid: \"\", float32"),
     ],
 )
 def test_make_errors(overrides, message):
@@ -327,3 +328,38 @@ def test_flat_dot_general_bf16_keeps_bf16_matmuls_on_cpu(features):
     hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, kernel).compile().as_text()
     operand_types = _dot_operand_types(hlo)
     assert len(operand_types) == 3 and set(operand_types) == {("bf16", "bf16")}, operand_types
+
+
+def test_matmul_dtype_rounds_the_operands_and_keeps_float32_activations():
+  """model.matmul_dtype=bfloat16 (PyTorch autocast's recipe): forward and both gradients are
+  float32 matmuls of bf16-rounded operands, and on CPU XLA runs them as bf16 matmuls."""
+  from bigmodel_jax.models import layers
+
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 32, 16)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(16, 24)), jnp.float32)
+  dims = (((2,), (0,)), ((), ()))
+  dot = layers.dense_dot_general(jnp.bfloat16)
+  f = lambda x, w: (dot(x, w, dims) ** 2).sum()  # noqa: E731
+  rounded = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float32)  # noqa: E731
+  y = dot(x, kernel, dims)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, rounded(x) @ rounded(kernel), rtol=1e-5, atol=1e-5)
+  dx, dw = jax.grad(f, argnums=(0, 1))(x, kernel)
+  assert dx.dtype == dw.dtype == jnp.float32
+  g = rounded(2 * np.asarray(y))
+  np.testing.assert_allclose(dx, g @ rounded(kernel).T, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dw, np.einsum("btc,btf->cf", rounded(x), g), rtol=1e-5, atol=1e-4)
+  if jax.default_backend() == "cpu":
+    hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+    assert set(_dot_operand_types(hlo)) == {("bf16", "bf16")}
+
+  # In a GPT: float32 logits within bf16 rounding of the float32 model's, same parameters.
+  tokens = jnp.asarray(rng.integers(0, 32, (2, 16)), jnp.int32)
+  full = gpt.make(config(dtype="float32"), 32)
+  mixed = gpt.make(config(dtype="float32", matmul_dtype="bfloat16"), 32)
+  params = full.init(jax.random.key(0), tokens)
+  ours = mixed.apply(params, tokens)
+  assert ours.dtype == jnp.float32
+  np.testing.assert_allclose(ours, full.apply(params, tokens), atol=3e-2)
+  assert not np.array_equal(ours, full.apply(params, tokens))

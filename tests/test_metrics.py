@@ -43,3 +43,24 @@ def test_peak_source_names_the_device_the_entry_and_the_dtype(monkeypatch):
       989e12,
       "data-sheet bf16 dense peak for 'NVIDIA H100 80GB HBM3' (table entry 'NVIDIA H100')",
   )
+
+
+def test_a_measured_cpu_peak_is_of_the_runs_matmul_dtype(monkeypatch):
+  """On CPU the MFU peak is measured in the matmuls' operand dtype (bf16 runs at up to 2x f32 on
+  AVX512-BF16), which a run's config gives as model.matmul_dtype, else model.dtype."""
+  import ml_collections
+
+  measured = []
+  monkeypatch.setattr(
+      metrics,
+      "measure_matmul_flops",
+      lambda n=1024, r=20, dtype="float32": measured.append(dtype) or 100e9,
+  )
+  flops, source = metrics.peak_flops_per_device("bfloat16")
+  assert measured == ["bfloat16"] and "measured bfloat16 1024x1024 matmul on the CPU" in source
+  config = lambda **model: ml_collections.ConfigDict({"model": model})  # noqa: E731
+  assert metrics.matmul_dtype(config(dtype="float32", matmul_dtype="bfloat16")) == "bfloat16"
+  assert metrics.matmul_dtype(config(dtype="bfloat16", matmul_dtype="")) == "bfloat16"
+  assert metrics.matmul_dtype(config(dtype="float32")) == "float32"
+  assert metrics.matmul_dtype(config()) == "float32"
+  assert metrics.measure_matmul_flops(64, 2, "bfloat16") > 0

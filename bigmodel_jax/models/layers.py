@@ -3,6 +3,7 @@ Transformer MLP (GELU or SwiGLU), rotary frequencies, and the `config.model` fie
 models have, declared (`shared_config`, `decoder_config`) and checked (one-line UsageErrors
 naming the key) here once."""
 
+import functools
 import math
 from typing import Any
 
@@ -26,7 +27,9 @@ def zeros(names: tuple):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
-def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+def flat_dot_general(
+    lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, operand_dtype=None
+):
   """`lax.dot_general` for Dense/DenseGeneral kernels as one 2-D matmul, (M, K) @ (K, N).
 
   Same numbers, same parameters; only the shapes XLA sees change. Given (B, T, K) inputs,
@@ -35,6 +38,10 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
   every matmul of the backward pass runs at full speed (baby-GPT train step on one CPU device:
   61-79 ms -> 49 ms, `python -m bigmodel_jax.bench`). Contractions other than "trailing input
   axes x leading kernel axes", or with an explicit precision, go to lax.dot_general unchanged.
+
+  `operand_dtype` (see `dense_dot_general`) rounds both operands of the matmul, and of its two
+  gradient matmuls, to that dtype; products accumulate in float32 and the result keeps lhs's
+  dtype, as under PyTorch's autocast.
   """
   (lhs_contract, rhs_contract), (lhs_batch, _) = dimension_numbers
   n = len(lhs_contract)
@@ -46,6 +53,15 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
       or tuple(d % lhs.ndim for d in lhs_contract) != trailing
       or tuple(rhs_contract) != tuple(range(n))
   ):
+    if operand_dtype is not None:
+      out = lax.dot_general(
+          lhs.astype(operand_dtype),
+          rhs.astype(operand_dtype),
+          dimension_numbers,
+          precision=precision,
+          preferred_element_type=jnp.float32,
+      )
+      return out.astype(preferred_element_type or lhs.dtype)
     return lax.dot_general(
         lhs,
         rhs,
@@ -54,22 +70,37 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
         preferred_element_type=preferred_element_type,
     )
   k = math.prod(lhs.shape[lhs.ndim - n :])
-  out = _matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
+  out = _matmul(lhs.reshape(-1, k), rhs.reshape(k, -1), operand_dtype)
   return out.reshape(lhs.shape[: lhs.ndim - n] + rhs.shape[n:])
 
 
-def _cpu_dot(a, b, b_transposed: bool = False):
-  """a @ b (a @ b.T when `b_transposed`) for XLA:CPU: 16-bit operands accumulate into float32
-  and round once at the end, which is what makes XLA:CPU use the bf16 dot-product
-  instructions: bf16 -> bf16 runs at f32 speed (94 vs 212 GFLOP/s per thread for
-  (1024, 384) x (384, 1536) on an AVX512-BF16 core). The transposed operand is given by
-  dimension numbers, not as a transpose, which XLA would turn into a column-major layout that
-  the bf16 kernels refuse (a bf16 g @ w.T ran at 83 GFLOP/s, the same contraction given this way
-  at 203)."""
+def dense_dot_general(operand_dtype=None):
+  """The `dot_general` for a model's Dense layers: `flat_dot_general`, with the matmuls' operands
+  rounded to `operand_dtype` (model.matmul_dtype; None: the layer's own dtype)."""
+  if operand_dtype is None:
+    return flat_dot_general
+  return functools.partial(flat_dot_general, operand_dtype=operand_dtype)
+
+
+def _rounded_dot(a, b, operand_dtype=None, b_transposed: bool = False, out_dtype=None):
+  """a @ b (a @ b.T when `b_transposed`) in `out_dtype` (None: a's dtype), with the operands
+  rounded to `operand_dtype` (None: a's dtype) and, when that is 16-bit, products accumulated
+  in float32.
+
+  Written for XLA:CPU, where both halves matter. Asked for a bf16 result, its bf16 matmul runs at
+  f32 speed (94 vs 212 GFLOP/s per thread for (1024, 384) x (384, 1536) on an AVX512-BF16 core);
+  asked for a float32 one it uses the bf16 dot-product instructions. And the transposed operand
+  is given by dimension numbers, not as a transpose, which XLA would turn into a column-major
+  layout that the bf16 kernels refuse (a bf16 g @ w.T: 83 GFLOP/s; the same contraction given
+  this way: 203).
+  """
+  out_dtype = out_dtype or a.dtype
+  if operand_dtype is not None:
+    a, b = a.astype(operand_dtype), b.astype(operand_dtype)
   dims = (((1,), (1 if b_transposed else 0,)), ((), ()))
   if a.dtype.itemsize != 2:
-    return lax.dot_general(a, b, dims)
-  return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(a.dtype)
+    return lax.dot_general(a, b, dims).astype(out_dtype)
+  return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(out_dtype)
 
 
 def _cpu_transpose(a):
@@ -81,16 +112,22 @@ def _cpu_transpose(a):
   return lax.optimization_barrier(a.reshape(m, n, 1).transpose(2, 1, 0)).reshape(n, m)
 
 
-@jax.custom_vjp
-def _matmul(x, w):
-  return lax.platform_dependent(x, w, cpu=_cpu_dot, default=jnp.matmul)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x, w, operand_dtype):
+  def default(x, w):
+    if operand_dtype is None:
+      return x @ w
+    return _rounded_dot(x, w, operand_dtype)
+
+  cpu = functools.partial(_rounded_dot, operand_dtype=operand_dtype)
+  return lax.platform_dependent(x, w, cpu=cpu, default=default)
 
 
-def _matmul_fwd(x, w):
-  return _matmul(x, w), (x, w)
+def _matmul_fwd(x, w, operand_dtype):
+  return _matmul(x, w, operand_dtype), (x, w)
 
 
-def _matmul_bwd(residuals, g):
+def _matmul_bwd(operand_dtype, residuals, g):
   """dx = g w^T; dw = x^T g, on CPU with the narrower of x and g transposed into an array first.
 
   Left to itself XLA:CPU folds the transpose into the matmul and picks a kernel that runs at
@@ -98,15 +135,23 @@ def _matmul_bwd(residuals, g):
   operands at full speed, so they get plain x^T g.
   """
   x, w = residuals
+  cast = (lambda a: a) if operand_dtype is None else (lambda a: a.astype(operand_dtype))
 
   def cpu(x, w, g):
     if x.shape[1] <= g.shape[1]:
-      dw = _cpu_dot(_cpu_transpose(x), g)
-    else:
-      dw = lax.optimization_barrier(_cpu_dot(_cpu_transpose(g), x)).T  # (g^T x)^T
-    return _cpu_dot(g, w, b_transposed=True), dw
+      dw = _rounded_dot(_cpu_transpose(cast(x)), cast(g), out_dtype=w.dtype)
+    else:  # (g^T x)^T
+      dw = _rounded_dot(_cpu_transpose(cast(g)), cast(x), out_dtype=w.dtype)
+      dw = lax.optimization_barrier(dw).T
+    return _rounded_dot(cast(g), cast(w), b_transposed=True, out_dtype=x.dtype), dw
 
-  return lax.platform_dependent(x, w, g, cpu=cpu, default=lambda x, w, g: (g @ w.T, x.T @ g))
+  def default(x, w, g):
+    if operand_dtype is None:
+      return g @ w.T, x.T @ g
+    dx = _rounded_dot(g, w.T, operand_dtype, out_dtype=x.dtype)
+    return dx, _rounded_dot(x.T, g, operand_dtype, out_dtype=w.dtype)
+
+  return lax.platform_dependent(x, w, g, cpu=cpu, default=default)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -293,6 +338,7 @@ class MLP(nn.Module):
   param_dtype: Any
   use_bias: bool = True  # text_encoder and seq2seq always have biases; gpt passes model.use_bias
   kind: str = "gelu"  # | swiglu (MLP_TYPES)
+  matmul_dtype: Any = None  # the matmuls' operand dtype (dense_dot_general); None: dtype
 
   @nn.compact
   def __call__(self, x, *, train: bool):  # x (B, T, C)
@@ -303,7 +349,7 @@ class MLP(nn.Module):
         param_dtype=self.param_dtype,
         kernel_init=normal(std, names),
         bias_init=zeros(names[-1:]),
-        dot_general=flat_dot_general,
+        dot_general=dense_dot_general(self.matmul_dtype),
         name=name,
     )
     h = dense(self.hidden_dim, self.fc_std, ("embed", "mlp"), "fc")(x)  # (B, T, M)
