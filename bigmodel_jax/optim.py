@@ -10,6 +10,7 @@ import re
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from bigmodel_jax.errors import UsageError, did_you_mean
@@ -147,6 +148,24 @@ def trainable_count(params, t, adapters: bool) -> int:
   return sum(x.size for x, label in zip(jax.tree.leaves(params), labels) if label == "train")
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm, written as one multiply by min(1, max_norm / norm).
+
+  optax's form, select(norm < max_norm, g, g / norm * max_norm) per element, is what XLA:CPU
+  fuses badly: one clipped AdamW update of the bench's gpt2_small parameters (85M) took 162 ms
+  with it and 98 ms this way (1.64x; mid: 1.77x), `python -m bigmodel_jax.tools.clip_bench
+  --presets=mid,gpt2_small`. Below max_norm the gradients are multiplied by exactly 1; above it
+  the two forms differ by rounding (PyTorch's clip_grad_norm_ multiplies, too).
+  """
+
+  def update(updates, state, params=None):
+    del params
+    scale = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def make_optimizer(
     t, adapters: bool = False
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -154,7 +173,7 @@ def make_optimizer(
   Returns the transformation and its learning-rate schedule."""
   validate(t)  # (also for configs built in code without config.validate)
   schedule = SCHEDULES[t.schedule](t)
-  parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+  parts = [clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
   parts.append(
       OPTIMIZERS[t.optimizer](t, schedule, functools.partial(decay_mask, no_decay=t.no_decay))
   )

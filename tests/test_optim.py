@@ -263,3 +263,29 @@ def test_optimizer_settings_are_checked_before_jax_starts():
       cwd=os.path.dirname(config_lib.EXPERIMENTS_DIR),
   )
   assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("max_norm", [100.0, 1.0, 0.01])  # not clipping; clipping; clipping hard
+def test_clip_by_global_norm_matches_optax_and_torch(max_norm):
+  """Our multiply-form clipping gives optax.clip_by_global_norm's updates (bit-equal when the norm
+  is under the limit) and torch.nn.utils.clip_grad_norm_'s."""
+  import optax
+  import torch
+
+  rng = np.random.default_rng(0)
+  grads = {"w": rng.normal(size=(8, 5)), "b": rng.normal(size=(5,)), "e": rng.normal(size=(3, 2))}
+  grads = jax.tree.map(lambda a: np.asarray(a, np.float32), grads)
+  ours, _ = optim.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+  theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+  norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+  for key in grads:
+    if norm < max_norm:
+      np.testing.assert_array_equal(ours[key], grads[key])
+    np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6)
+  tensors = [torch.tensor(grads[k]) for k in sorted(grads)]
+  params = [torch.nn.Parameter(torch.zeros_like(t)) for t in tensors]
+  for p, t in zip(params, tensors):
+    p.grad = t.clone()
+  torch.nn.utils.clip_grad_norm_(params, max_norm)
+  for p, key in zip(params, sorted(grads)):
+    np.testing.assert_allclose(ours[key], p.grad.numpy(), rtol=1e-5)
