@@ -121,3 +121,11 @@ def test_op_table_puts_a_traced_dot_under_its_shapes(tmp_path):
   assert "dot f32[256,192] <- f32[256,128] x f32[128,192]" in ops
   assert sum(r["share"] for r in rows) == pytest.approx(1.0)
   assert all(r["ms_per_step"] > 0 for r in rows)
+
+
+def test_clip_bench_times_both_clippings_on_the_presets_parameters():
+  from bigmodel_jax.tools import clip_bench
+
+  r = clip_bench.compare("baby", repeats=2)
+  assert r["ours_ms"] > 0 and r["optax_ms"] > 0
+  assert r["speedup"] == pytest.approx(r["optax_ms"] / r["ours_ms"])

@@ -31,8 +31,8 @@ def _update_fn(tx):
   return jax.jit(update, donate_argnums=(0, 1))
 
 
-def compare(name: str) -> dict[str, float]:
-  """{"ours_ms", "optax_ms", "speedup"} for one update at preset `name`."""
+def compare(name: str, repeats: int) -> dict[str, float]:
+  """{"ours_ms", "optax_ms", "speedup"}: one update at preset `name`, medians of `repeats`."""
   config = bench.preset_config(name, {})
   model = lm.Task(config).model.clone(vocab_size=bench.vocab_of(name))
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
@@ -46,7 +46,7 @@ def compare(name: str) -> dict[str, float]:
     tx = optax.chain(clip(t.grad_clip), update)
     params = jax.tree.map(lambda g: g * 0.01, grads)
     runs[key] = [_update_fn(tx), params, tx.init(params), []]
-  for _ in range(FLAGS.repeats + 1):
+  for _ in range(repeats + 1):
     for run in runs.values():
       update, params, opt_state, times = run
       start = time.perf_counter()
@@ -61,7 +61,7 @@ def main(argv):
   jax.config.update("jax_platforms", "cpu")
   print(f"{'preset':<12}{'ours ms':>10}{'optax ms':>10}{'speedup':>9}")
   for name in FLAGS.presets:
-    r = compare(name)
+    r = compare(name, FLAGS.repeats)
     print(f"{name:<12}{r['ours_ms']:>10.1f}{r['optax_ms']:>10.1f}{r['speedup']:>8.2f}x", flush=True)
 
 
