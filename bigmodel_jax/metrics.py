@@ -38,17 +38,22 @@ def reduce(metrics: dict[str, tuple]) -> dict[str, float]:
 
 
 def measure_matmul_flops(n: int = 1024, repeats: int = 20, dtype: str = "float32") -> float:
-  """FLOP/s of a jitted n x n matmul on the default device (the best of `repeats`), operands in
-  `dtype` and, when that is 16-bit, float32 accumulation (as the models' matmuls)."""
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+  """FLOP/s of jitted n x n matmuls on all local devices at once (the best of `repeats`),
+  operands in `dtype` and, when that is 16-bit, float32 accumulation (as the models' matmuls).
+
+  All at once because how many threads one CPU device's matmul gets depends on the kernel: with
+  one JAX device per core an f32 matmul on one device still used both cores, a bf16 one only its
+  own."""
+  devices = jax.local_devices()
+  a = jnp.ones((len(devices), n, n), dtype)
+  f = jax.pmap(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32), devices=devices)
   f(a).block_until_ready()
   best = math.inf
   for _ in range(repeats):
     start = time.perf_counter()
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best
+  return len(devices) * 2 * n**3 / best
 
 
 def data_sheet_peak(kind: str) -> tuple[str, float, str] | None:
@@ -80,10 +85,10 @@ def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
   if device.platform == "cpu":
     n = jax.local_device_count()
     return measure_matmul_flops(dtype=dtype) / max(n, 1), (
-        f"measured {dtype} 1024x1024 matmul on the CPU, shared by {n} device(s)"
+        f"measured {dtype} 1024x1024 matmuls on the CPU's {n} device(s) at once, per device"
     )
-  flops = measure_matmul_flops(4096, dtype=dtype)
-  return flops, f"measured {dtype} 4096x4096 matmul on unknown device kind {kind!r}"
+  flops = measure_matmul_flops(4096, dtype=dtype) / jax.local_device_count()
+  return flops, f"measured {dtype} 4096x4096 matmuls on unknown device kind {kind!r}, per device"
 
 
 class MetricWriter:

@@ -57,7 +57,7 @@ def test_a_measured_cpu_peak_is_of_the_runs_matmul_dtype(monkeypatch):
       lambda n=1024, r=20, dtype="float32": measured.append(dtype) or 100e9,
   )
   flops, source = metrics.peak_flops_per_device("bfloat16")
-  assert measured == ["bfloat16"] and "measured bfloat16 1024x1024 matmul on the CPU" in source
+  assert measured == ["bfloat16"] and "measured bfloat16 1024x1024 matmuls on the CPU" in source
   config = lambda **model: ml_collections.ConfigDict({"model": model})  # noqa: E731
   assert metrics.matmul_dtype(config(dtype="float32", matmul_dtype="bfloat16")) == "bfloat16"
   assert metrics.matmul_dtype(config(dtype="bfloat16", matmul_dtype="")) == "bfloat16"
