@@ -393,7 +393,7 @@ def default_config() -> ml_collections.ConfigDict:
   # The operands of the attention and MLP projections' matmuls (forward and backward), rounded
   # to this dtype with float32 accumulation while activations stay model.dtype, as PyTorch's
   # autocast does: "" (model.dtype) | bfloat16 | float16. On a CPU with AVX512-BF16, float32
-  # with bfloat16 here trains 1.5x faster than float32 (README "## Benchmarks").
+  # with bfloat16 here trains 1.3-1.5x faster than float32 (README "## Parallelism").
   c.matmul_dtype = ""
   c.update(layers.decoder_config())
   return c
