@@ -209,3 +209,18 @@ def test_cpu_plan_memory_matches_per_layer_arithmetic_and_says_it_ignores_remat(
       plans["none"]["activation_bytes_per_device"], rel=0.05
   )
   assert "model.remat='full' is not in these CPU figures" in capsys.readouterr().out
+
+
+def test_pmean_averages_over_the_devices_and_costs_nothing_over_one():
+  import jax
+
+  mean = lambda tree: parallel.pmean(tree, "d")  # noqa: E731
+  n = jax.local_device_count()
+  tree = {"a": np.arange(n * 3, dtype=np.float32).reshape(n, 3), "b": np.ones((n, 2), np.float32)}
+  out = jax.pmap(mean, axis_name="d")(tree)
+  np.testing.assert_allclose(out["a"], np.broadcast_to(tree["a"].mean(0), (n, 3)), rtol=1e-6)
+  np.testing.assert_allclose(out["b"], tree["b"])
+  one = jax.pmap(mean, axis_name="d", devices=jax.local_devices()[:1])
+  first = jax.tree.map(lambda x: x[:1], tree)
+  assert "all-reduce" not in one.lower(first).compile().as_text()
+  np.testing.assert_array_equal(one(first)["a"], first["a"])
