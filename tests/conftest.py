@@ -3,13 +3,8 @@
 import os
 import sys
 
-# Compiling one program on one thread: every full run since session 4 lost one worker to a native
-# crash inside XLA:CPU's compile of a translate (seq2seq) program (pytest.ini), twice on a thread
-# without a Python frame, so a compiler thread; parallel LLVM codegen is the one suspect left that
-# a flag can switch off. (Tried for the first time on Nov 30; the closing note says how it went.)
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8 --xla_cpu_parallel_codegen_split_count=1"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # glibc writes why it aborts (e.g. "double free or corruption") to /dev/tty unless this is set, so
