@@ -167,13 +167,15 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(
-    t, adapters: bool = False
+    t, adapters: bool = False, clip=None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`t` is config.train; `adapters`: the params hold LoRA adapters (lora.enabled(config)).
-  Returns the transformation and its learning-rate schedule."""
+  """`t` is config.train; `adapters`: the params hold LoRA adapters (lora.enabled(config));
+  `clip`: the gradient clipping transformation, given train.grad_clip (None: ours,
+  `clip_by_global_norm`; tools/clip_bench passes optax's). Returns the transformation and its
+  learning-rate schedule."""
   validate(t)  # (also for configs built in code without config.validate)
   schedule = SCHEDULES[t.schedule](t)
-  parts = [clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+  parts = [(clip or clip_by_global_norm)(t.grad_clip)] if t.grad_clip > 0 else []
   parts.append(
       OPTIMIZERS[t.optimizer](t, schedule, functools.partial(decay_mask, no_decay=t.no_decay))
   )

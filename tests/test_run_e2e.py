@@ -1,6 +1,7 @@
 """run.py as a user runs it: train, resume, sample, eval, and one-line errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,6 +48,27 @@ def test_train_resume_sample_eval(tmp_path):
 
   evaluated = run_py("--experiment=textgen:tiny", f"--workdir={workdir}", data, "--mode=eval")
   assert "step 50:" in evaluated.stdout and "perplexity" in evaluated.stdout
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if r.get("split") == "train"}
+
+
+def test_bf16_matmuls_train_and_resume_in_float32(tmp_path):
+  """model.matmul_dtype (autocast's recipe) through run.py; it is a runtime key, so the
+  checkpoint resumes without it."""
+  workdir, data = str(tmp_path / "run"), f"--config.data.tfds_data_dir={tmp_path / 'tfds'}"
+  args = ["--experiment=textgen:tiny", f"--workdir={workdir}", data]
+  first = run_py(*args, "--config.model.matmul_dtype=bfloat16", "--config.train.steps=20")
+  assert "step 20/20" in first.stderr
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["matmul_dtype"] == "bfloat16"
+  more = run_py(*args, "--config.train.steps=30")
+  assert "Resumed from" in more.stderr and "step 30/30" in more.stderr
+  loss = _losses(workdir)
+  assert loss[30] < loss[20] < loss[10] < math.log(256), loss  # below uniform over bytes
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ The two alternate (ours, optax, ours, ...) and each is the median of its runs; t
 norm is over train.grad_clip, so both clip. Parameters and moments are donated, as in training.
 """
 
-import functools
 import statistics
 import time
 
@@ -38,12 +37,9 @@ def compare(name: str, repeats: int) -> dict[str, float]:
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
   shapes = jax.tree.map(lambda s: s.value if hasattr(s, "value") else s, shapes["params"])
   grads = jax.tree.map(lambda s: jnp.full(s.shape, 1.0, s.dtype), shapes)
-  t = config.train
-  mask = functools.partial(optim.decay_mask, no_decay=t.no_decay)
-  update = optim.OPTIMIZERS[t.optimizer](t, optim.SCHEDULES[t.schedule](t), mask)
   runs = {}
   for key, clip in (("ours", optim.clip_by_global_norm), ("optax", optax.clip_by_global_norm)):
-    tx = optax.chain(clip(t.grad_clip), update)
+    tx, _ = optim.make_optimizer(config.train, clip=clip)
     params = jax.tree.map(lambda g: g * 0.01, grads)
     runs[key] = [_update_fn(tx), params, tx.init(params), []]
   for _ in range(repeats + 1):
