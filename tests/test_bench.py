@@ -129,3 +129,24 @@ def test_clip_bench_times_both_clippings_on_the_presets_parameters():
   r = clip_bench.compare("baby", repeats=2)
   assert r["ours_ms"] > 0 and r["optax_ms"] > 0
   assert r["speedup"] == pytest.approx(r["optax_ms"] / r["ours_ms"])
+
+
+def test_kernel_bench_times_the_same_math_as_pytorch():
+  pytest.importorskip("torch")
+  from bigmodel_jax.tools import kernel_bench
+
+  rows = kernel_bench.compare("baby", "float32", repeats=1)  # checks outputs and gradients first
+  by = {r["kernel"]: r for r in rows}
+  assert len(rows) == 6 and all(r["ours_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+  rest = sum(by[k]["ours_ms"] for k in list(by)[2:5])  # the MLP's two layers and attention
+  assert by["block"]["ours_ms"] == pytest.approx(4 * by["dense C x C"]["ours_ms"] + rest)
+  wrong = kernel_bench.torch_dense("float32")  # a different product: x @ w instead of x @ w^T
+  with pytest.raises(AssertionError, match="differ"):
+    kernel_bench.compare_kernel(
+        kernel_bench.ours_dense("float32"),
+        lambda x, w, g: wrong(x, w.T.contiguous(), g),
+        [(8, 4), (4, 4), (8, 4)],
+        "float32",
+        1,
+        "dense",
+    )
