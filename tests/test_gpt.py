@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bigmodel_jax.errors import UsageError
-from bigmodel_jax.models import gpt
+from bigmodel_jax.models import attention, gpt
 from tests.helpers import TINY_GPT as TINY
 
 
@@ -157,13 +157,14 @@ def test_causal_and_position_aware(positions):
 
 def test_rotary_scores_depend_on_relative_position():
   q, k = jax.random.normal(jax.random.key(0), (2, 1, 5, 3, 8))  # (B, T, H, D) each
+  rotate = attention.apply_rotary
   score = lambda m, n: jnp.einsum(  # noqa: E731
-      "bthd,bthd->bth", gpt.apply_rotary(q, jnp.full(5, m)), gpt.apply_rotary(k, jnp.full(5, n))
+      "bthd,bthd->bth", rotate(q, jnp.full(5, m)), rotate(k, jnp.full(5, n))
   )
   np.testing.assert_allclose(score(3, 1), score(10, 8), rtol=1e-4, atol=1e-4)
   assert not np.allclose(score(3, 1), score(3, 2), atol=1e-2)
   np.testing.assert_allclose(  # a rotation: norms are kept
-      jnp.linalg.norm(gpt.apply_rotary(q, jnp.arange(5)), axis=-1),
+      jnp.linalg.norm(attention.apply_rotary(q, jnp.arange(5)), axis=-1),
       jnp.linalg.norm(q, axis=-1),
       rtol=1e-5,
   )
@@ -262,10 +263,10 @@ def test_attention_matches_jax_reference(length):
   rng = np.random.default_rng(0)
   q, k, v, w = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32) for _ in range(4))
   ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-  np.testing.assert_allclose(gpt.causal_attention(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-5)
+  causal = attention.causal_attention
+  np.testing.assert_allclose(causal(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-5)
   grads = [
-      jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
-      for f in (gpt.causal_attention, ref)
+      jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v) for f in (causal, ref)
   ]
   for ours, theirs in zip(*grads):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)

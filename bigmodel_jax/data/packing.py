@@ -4,9 +4,9 @@ A row of length T holds examples back to back in their order (next-fit: an examp
 fit the rest of the row starts a new one; keeping order keeps the rows deterministic and the cost
 linear). Each token carries its example's segment id (1, 2, ... within the row; 0 is padding), so
 attention stays within a segment and positions restart at each segment's start (see
-models/gpt.py `packed_positions_and_mask`; models/text_encoder.py, which also pools each segment
-into a logit slot of its own: `classification_rows`). Without packing, each example is a row of
-its own, padded to T, which is what padding costs today.
+models/attention.py `packed_positions_and_mask`; models/text_encoder.py, which also pools each
+segment into a logit slot of its own: `classification_rows`). Without packing, each example is a
+row of its own, padded to T, which is what padding costs today.
 
 Waste is the fraction of row positions that are padding. Measured on the default data: sft's
 20,000 generated exchanges (26.7 bytes each on average, rows of 256) 89.6% unpacked, 5.4% packed

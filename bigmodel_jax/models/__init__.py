@@ -13,7 +13,7 @@ import ml_collections
 
 from bigmodel_jax.errors import UsageError
 
-_NOT_MODELS = ("layers", "kv_cache")  # shared building blocks, not models to choose by name
+_NOT_MODELS = ("attention", "layers", "kv_cache")  # shared building blocks, not models to choose by name
 
 
 def names() -> list[str]:

@@ -1,4 +1,4 @@
-"""The decoding KV cache of models/gpt.py's attention, stored as float or as int8.
+"""The decoding KV cache of models/attention.py's CausalSelfAttention, stored as float or as int8.
 
   float: cached_key, cached_value (B, S, K, D) in the compute dtype.
   int8:  cached_key, cached_value (B, S, K, D) int8 and key_scale, value_scale (B, S, K) in the

@@ -45,7 +45,7 @@ import numpy as np
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import layers
-from bigmodel_jax.models.gpt import packed_positions_and_mask
+from bigmodel_jax.models.attention import packed_positions_and_mask
 
 NUM_SPECIAL = 3
 

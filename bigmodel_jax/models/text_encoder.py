@@ -14,10 +14,11 @@ token there whose id is ignored). A review's logits are then those it gets alone
   -> ln_f -> pool -> dropout -> head
 
 Attention sees only real tokens (a padding mask on the keys). Positions: "learned" (an embedding
-added to the tokens) or "rotary" (queries and keys rotated by position, as in models/gpt.py, so
-attention scores depend on relative offsets; on the sentiment reviews it learned negation and
-clause order several times faster than learned positions). Pooling: "mean" averages the real
-tokens' outputs; "first" prepends a learned [CLS] vector and classifies from its output (as BERT).
+added to the tokens) or "rotary" (queries and keys rotated by position, as in
+models/attention.py, so attention scores depend on relative offsets; on the sentiment reviews it
+learned negation and clause order several times faster than learned positions). Pooling: "mean"
+averages the real tokens' outputs; "first" prepends a learned [CLS] vector and classifies from
+its output (as BERT).
 
 Parameter tree (names kept stable: checkpoints depend on them):
 
@@ -43,7 +44,7 @@ import ml_collections
 
 from bigmodel_jax.errors import UsageError
 from bigmodel_jax.models import layers
-from bigmodel_jax.models.gpt import apply_rotary, packed_positions_and_mask
+from bigmodel_jax.models.attention import apply_rotary, packed_positions_and_mask
 
 POOLING = ("mean", "first")
 POSITIONS = ("learned", "rotary")

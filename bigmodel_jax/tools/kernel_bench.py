@@ -4,7 +4,7 @@
 
 Each Dense layer of a GPT block, forward + backward (both input gradients), and causal attention
 forward + backward, as each framework's train step runs them: ours through `layers._matmul` (the
-Dense layers' matmul and its custom backward) and `gpt.causal_attention`; PyTorch's through
+Dense layers' matmul and its custom backward) and `attention.causal_attention`; PyTorch's through
 `F.linear` and `F.scaled_dot_product_attention`, eager (torch.compile hands both to the same
 kernels). `dtype=bfloat16` is the autocast recipe on both sides: bf16 matmul operands, float32
 accumulation; our attention stays float32 under model.matmul_dtype, PyTorch's runs on the bf16
@@ -14,8 +14,10 @@ its repeats; before timing, each kernel's outputs and gradients are checked agai
 "block" sums one transformer block's kernels as each side's step runs them (ours: query, key,
 value and output projections of (C, C); PyTorch's reference: one fused (C, 3C) projection and
 the output one), so `layers x block` is the part of a train step these kernels account for;
-`python -m bigmodel_jax.bench --sections=torch` times the whole step. torch is a
-requirements-dev dependency.
+`python -m bigmodel_jax.bench --sections=torch` times the whole step. Last, a bound: the
+tokens/s of a step made only of its Dense matmuls at the measured matmul peak (as
+`bench --sections=matmul` measures it) and our attention. torch is a requirements-dev
+dependency.
 """
 
 import statistics
@@ -28,8 +30,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from bigmodel_jax import bench
-from bigmodel_jax.models import gpt, layers
+from bigmodel_jax import bench, metrics
+from bigmodel_jax.models import attention, layers
 
 # --presets and --repeats are bench.py's flags (imported with it).
 FLAGS = flags.FLAGS
@@ -55,7 +57,7 @@ def ours_dense(dtype: str):
 
 def ours_attention(dtype: str):
   del dtype  # float32 in both recipes (see the module docstring)
-  return _vjp(gpt.causal_attention)
+  return _vjp(attention.causal_attention)
 
 
 def _torch_vjp(fn, dtype: str):
@@ -157,6 +159,24 @@ def compare(name: str, dtype: str, repeats: int) -> list[dict]:
   return rows
 
 
+def step_bound(name: str, rows: list[dict], peak: float) -> dict:
+  """The least a train step of preset `name` can take with our attention: its blocks' Dense
+  matmuls at `peak` FLOP/s and nothing else (no norms, activations, loss or optimizer)."""
+  config = bench.preset_config(name, {})
+  by = {row["kernel"]: row for row in rows}
+  dense = [by["dense C x C"]] * 4 + [by["dense C x 4C (mlp fc)"], by["dense 4C x C (mlp proj)"]]
+  dense_gflop = config.model.num_layers * sum(row["gflops"] for row in dense)
+  attention_ms = config.model.num_layers * by["causal attention"]["ours_ms"]
+  step_ms = dense_gflop / peak * 1e12 + attention_ms
+  tokens = config.train.batch_size * config.model.block_size
+  return {
+      "dense_gflop": dense_gflop,
+      "dense_ms": dense_gflop / peak * 1e12,
+      "attention_ms": attention_ms,
+      "tokens_per_s": tokens / step_ms * 1e3,
+  }
+
+
 def main(argv):
   del argv
   jax.config.update("jax_platforms", "cpu")
@@ -164,14 +184,25 @@ def main(argv):
       f"{'preset':<12}{'kernel (' + _DTYPE.value + ')':<32}{'ours ms':>9}{'torch ms':>9}"
       f"{'ratio':>7}{'ours GFLOP/s':>14}"
   )
+  peak = metrics.measure_matmul_flops(1024, 20, _DTYPE.value, budget_s=5.0)
+  bounds = {}
   for name in FLAGS.presets:
-    for r in compare(name, _DTYPE.value, FLAGS.repeats):
+    rows = compare(name, _DTYPE.value, FLAGS.repeats)
+    for r in rows:
       rate = f"{r['gflops'] / r['ours_ms'] * 1e3:>14.0f}" if r["gflops"] else ""
       print(
           f"{name:<12}{r['kernel']:<32}{r['ours_ms']:>9.2f}{r['torch_ms']:>9.2f}"
           f"{r['torch_ms'] / r['ours_ms']:>6.2f}x{rate}",
           flush=True,
       )
+    bounds[name] = step_bound(name, rows, peak)
+  print(f"\nat the measured {_DTYPE.value} matmul peak, {peak / 1e9:,.0f} GFLOP/s:")
+  for name, b in bounds.items():
+    print(
+        f"{name:<12}a step's Dense matmuls, {b['dense_gflop']:,.1f} GFLOP, take "
+        f"{b['dense_ms']:,.0f} ms; with our attention ({b['attention_ms']:,.0f} ms) a step is "
+        f"at best {b['tokens_per_s']:,.0f} tokens/s"
+    )
 
 
 if __name__ == "__main__":
