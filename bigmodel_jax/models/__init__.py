@@ -13,7 +13,8 @@ import ml_collections
 
 from bigmodel_jax.errors import UsageError
 
-_NOT_MODELS = ("attention", "layers", "kv_cache")  # shared building blocks, not models to choose by name
+# Shared building blocks, not models to choose by name.
+_NOT_MODELS = ("attention", "layers", "kv_cache")
 
 
 def names() -> list[str]:
