@@ -154,3 +154,25 @@ def test_kernel_bench_times_the_same_math_as_pytorch():
         1,
         "dense",
     )
+
+
+def test_xla_ab_alternates_two_compiles_and_names_a_bad_option_in_one_line():
+  import subprocess
+  import sys
+
+  from bigmodel_jax.tools import xla_ab
+
+  options = {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_RUNTIME"}
+  r = xla_ab.compare("tiny", options, {"model.num_layers": "1"}, repeats=2)
+  assert r["default_tokens_per_s"] > 0 and r["variant_tokens_per_s"] > 0 and r["speedup"] > 0
+  with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_no_such"):
+    xla_ab.compare("tiny", {"xla_cpu_no_such": 1}, {"model.num_layers": "1"}, repeats=1)
+  bad = subprocess.run(
+      [sys.executable, "-m", "bigmodel_jax.tools.xla_ab", "--presets=tiny", "--options=[1]"],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
+      "error: --options='[1]' must be a JSON object"
+  )
