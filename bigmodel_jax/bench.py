@@ -122,11 +122,13 @@ class Trainable:
     jax.block_until_ready((self.state, m))
     return time.perf_counter() - start
 
-  def chunk_seconds(self, chunk: int) -> float:
-    """Seconds per step over `chunk` back-to-back steps (one sync at the end)."""
+  def chunk_seconds(self, chunk: int, step_fn=None) -> float:
+    """Seconds per step over `chunk` back-to-back steps (one sync at the end), of `step_fn` (a
+    compiled variant of the step, as tools/xla_ab's) or the jitted step."""
+    step_fn = step_fn or self.step_fn
     start = time.perf_counter()
     for _ in range(chunk):
-      self.state, m = self.step_fn(self.state, self.batch, jax.random.key(1))
+      self.state, m = step_fn(self.state, self.batch, jax.random.key(1))
     jax.block_until_ready((self.state, m))
     return (time.perf_counter() - start) / chunk
 

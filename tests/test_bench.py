@@ -138,8 +138,9 @@ def test_kernel_bench_times_the_same_math_as_pytorch():
   rows = kernel_bench.compare("baby", "float32", repeats=1)  # checks outputs and gradients first
   by = {r["kernel"]: r for r in rows}
   assert len(rows) == 6 and all(r["ours_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
-  rest = sum(by[k]["ours_ms"] for k in list(by)[2:5])  # the MLP's two layers and attention
-  assert by["block"]["ours_ms"] == pytest.approx(4 * by["dense C x C"]["ours_ms"] + rest)
+  mlp = by["dense C x 4C (mlp fc)"]["ours_ms"] + by["dense 4C x C (mlp proj)"]["ours_ms"]
+  attention = by["causal attention"]["ours_ms"]
+  assert by["block"]["ours_ms"] == pytest.approx(4 * by["dense C x C"]["ours_ms"] + mlp + attention)
   bound = kernel_bench.step_bound("baby", rows, peak=1e11)
   # 6 FLOPs per weight per token (forward + backward) over the blocks' 12 C^2 weights per layer
   assert bound["dense_gflop"] == pytest.approx(6 * (12 * 64) * 4 * 12 * 128**2 / 1e9)

@@ -13,7 +13,6 @@ time, so a number above 1 means the options help. --presets and --repeats are be
 import json
 import statistics
 import sys
-import time
 
 from absl import app, flags
 import jax
@@ -25,21 +24,13 @@ FLAGS = flags.FLAGS
 _OPTIONS = flags.DEFINE_string("options", "{}", "XLA compile options as a JSON object.")
 
 
-def _chunk_s(step, t, steps: int = 5) -> float:
-  start = time.perf_counter()
-  for _ in range(steps):
-    t.state, m = step(t.state, t.batch, jax.random.key(1))
-  jax.block_until_ready((t.state, m))
-  return (time.perf_counter() - start) / steps
-
-
 def compare(name: str, options: dict, overrides: dict[str, str], repeats: int) -> dict:
   """{"default_tokens_per_s", "variant_tokens_per_s", "speedup"} for preset `name`."""
   t = bench.Trainable(bench.preset_config(name, overrides), bench.vocab_of(name))
   lowered = t.step_fn.lower(t.state, t.batch, jax.random.key(1))
   default, variant = lowered.compile(), lowered.compile(compiler_options=options)
-  _chunk_s(default, t), _chunk_s(variant, t)  # warm-up
-  pairs = [(_chunk_s(default, t), _chunk_s(variant, t)) for _ in range(repeats)]
+  t.chunk_seconds(5, default), t.chunk_seconds(5, variant)  # warm-up
+  pairs = [(t.chunk_seconds(5, default), t.chunk_seconds(5, variant)) for _ in range(repeats)]
   return {
       "default_tokens_per_s": t.tokens_per_step / statistics.median(a for a, _ in pairs),
       "variant_tokens_per_s": t.tokens_per_step / statistics.median(b for _, b in pairs),
@@ -53,10 +44,10 @@ def main(args: tuple[list[str], dict[str, str]]) -> None:
     options = json.loads(_OPTIONS.value)
     if not isinstance(options, dict):
       raise ValueError("not an object")
-    # Before JAX starts: the CPU devices of the first preset (as bench.py does).
-    parallel.configure_cpu_devices(bench.preset_config(FLAGS.presets[0], overrides))
   except ValueError as e:
     sys.exit(f"error: --options={_OPTIONS.value!r} must be a JSON object of XLA options ({e})")
+  try:  # before JAX starts: the CPU devices of the first preset (as bench.py does)
+    parallel.configure_cpu_devices(bench.preset_config(FLAGS.presets[0], overrides))
   except UsageError as e:
     sys.exit(f"error: {e}")
   print(f"{'preset':<12}{'default tok/s':>14}{'variant tok/s':>14}{'speedup':>9}")
